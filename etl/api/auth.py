@@ -1,0 +1,144 @@
+"""Bearer tokens: a ready token, or client credentials cached and renewed before expiry."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from etl.api.client import Unauthorized, classify, send
+from etl.api.retry import RetryPolicy
+from etl.config import ApiConfig, Secret
+from etl.errors import ApiError, AuthenticationError, RetriableApiError
+
+DEFAULT_EXPIRES_IN = 3600
+RENEW_MARGIN_SECONDS = 60.0
+
+
+class StaticToken:
+    """A ready bearer token (SMARTCAR_ACCESS_TOKEN); it cannot be renewed."""
+
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    def token(self) -> str:
+        """The token."""
+        return self._token.get()
+
+    def renew(self, stale: str) -> str:
+        """A refused ready token cannot be renewed: the run stops."""
+        raise AuthenticationError(
+            path="(access token)", status=401,
+            detail="the ready access token was refused and cannot be renewed "
+                   "(set a new SMARTCAR_ACCESS_TOKEN, or client credentials)",
+        )
+
+
+class ClientCredentials:
+    """OAuth 2.0 client-credentials tokens, cached and renewed ``margin`` seconds before expiry."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.Client,
+        token_url: str,
+        client_id: str,
+        client_secret: Secret,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        margin: float = RENEW_MARGIN_SECONDS,
+    ) -> None:
+        self.http = http
+        self.token_url = token_url
+        self.path = urlsplit(token_url).path or "/"
+        self.client_id = client_id
+        self._secret = client_secret
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.margin = margin
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self.tokens_fetched = 0
+
+    def token(self) -> str:
+        """A valid cached token, fetching a new one when none is cached or it is about to expire."""
+        with self._lock:
+            if self._token is not None and self.clock() < self._expires_at - self.margin:
+                return self._token
+            return self._fetch()
+
+    def renew(self, stale: str) -> str:
+        """Replace a token the API refused (once, even if several threads ask)."""
+        with self._lock:
+            if self._token is not None and self._token != stale:
+                return self._token
+            return self._fetch()
+
+    def _fetch(self) -> str:
+        try:
+            token, expires_in = self.retry.call(self._request_once)
+        except RetriableApiError as error:
+            raise AuthenticationError(
+                path=self.path, status=error.status, reason=error.reason,
+                detail=f"token endpoint unavailable after {self.retry.max_attempts} attempts ({error.kind})",
+            ) from error
+        except ApiError as error:
+            if isinstance(error, AuthenticationError):
+                raise
+            raise AuthenticationError(
+                path=self.path, status=error.status, reason=error.reason, code=error.code,
+                detail=error.detail,
+            ) from error
+        self._token = token
+        self._expires_at = self.clock() + expires_in
+        self.tokens_fetched += 1
+        return token
+
+    def _request_once(self) -> tuple[str, float]:
+        request = self.http.build_request(
+            "POST",
+            self.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._secret.get(),
+            },
+        )
+        response = send(self.http, request, path=self.path)
+        try:
+            classify(response, path=self.path)
+        except Unauthorized as error:  # at the token endpoint a 401 means bad credentials
+            raise AuthenticationError(
+                path=self.path, status=401, reason=error.reason, code=error.code, detail=error.detail
+            ) from None
+        if response.status_code != 200:
+            raise AuthenticationError(path=self.path, status=response.status_code, reason=response.reason_phrase)
+        try:
+            body: Any = json.loads(response.content)
+        except ValueError:
+            body = None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise AuthenticationError(path=self.path, status=200, detail="answer has no access_token")
+        expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN)
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+            expires_in = DEFAULT_EXPIRES_IN
+        return token, float(expires_in)
+
+
+def token_source(api: ApiConfig, *, http: httpx.Client, retry: RetryPolicy) -> StaticToken | ClientCredentials:
+    """Client credentials when configured, else the ready token; ConfigError if neither."""
+    api.require_credentials()
+    if api.client_id and api.client_secret:
+        return ClientCredentials(
+            http=http, token_url=api.token_url, client_id=api.client_id,
+            client_secret=api.client_secret, retry=retry,
+        )
+    assert api.access_token is not None
+    return StaticToken(api.access_token)

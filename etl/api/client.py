@@ -1,0 +1,203 @@
+"""HTTP client for the Smartcar Vehicle API v3 connections endpoints.
+
+Every response is sorted by ``classify`` and nowhere else: 200 and 404 are
+answers; 401 asks for one token renewal; 403 and 430 stop the run; 429, 5xx,
+timeouts and network errors are retried by the ``RetryPolicy``; any other
+status fails that one request. Error messages carry status, reason, path and
+the API's error code and detail, never headers, tokens or query strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+
+from etl.api.documents import ConnectionRecord, parse_connection
+from etl.api.retry import RetryPolicy, parse_retry_after
+from etl.errors import (
+    ApiError,
+    AuthenticationError,
+    FatalApiError,
+    MalformedDocumentError,
+    RetriableApiError,
+)
+
+MAX_DETAIL = 200
+USER_AGENT = "smartcar-etl"
+
+
+class Unauthorized(AuthenticationError):
+    """A 401: the token was refused (the client renews it once before giving up)."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled while this request waited or was about to be sent."""
+
+
+class TokenSource(Protocol):
+    """Gives bearer tokens and renews a refused one."""
+
+    def token(self) -> str: ...
+
+    def renew(self, stale: str) -> str: ...
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
+def error_info(response: httpx.Response) -> tuple[str | None, str | None]:
+    """(code, detail) from an error body: JSON:API ``errors``, the flat v2 object, OAuth, or text."""
+    try:
+        body: Any = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            code = first.get("code") or first.get("type")
+            detail = first.get("detail") or first.get("title")
+        elif "error" in body:  # OAuth token endpoint
+            code, detail = body.get("error"), body.get("error_description")
+        else:  # v2 flat object
+            kind, sub = body.get("type"), body.get("code")
+            code = f"{kind}:{sub}" if kind and sub else kind or sub
+            detail = body.get("description") or body.get("message")
+        return (
+            _clip(str(code)) if code else None,
+            _clip(str(detail)) if detail else None,
+        )
+    text = response.content[:2000].decode("utf-8", errors="replace")
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if "html" in content_type or text.lstrip().startswith("<"):
+        title = re.search(r"<title>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        return None, _clip(f"HTML page: {title.group(1)}" if title else "HTML page")
+    return None, _clip(text) if text.strip() else None
+
+
+def classify(response: httpx.Response, *, path: str, now: Callable[[], dt.datetime] = utcnow) -> None:
+    """Return for an answer (200, 404); raise the error class that decides what happens next."""
+    status = response.status_code
+    if status in (200, 404):
+        return
+    code, detail = error_info(response)
+    fields: dict[str, Any] = {
+        "path": path, "status": status, "reason": response.reason_phrase, "code": code, "detail": detail,
+    }
+    if status == 401:
+        raise Unauthorized(**fields)
+    if status in (403, 430):
+        raise FatalApiError(kind="billing" if status == 430 else "forbidden", **fields)
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
+        raise RetriableApiError(retry_after=retry_after, kind="rate_limited", **fields)
+    if status >= 500:
+        raise RetriableApiError(kind="server", **fields)
+    raise ApiError(**fields)
+
+
+def send(http: httpx.Client, request: httpx.Request, *, path: str) -> httpx.Response:
+    """Send one request; timeouts and network failures become RetriableApiError."""
+    try:
+        return http.send(request)
+    except httpx.TimeoutException as exc:
+        raise RetriableApiError(path=path, kind="timeout", detail=type(exc).__name__) from exc
+    except httpx.TransportError as exc:
+        raise RetriableApiError(path=path, kind="network", detail=_clip(f"{type(exc).__name__}: {exc}")) from exc
+
+
+def make_http_client(
+    *, timeout: float, concurrency: int, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """One pooled httpx client shared by the token source and the API client."""
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+        limits=limits,
+        transport=transport,
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        follow_redirects=False,
+    )
+
+
+class SmartcarClient:
+    """The connections endpoints, with authentication and retries; safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        auth: TokenSource,
+        http: httpx.Client,
+        retry: RetryPolicy | None = None,
+        now: Callable[[], dt.datetime] = utcnow,
+        cancelled: threading.Event | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.http = http
+        self.retry = retry or RetryPolicy()
+        self.now = now
+        self.cancelled = cancelled or threading.Event()
+        self._sent_total = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def requests_sent(self) -> int:
+        """How many API requests this client has sent (token requests excluded)."""
+        return self._sent_total
+
+    def get_connection(self, connection_id: str) -> ConnectionRecord | None:
+        """The connection's validated record, or None when the API answers 404."""
+        path = f"/connections/{connection_id}"
+        response = self.get(path)
+        if response.status_code == 404:
+            return None
+        try:
+            body = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedDocumentError(path=path, status=200, detail="body is not JSON") from exc
+        return parse_connection(body, expected_id=connection_id, path=path)
+
+    def get(self, path: str, params: dict[str, str | int] | None = None) -> httpx.Response:
+        """GET an API path with retries; renew the token once on a 401."""
+        used: list[str] = []
+
+        def once() -> httpx.Response:
+            if self.cancelled.is_set():
+                raise Cancelled
+            token = self.auth.token()
+            used.append(token)
+            request = self.http.build_request(
+                "GET", self.base_url + path, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+            with self._count_lock:
+                self._sent_total += 1
+            response = send(self.http, request, path=path)
+            classify(response, path=path, now=self.now)
+            return response
+
+        try:
+            return self.retry.call(once)
+        except Unauthorized:
+            self.auth.renew(used[-1])
+        try:
+            return self.retry.call(once)
+        except Unauthorized as error:
+            raise AuthenticationError(
+                path=path, status=401, reason=error.reason, code=error.code,
+                detail="refused again after renewing the token",
+            ) from None

@@ -1,0 +1,71 @@
+"""Retry policy: capped exponential backoff with jitter, honouring Retry-After."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from etl.errors import RetriableApiError
+
+T = TypeVar("T")
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], dt.datetime]) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date); None if absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now()).total_seconds())
+
+
+@dataclass
+class RetryPolicy:
+    """How often and how long to wait before trying a retriable request again.
+
+    The n-th wait (n = 1, 2, ...) is ``min(max_backoff, initial * 2**(n-1))``
+    scaled by a random factor in [0.5, 1] ("equal jitter": it spreads clients
+    out but still grows). A Retry-After from the server replaces that wait,
+    clamped to ``max_retry_after``.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 60.0
+    max_retry_after: float = 300.0
+    sleep: Callable[[float], object] = time.sleep
+    random: Callable[[], float] = field(default=random.random)
+
+    def delay(self, attempt: int, error: RetriableApiError) -> float:
+        """How long to wait after failed attempt number ``attempt`` (1-based)."""
+        if error.retry_after is not None:
+            return min(self.max_retry_after, max(0.0, error.retry_after))
+        base = min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
+        return base * (0.5 + self.random() / 2)
+
+    def call(self, attempt_once: Callable[[], T], *, on_retry: Callable[[RetriableApiError, float], None] | None = None) -> T:
+        """Call until it succeeds, raises a non-retriable error, or attempts run out (last error raised)."""
+        attempt = 1
+        while True:
+            try:
+                return attempt_once()
+            except RetriableApiError as error:
+                if attempt >= self.max_attempts:
+                    raise
+                wait = self.delay(attempt, error)
+                if on_retry is not None:
+                    on_retry(error, wait)
+                self.sleep(wait)
+                attempt += 1

@@ -1,0 +1,322 @@
+"""The command line: parse options, load config, call one library function, map errors to exit codes.
+
+Exit codes: 0 done, 1 some connections failed, 2 bad usage or configuration,
+3 aborted (authentication, billing, database unreachable), 4 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+from sqlalchemy import Engine
+
+from etl import __version__
+from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
+from etl.errors import EtlError
+from etl.output import FORMATS, render
+
+log = logging.getLogger("etl")
+
+
+class EtlGroup(click.Group):
+    """A click group that turns EtlError into its message on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EtlError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@dataclass
+class State:
+    """Global options, and the config and engine built from them on first use."""
+
+    config_path: str | None
+    log_level: str | None
+    log_format: str | None
+    _config: Config | None = None
+    _engines: list[Engine] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from etl.logs import setup_logging
+
+            self._config = load_config(
+                self.config_path,
+                overrides={"logging.level": self.log_level, "logging.format": self.log_format},
+            )
+            setup_logging(self._config.logging.level, self._config.logging.format)
+        return self._config
+
+    def engine(self) -> Engine:
+        from etl.db.engine import make_engine
+
+        engine = make_engine(self.config.database_url)
+        self._engines.append(engine)
+        return engine
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH",
+              help="YAML config (else $SMARTCAR_ETL_CONFIG, else ./config.yaml if present).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="text (default) or json lines, on stderr.")
+@click.version_option(__version__, prog_name="smartcar-etl")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_level: str | None, log_format: str | None) -> None:
+    """Mirror Smartcar connections, vehicles and users into SQL, with exact permission history.
+
+    \b
+    Example:
+        smartcar-etl db upgrade
+        smartcar-etl connections import ids.txt
+        smartcar-etl sync
+    """
+    state = State(config_path, log_level, log_format)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+@cli.group(cls=EtlGroup)
+def db() -> None:
+    """Create and inspect the database schema (Alembic migrations).
+
+    \b
+    Example:
+        smartcar-etl db upgrade && smartcar-etl db current
+    """
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Apply all migrations to the configured database; running it twice changes nothing.
+
+    \b
+    Example:
+        SMARTCAR_ETL_DATABASE_URL=postgresql+psycopg://etl@db/etl smartcar-etl db upgrade
+    """
+    from etl.db.engine import safe_url, upgrade
+
+    before, after = upgrade(state.engine())
+    where = safe_url(state.config.database_url)
+    if before == after:
+        click.echo(f"{where}: already at revision {after}")
+    else:
+        click.echo(f"{where}: upgraded from {before or 'empty'} to {after}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: State) -> None:
+    """Print the database's migration revision (and whether it is the latest).
+
+    \b
+    Example:
+        smartcar-etl db current
+    """
+    from etl.db.engine import current_revision, head_revision
+
+    current, head = current_revision(state.engine()), head_revision()
+    if current is None:
+        click.echo(f"none (empty database; latest is {head})")
+    else:
+        click.echo(f"{current}" + (" (latest)" if current == head else f" (latest is {head})"))
+
+
+# -- connections ------------------------------------------------------------------------------
+
+@cli.group(cls=EtlGroup)
+def connections() -> None:
+    """Choose which connection ids are tracked.
+
+    \b
+    Example:
+        smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+
+
+def _report_tracked(result: Any) -> None:
+    click.echo(f"{result.added} added, {result.retracked} tracked again, {result.unchanged} already tracked")
+
+
+@connections.command("add")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_state
+def connections_add(state: State, ids: tuple[str, ...]) -> None:
+    """Start tracking these connection ids (UUIDs). Nothing is stored if any id is invalid.
+
+    \b
+    Example:
+        smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+    from etl.tracking import parse_ids, track
+
+    parsed = parse_ids(ids, source="arguments", arguments=True)
+    _report_tracked(track(state.engine(), parsed))
+
+
+@connections.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@pass_state
+def connections_import(state: State, file: TextIO) -> None:
+    """Track the ids in FILE (- for stdin): one a line, blank lines and # comments ignored.
+
+    Every invalid id is reported with its line number, and then nothing is stored.
+
+    \b
+    Example:
+        smartcar-etl connections import ids.txt
+        psql -Atc 'select connection_id from app.cars' | smartcar-etl connections import -
+    """
+    from etl.tracking import parse_ids, track
+
+    parsed = parse_ids(file, source=file.name if file.name != "<stdin>" else "stdin")
+    _report_tracked(track(state.engine(), parsed))
+
+
+@connections.command("list")
+@click.option("--all", "include_untracked", is_flag=True, help="Include untracked connections.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@pass_state
+def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
+    """Tracked connections with status, open permissions, last success and last error.
+
+    \b
+    Example:
+        smartcar-etl connections list --format csv > connections.csv
+    """
+    from etl.tracking import LIST_COLUMNS, list_connections
+
+    rows = list_connections(state.engine(), include_untracked=include_untracked)
+    click.echo(render(rows, LIST_COLUMNS, fmt))
+
+
+@connections.command("untrack")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_state
+def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
+    """Stop polling these ids; their rows and history stay.
+
+    \b
+    Example:
+        smartcar-etl connections untrack 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+    from etl.tracking import parse_ids, untrack
+
+    parsed = parse_ids(ids, source="arguments", arguments=True)
+    changed, unknown = untrack(state.engine(), parsed)
+    for connection_id in unknown:
+        click.echo(f"Warning: {connection_id} is not a known connection", err=True)
+    click.echo(f"{changed} untracked")
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+@cli.command("sync")
+@click.option("--all", "include_deleted", is_flag=True,
+              help="Also re-check tracked connections marked deleted.")
+@click.pass_context
+def sync_command(ctx: click.Context, include_deleted: bool) -> None:
+    """One pass now over the tracked connections (pending and active); what cron calls.
+
+    Exit 0: every connection fetched and stored, or found deleted; 1: some failed;
+    2: bad configuration; 3: aborted (credentials refused, billing, database down).
+
+    \b
+    Example:
+        SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
+    """
+    from etl.sync import sync
+
+    state: State = ctx.obj
+    result = sync(state.config, state.engine(), include_deleted=include_deleted)
+    click.echo(result.summary())
+    ctx.exit(result.exit_code)
+
+
+# -- demo and fake API ------------------------------------------------------------------------
+
+@cli.command("demo")
+@click.option("--database", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("smartcar-etl-demo.db"), show_default=True,
+              help="SQLite file to create (an earlier demo database there is replaced; nothing else is).")
+@click.option("--connections", "connections_count", type=click.IntRange(1, 10_000), default=30,
+              show_default=True)
+@click.option("--passes", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.pass_context
+def demo_command(ctx: click.Context, database: Path, connections_count: int, passes: int) -> None:
+    """Run the job against the bundled fake Smartcar API on loopback, into SQLite, and report.
+
+    Needs no network and no credentials.
+
+    \b
+    Example:
+        smartcar-etl demo && sqlite3 smartcar-etl-demo.db 'select * from permission_changes'
+    """
+    from etl.demo import run_demo
+    from etl.logs import setup_logging
+
+    state: State = ctx.obj
+    setup_logging((state.log_level or "WARNING").upper(), state.log_format or "text")
+    run_demo(database=database, connections_count=connections_count, passes=passes, out=click.echo)
+
+
+@cli.command("fake-api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--connections", "connections_count", type=click.IntRange(0, 10_000_000), default=100,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def fake_api_command(host: str, port: int, connections_count: int, seed: int) -> None:
+    """Serve the bundled fake Smartcar API on loopback until interrupted.
+
+    Prints the environment to point the job at it. Its credentials are fake.
+
+    \b
+    Example:
+        smartcar-etl fake-api --connections 1000 --port 8765
+    """
+    from etl.config import is_loopback_host
+    from etl.fakeapi import FakeApi, serve, urls
+
+    if not is_loopback_host(host):
+        raise click.BadParameter(f"{host!r} is not a loopback address", param_hint="--host")
+    fake = FakeApi()
+    fake.populate(connections_count, seed=seed)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serve(fake, host=host, port=port) as root:
+        u = urls(root)
+        click.echo(f"export SMARTCAR_API_BASE_URL={u['base_url']}")
+        click.echo(f"export SMARTCAR_TOKEN_URL={u['token_url']}")
+        click.echo(f"export SMARTCAR_CLIENT_ID={fake.client_id}")
+        click.echo(f"export SMARTCAR_CLIENT_SECRET={fake.client_secret}")
+        click.echo(f"# {connections_count} connections; Ctrl-C to stop", err=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def main() -> None:
+    """Console script entry point."""
+    cli(prog_name="smartcar-etl")

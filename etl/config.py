@@ -1,0 +1,360 @@
+"""Typed configuration: a YAML file, then environment variables over it.
+
+Everything is validated when the config is built and every problem is reported
+at once, each naming its YAML path (``api.concurrency``) or its environment
+variable. Secrets are only read from the environment or from a file the config
+names; they are wrapped in ``Secret`` so that no repr, log line or exception
+shows them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from etl.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "config.yaml"
+PLACEHOLDER_SECRETS = {"changethis", "changeme", "your_client_secret", "secret", "xxx"}
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret value, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Where the Smartcar API is and how to authenticate against it."""
+
+    base_url: str = "https://vehicle.api.smartcar.com/v3"
+    token_url: str = "https://iam.smartcar.com/oauth2/token"
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    access_token: Secret | None = None
+    timeout_seconds: float = 310.0
+    concurrency: int = 8
+
+    def require_credentials(self) -> None:
+        """Raise ConfigError unless client credentials or a ready token are set."""
+        if (self.client_id and self.client_secret) or self.access_token:
+            return
+        raise ConfigError(
+            "no API credentials: set SMARTCAR_CLIENT_ID and SMARTCAR_CLIENT_SECRET "
+            "(or api.client_id and api.client_secret_file), or SMARTCAR_ACCESS_TOKEN"
+        )
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How failed requests are retried."""
+
+    max_attempts: int = 5
+    initial_backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 60.0
+    max_retry_after_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """How a pass is stored."""
+
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level and format (stderr)."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of smartcar-etl."""
+
+    database_url: str = "sqlite:///smartcar_etl.db"
+    api: ApiConfig = field(default_factory=ApiConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = "built-in defaults"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+# The YAML schema: section -> key -> parser. Parsers take (path, value, errors)
+# and return the parsed value or None after appending to errors.
+_Parser = Callable[[str, Any, list[str]], Any]
+
+
+def _positive_int(path: str, value: Any, errors: list[str]) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        errors.append(f"{path}: expected a whole number of at least 1, got {value!r}")
+        return None
+    return value
+
+
+def _positive_float(path: str, value: Any, errors: list[str]) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        errors.append(f"{path}: expected a number greater than 0, got {value!r}")
+        return None
+    return float(value)
+
+
+def _non_negative_float(path: str, value: Any, errors: list[str]) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        errors.append(f"{path}: expected a number of at least 0, got {value!r}")
+        return None
+    return float(value)
+
+
+def _string(path: str, value: Any, errors: list[str]) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        errors.append(f"{path}: expected a non-empty string, got {value!r}")
+        return None
+    return value.strip()
+
+
+def _choice(choices: tuple[str, ...], *, upper: bool = False) -> _Parser:
+    def parse(path: str, value: Any, errors: list[str]) -> str | None:
+        text = value.upper() if upper and isinstance(value, str) else value
+        if text not in choices:
+            errors.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+            return None
+        return str(text)
+
+    return parse
+
+
+def _file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
+    name = _string(path, value, errors)
+    if name is None:
+        return None
+    try:
+        text = Path(name).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        errors.append(f"{path}: cannot read {name}: {exc.strerror}")
+        return None
+    return _check_secret(path, text, errors)
+
+
+def _check_secret(where: str, text: str, errors: list[str]) -> Secret | None:
+    if not text:
+        errors.append(f"{where}: the secret is empty")
+        return None
+    if text.lower() in PLACEHOLDER_SECRETS or (text.startswith("<") and text.endswith(">")):
+        # Never echo the value itself, even a placeholder: it may be a real secret.
+        errors.append(f"{where}: looks like a placeholder, not a real secret")
+        return None
+    return Secret(text)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_url(path: str, value: Any, errors: list[str]) -> str | None:
+    text = _string(path, value, errors)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme == "https" and parts.hostname:
+        pass
+    elif parts.scheme == "http" and is_loopback_host(parts.hostname):
+        pass
+    elif parts.scheme == "http":
+        errors.append(f"{path}: plain http:// is accepted only for loopback addresses, got {text!r}")
+        return None
+    else:
+        errors.append(f"{path}: expected an https:// URL, got {text!r}")
+        return None
+    if parts.query or parts.username or parts.password:
+        errors.append(f"{path}: must not carry a query string or credentials")
+        return None
+    return text.rstrip("/")
+
+
+def _database_url(path: str, value: Any, errors: list[str]) -> str | None:
+    text = _string(path, value, errors)
+    if text is None:
+        return None
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        errors.append(f"{path}: not a SQLAlchemy database URL")
+        return None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        errors.append(f"{path}: unsupported database {url.get_backend_name()!r} "
+                      "(sqlite or postgresql)")
+        return None
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+        text = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return text
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
+    "database": {"url": ("database_url", _database_url)},
+    "api": {
+        "base_url": ("base_url", _api_url),
+        "token_url": ("token_url", _api_url),
+        "client_id": ("client_id", _string),
+        "client_secret_file": ("client_secret", _file_secret),
+        "access_token_file": ("access_token", _file_secret),
+        "timeout_seconds": ("timeout_seconds", _positive_float),
+        "concurrency": ("concurrency", _positive_int),
+    },
+    "retry": {
+        "max_attempts": ("max_attempts", _positive_int),
+        "initial_backoff_seconds": ("initial_backoff_seconds", _non_negative_float),
+        "max_backoff_seconds": ("max_backoff_seconds", _non_negative_float),
+        "max_retry_after_seconds": ("max_retry_after_seconds", _non_negative_float),
+    },
+    "sync": {"batch_size": ("batch_size", _positive_int)},
+    "logging": {
+        "level": ("level", _choice(LOG_LEVELS, upper=True)),
+        "format": ("format", _choice(LOG_FORMATS)),
+    },
+}
+
+_SECRET_KEYS = {"client_secret": "client_secret_file", "access_token": "access_token_file"}
+
+_ENV: dict[str, tuple[str, str, _Parser]] = {
+    "SMARTCAR_ETL_DATABASE_URL": ("database", "url", _database_url),
+    "SMARTCAR_API_BASE_URL": ("api", "base_url", _api_url),
+    "SMARTCAR_TOKEN_URL": ("api", "token_url", _api_url),
+    "SMARTCAR_CLIENT_ID": ("api", "client_id", _string),
+}
+_ENV_SECRETS = {"SMARTCAR_CLIENT_SECRET": "client_secret", "SMARTCAR_ACCESS_TOKEN": "access_token"}
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """Pick the config file: --config, else $SMARTCAR_ETL_CONFIG, else ./config.yaml."""
+    for where, name in (("--config", explicit), ("SMARTCAR_ETL_CONFIG", env.get("SMARTCAR_ETL_CONFIG"))):
+        if name:
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{where}: config file {name} does not exist")
+            return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config from a YAML file and the environment; raise ConfigError listing all problems.
+
+    ``overrides`` maps dotted keys (``logging.level``) to values from the command line.
+    """
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    raw: Any = {}
+    if file is not None:
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{file}: cannot read YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+    errors: list[str] = []
+    values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+    for section, body in raw.items():
+        if section not in _SCHEMA:
+            errors.append(f"{section}: unknown section (expected one of {', '.join(_SCHEMA)})")
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            errors.append(f"{section}: expected a mapping")
+            continue
+        for key, value in body.items():
+            if section == "api" and key in _SECRET_KEYS:
+                errors.append(f"api.{key}: secrets are not read from the config file; set "
+                              f"the environment variable or api.{_SECRET_KEYS[key]}")
+                continue
+            if key not in _SCHEMA[section]:
+                errors.append(f"{section}.{key}: unknown key")
+                continue
+            if value is None:
+                continue
+            attr, parser = _SCHEMA[section][key]
+            parsed = parser(f"{section}.{key}", value, errors)
+            if parsed is not None:
+                values[section][attr] = parsed
+    for var, (section, key, parser) in _ENV.items():
+        if env.get(var):
+            parsed = parser(var, env[var], errors)
+            if parsed is not None:
+                values[section][_SCHEMA[section][key][0]] = parsed
+    for var, attr in _ENV_SECRETS.items():
+        if env.get(var):
+            secret = _check_secret(var, env[var].strip(), errors)
+            if secret is not None:
+                values["api"][attr] = secret
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        attr, parser = _SCHEMA[section][key]
+        parsed = parser(dotted, value, errors)
+        if parsed is not None:
+            values[section][attr] = parsed
+    if bool(values["api"].get("client_id")) != bool(values["api"].get("client_secret")):
+        errors.append("api: client_id and client_secret go together (SMARTCAR_CLIENT_ID, "
+                      "SMARTCAR_CLIENT_SECRET or api.client_secret_file)")
+    retry = values["retry"]
+    if retry.get("initial_backoff_seconds", 0.5) > retry.get("max_backoff_seconds", 60.0):
+        errors.append("retry.initial_backoff_seconds: must not exceed retry.max_backoff_seconds")
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        database_url=values["database"].get("database_url", Config.database_url),
+        api=ApiConfig(**values["api"]),
+        retry=RetryConfig(**values["retry"]),
+        sync=SyncConfig(**values["sync"]),
+        logging=LoggingConfig(**values["logging"]),
+        source=str(file) if file else "built-in defaults",
+    )

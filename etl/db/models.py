@@ -1,0 +1,225 @@
+"""SQLAlchemy models of every table; migrations create them, tests check they agree."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+UTC = dt.UTC
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp, to the microsecond, on every database.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no such type, so the value is
+    stored as naive UTC text (``2026-03-01 12:00:00.000000``, which sorts and
+    compares correctly) and given back its UTC zone when read. Naive datetimes
+    are refused rather than guessed at: the machine's time zone never leaks in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            msg = f"naive datetime {value!r}: timestamps must be timezone-aware"
+            raise ValueError(msg)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+ID = String(36)  # canonical lower-case UUID text, readable in SQL on every database
+# BIGINT on PostgreSQL; INTEGER on SQLite so that it is the rowid alias and autoincrements.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints stably."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UtcDateTime(), str: Text()}
+
+
+class User(Base):
+    """A Smartcar user seen through at least one connection."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    first_seen_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+
+
+class Vehicle(Base):
+    """A vehicle with the latest attributes seen for it."""
+
+    __tablename__ = "vehicles"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    make: Mapped[str | None]
+    model: Mapped[str | None]
+    year: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None]
+    powertrain_type: Mapped[str | None]
+    first_seen_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+
+
+CONNECTION_STATUSES = ("pending", "active", "deleted")
+
+
+class Connection(Base):
+    """One tracked connection id and what was last learnt about it."""
+
+    __tablename__ = "connections"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'active', 'deleted')", name="status"),
+        Index(None, "status"),
+        Index(None, "user_id"),
+        Index(None, "vehicle_id"),
+    )
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(ID, ForeignKey("users.id"))
+    vehicle_id: Mapped[str | None] = mapped_column(ID, ForeignKey("vehicles.id"))
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    tracked: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    tracked_at: Mapped[dt.datetime]
+    source_created_at: Mapped[dt.datetime | None]
+    source_updated_at: Mapped[dt.datetime | None]
+    first_seen_at: Mapped[dt.datetime | None]
+    last_seen_at: Mapped[dt.datetime | None]
+    # Last fetch that gave an answer (200 or 404): what previous_observed_at refers to.
+    last_success_at: Mapped[dt.datetime | None]
+    last_attempt_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None]
+
+
+class PermissionGrant(Base):
+    """One continuous interval in which a connection held a permission."""
+
+    __tablename__ = "permission_grants"
+    __table_args__ = (
+        # At most one open interval per connection and permission.
+        Index(
+            "uq_permission_grants_open",
+            "connection_id",
+            "permission",
+            unique=True,
+            sqlite_where=text("valid_to IS NULL"),
+            postgresql_where=text("valid_to IS NULL"),
+        ),
+        Index(None, "permission", "valid_from"),
+        CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="interval"),
+    )
+
+    connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(100), primary_key=True)
+    valid_from: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    valid_to: Mapped[dt.datetime | None]
+
+
+class SyncRun(Base):
+    """One run of sync, backfill or a daemon pass, with its counters."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running', 'succeeded', 'partial', 'failed', 'aborted')", name="status"
+        ),
+        Index(None, "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    connections_planned: Mapped[int] = mapped_column(Integer, server_default="0")
+    connections_fetched: Mapped[int] = mapped_column(Integer, server_default="0")
+    connections_changed: Mapped[int] = mapped_column(Integer, server_default="0")
+    connections_deleted: Mapped[int] = mapped_column(Integer, server_default="0")
+    connections_failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    permissions_granted: Mapped[int] = mapped_column(Integer, server_default="0")
+    permissions_revoked: Mapped[int] = mapped_column(Integer, server_default="0")
+    requests: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None]
+
+
+class PermissionChange(Base):
+    """Append-only log of every permission granted or revoked."""
+
+    __tablename__ = "permission_changes"
+    __table_args__ = (
+        CheckConstraint("change IN ('granted', 'revoked')", name="change"),
+        Index(None, "connection_id", "permission", "observed_at"),
+        Index(None, "observed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"))
+    permission: Mapped[str] = mapped_column(String(100))
+    change: Mapped[str] = mapped_column(String(8))
+    observed_at: Mapped[dt.datetime]
+    previous_observed_at: Mapped[dt.datetime | None]
+    source_updated_at: Mapped[dt.datetime | None]
+    run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
+
+
+class FetchError(Base):
+    """One connection that failed in one run."""
+
+    __tablename__ = "fetch_errors"
+    __table_args__ = (Index(None, "run_id"), Index(None, "connection_id", "occurred_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(BigId, ForeignKey("sync_runs.id"))
+    connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"))
+    occurred_at: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None]
+
+
+users: Table = Base.metadata.tables["users"]
+vehicles: Table = Base.metadata.tables["vehicles"]
+connections: Table = Base.metadata.tables["connections"]
+permission_grants: Table = Base.metadata.tables["permission_grants"]
+permission_changes: Table = Base.metadata.tables["permission_changes"]
+sync_runs: Table = Base.metadata.tables["sync_runs"]
+fetch_errors: Table = Base.metadata.tables["fetch_errors"]

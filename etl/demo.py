@@ -1,0 +1,108 @@
+"""A self-contained demonstration: the fake API on loopback, SQLite, a few passes, a report."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from etl.config import ApiConfig, Config, RetryConfig, Secret
+from etl.db.engine import make_engine, upgrade
+from etl.db.models import connections, permission_changes, permission_grants, vehicles
+from etl.errors import ConfigError
+from etl.fakeapi import FakeApi, serve, urls
+from etl.output import render
+from etl.sync import sync
+from etl.tracking import track
+
+DEMO_TRIGGER = "demo"
+# A well-formed id the fake API does not know: the demo shows it classified as deleted.
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def _is_demo_database(path: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            triggers = {t for (t,) in db.execute("SELECT DISTINCT trigger FROM sync_runs")}
+    except sqlite3.Error:
+        return False
+    return triggers <= {DEMO_TRIGGER}
+
+
+def prepare_database(path: Path) -> None:
+    """Remove an earlier demo database at ``path``; refuse to touch any other file."""
+    if not path.exists():
+        return
+    if not _is_demo_database(path):
+        raise ConfigError(f"--database: {path} exists and is not a demo database; choose another path")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def run_demo(
+    *, database: Path, connections_count: int = 30, passes: int = 4, seed: int = 7,
+    out: Callable[[str], None],
+) -> None:
+    """Run the demonstration, writing its story and report through ``out``."""
+    prepare_database(database)
+    fake = FakeApi(client_id="demo-client", client_secret="demo-secret-not-real")
+    ids = fake.populate(connections_count, seed=seed)
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        upgrade(engine)
+        with serve(fake) as root:
+            config = Config(
+                database_url=f"sqlite:///{database}",
+                api=ApiConfig(**urls(root), client_id=fake.client_id,
+                              client_secret=Secret(fake.client_secret), timeout_seconds=10, concurrency=4),
+                retry=RetryConfig(initial_backoff_seconds=0.05, max_backoff_seconds=0.5),
+            )
+            out(f"Fake Smartcar API on {root}; database {database}")
+            track(engine, ids + [UNKNOWN_ID])
+            out(f"Tracking {len(ids) + 1} connection ids (one of them unknown to the API).\n")
+            for number in range(1, passes + 1):
+                if number > 1:
+                    for line in fake.churn(seed=seed + number, changes=4):
+                        out(f"  world: {line}")
+                if number == 2:
+                    fake.fail_next(503, times=2)
+                    out("  world: the API will answer 503 twice (the job retries)")
+                result = sync(replace(config), engine, trigger=DEMO_TRIGGER, include_deleted=True)
+                out(f"pass {number}: {result.summary()}\n")
+        out(_report(engine))
+    finally:
+        engine.dispose()
+    out(f"\nQuery it yourself: sqlite3 {database} 'SELECT * FROM permission_changes'")
+
+
+def _report(engine: Engine) -> str:
+    c, v, pc, g = connections.c, vehicles.c, permission_changes.c, permission_grants.c
+    with engine.connect() as conn:
+        changes = conn.execute(
+            select(pc.observed_at, pc.change, pc.permission, v.make, v.model, pc.connection_id)
+            .join(connections, c.id == pc.connection_id).join(vehicles, v.id == c.vehicle_id)
+            .where(pc.previous_observed_at.is_not(None))
+            .order_by(pc.observed_at, pc.connection_id, pc.permission)
+        ).mappings().all()
+        held = conn.execute(
+            select(v.make, v.model, v.id, g.permission)
+            .join(connections, c.vehicle_id == v.id).join(permission_grants, g.connection_id == c.id)
+            .where(g.valid_to.is_(None)).order_by(v.make, v.model, v.id, g.permission)
+        ).all()
+    per_vehicle: dict[tuple[str, str, str], list[str]] = {}
+    for make, model, vehicle_id, permission in held:
+        per_vehicle.setdefault((make, model, vehicle_id), []).append(permission)
+    rows = [{"vehicle": f"{make} {model}", "vehicle_id": vid[:8], "permissions": ", ".join(p)}
+            for (make, model, vid), p in per_vehicle.items()]
+    change_rows = [{**row, "observed_at": row["observed_at"].strftime("%H:%M:%S.%f"),
+                    "connection_id": row["connection_id"][:8]} for row in changes]
+    return "\n".join([
+        "Permission changes after the first pass:",
+        render(change_rows, ["observed_at", "change", "permission", "make", "model", "connection_id"]),
+        "",
+        "Current permissions per vehicle:",
+        render(rows, ["vehicle", "vehicle_id", "permissions"]),
+    ])

@@ -1,0 +1,155 @@
+"""The one exception tree of smartcar-etl.
+
+Every error the library raises on purpose is an ``EtlError``; the CLI turns it
+into a message on stderr and the exit code named on its class::
+
+    EtlError                      exit 1
+    ├── ConfigError               exit 2  bad option, config key or input value
+    │   └── InvalidIdError                a connection id that is not a UUID
+    ├── DatabaseError             exit 3  database unreachable or not migrated
+    │   └── NotMigratedError      exit 2  the schema is not at the latest revision
+    ├── ApiError                  exit 1  one request failed; the connection is a failed fetch
+    │   ├── RetriableApiError             429, 5xx, timeout, network: worth another try
+    │   ├── MalformedDocumentError        a 200 whose body is not a valid document
+    │   └── FatalApiError         exit 3  the run cannot go on: 401 after renewal, 403, 430
+    │       └── AuthenticationError       credentials refused or token unobtainable
+    └── SyncError                 exit 1  a run finished with failures
+        └── SyncAborted           exit 3  a run stopped early and stored nothing further
+
+Messages are built from structured fields, never from request headers, tokens
+or secrets, so they are safe to print and to store in ``fetch_errors``.
+"""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Root of every error smartcar-etl raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EtlError):
+    """Configuration or usage is wrong; every problem is listed at once."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[str] | str) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        if len(self.errors) == 1:
+            message = self.errors[0]
+        else:
+            message = f"{len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(message)
+
+
+class InvalidIdError(ConfigError):
+    """One or more connection ids are not UUIDs; nothing was stored or sent."""
+
+    def __init__(self, bad: list[tuple[str, str]]) -> None:
+        """``bad`` holds (where, value) pairs, e.g. ("ids.txt, line 3", "abc")."""
+        self.bad = bad
+        super().__init__([f"{where}: {value!r} is not a connection id (a UUID)" for where, value in bad])
+
+
+class DatabaseError(EtlError):
+    """The database cannot be reached or used."""
+
+    exit_code = 3
+
+    def __init__(self, *, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"database {url}: {reason}")
+
+
+class NotMigratedError(DatabaseError):
+    """The database schema is missing or behind the code."""
+
+    exit_code = 2
+
+    def __init__(self, *, url: str, current: str | None, head: str) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(
+            url=url,
+            reason=(f"schema is at revision {current or 'none'}, expected {head}; "
+                    "run `smartcar-etl db upgrade` first"),
+        )
+
+
+class ApiError(EtlError):
+    """A request to the Smartcar API did not give a usable answer."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        status: int | None = None,
+        reason: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        self.path = path
+        self.status = status
+        self.reason = reason
+        self.code = code
+        self.detail = detail
+        if kind is not None:
+            self.kind = kind
+        parts = [f"{self.kind}"]
+        if status is not None:
+            parts.append(f"HTTP {status}" + (f" {reason}" if reason else ""))
+        if code:
+            parts.append(code)
+        message = " ".join(parts) + f" on {path}"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+
+
+class RetriableApiError(ApiError):
+    """A transient failure: rate limit, server error, timeout or network."""
+
+    def __init__(self, *, retry_after: float | None = None, **fields: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(**fields)  # type: ignore[arg-type]
+
+
+class MalformedDocumentError(ApiError):
+    """A 200 answer whose body is not a valid connection document."""
+
+    kind = "malformed"
+
+
+class FatalApiError(ApiError):
+    """The API refuses the application as a whole; the run must stop."""
+
+    exit_code = 3
+
+
+class AuthenticationError(FatalApiError):
+    """Credentials were refused, or no token could be obtained."""
+
+    kind = "auth"
+
+
+class SyncError(EtlError):
+    """A run finished, but some connections failed."""
+
+    exit_code = 1
+
+
+class SyncAborted(SyncError):
+    """A run was aborted and stored nothing further."""
+
+    exit_code = 3
+
+    def __init__(self, *, run_id: int | None, cause: EtlError) -> None:
+        self.run_id = run_id
+        self.cause = cause
+        where = f"run {run_id}" if run_id is not None else "run"
+        super().__init__(f"{where} aborted: {cause}")

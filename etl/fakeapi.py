@@ -1,0 +1,432 @@
+"""The bundled fake Smartcar API: tests, ``demo``, ``fake-api`` and benchmarks share it.
+
+``FakeApi.handle`` takes an ``httpx.Request`` and returns an ``httpx.Response``,
+so tests plug it into ``httpx.MockTransport``; ``serve`` puts the same object
+behind a real HTTP server on loopback. It implements the client-credentials
+token endpoint, ``GET /v3/connections/{id}``, the paged ``GET /v3/connections``,
+both documented error shapes, and scripted faults (``fail_next``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+TOKEN_PATH = "/oauth2/token"
+API_PREFIX = "/v3"
+MAX_PAGE_SIZE = 100
+
+PERMISSIONS = (
+    "read_vehicle_info", "read_odometer", "read_location", "read_battery", "read_charge",
+    "read_fuel", "read_vin", "read_tires", "read_security", "control_charge", "control_security",
+)
+VEHICLES = (
+    ("Tesla", "Model 3", "BEV"), ("Ford", "F-150", "ICE"), ("Toyota", "Prius", "HEV"),
+    ("BMW", "i3", "BEV"), ("Volkswagen", "ID.4", "BEV"), ("Toyota", "RAV4 Prime", "PHEV"),
+    ("Chevrolet", "Bolt EV", "BEV"), ("Hyundai", "Ioniq 5", "BEV"), ("Kia", "Niro", "PHEV"),
+    ("Ford", "Mustang Mach-E", "BEV"),
+)
+REASONS = {
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+    430: "Billing", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+}
+# Ways a fake connection can be served as a malformed document.
+BREAKAGES = ("no_user", "bad_year", "wrong_id", "not_json", "permissions_string", "wrong_type")
+
+
+@dataclass
+class FakeConnection:
+    """One connection in the fake world."""
+
+    id: str
+    user_id: str
+    vehicle_id: str
+    permissions: list[str]
+    vehicle: dict[str, Any]
+    created_at: str = "2026-01-01T00:00:00Z"
+    updated_at: str = "2026-01-01T00:00:00Z"
+    broken: str | None = None  # one of BREAKAGES: served as a malformed document
+
+
+@dataclass
+class Fault:
+    """A scripted failure for the next matching request(s)."""
+
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    shape: str = "v3"  # v3 | v2 | html | text | malformed_json
+    delay: float = 0.0  # seconds to sleep before answering (or before raising)
+    error: str | None = None  # "timeout" or "connect": raise instead of answering
+    match: str | None = None  # substring of the request path; None: any API request
+    times: int = 1
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class FakeApi:
+    """In-memory Smartcar API state, a request log, and scripted failures."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str = "fake-client-id",
+        client_secret: str = "fake-client-secret",
+        access_tokens: tuple[str, ...] = (),
+        token_ttl: int = 3600,
+        error_shape: str = "v3",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_ttl = token_ttl
+        self.error_shape = error_shape
+        self.clock = clock
+        self.connections: dict[str, FakeConnection] = {}
+        self.removed: dict[str, FakeConnection] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
+        self._tokens: dict[str, float] = dict.fromkeys(access_tokens, float("inf"))
+        self._token_counter = 0
+        self._lock = threading.Lock()
+
+    # -- the world ---------------------------------------------------------
+
+    def add(
+        self,
+        *,
+        permissions: list[str] | None = None,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        vehicle_id: str | None = None,
+        vehicle: dict[str, Any] | None = None,
+        rng: random.Random | None = None,
+    ) -> FakeConnection:
+        """Add a connection (ids random unless given) and return it."""
+        rng = rng or random.Random()
+        make, model, powertrain = rng.choice(VEHICLES)
+        conn = FakeConnection(
+            id=connection_id or _uuid(rng),
+            user_id=user_id or _uuid(rng),
+            vehicle_id=vehicle_id or _uuid(rng),
+            permissions=list(permissions if permissions is not None else ["read_vehicle_info"]),
+            vehicle=vehicle if vehicle is not None else {
+                "make": make, "model": model, "year": rng.randint(2015, 2026),
+                "mode": "live" if rng.random() < 0.9 else "simulated", "powertrainType": powertrain,
+            },
+        )
+        with self._lock:
+            self.connections[conn.id] = conn
+        return conn
+
+    def populate(self, count: int, *, seed: int = 0) -> list[str]:
+        """Add ``count`` connections with random permissions; some users own several vehicles."""
+        rng = random.Random(seed)
+        users = [_uuid(rng) for _ in range(max(1, int(count * 0.7)))]
+        ids = []
+        for _ in range(count):
+            permissions = rng.sample(PERMISSIONS, rng.randint(1, 5))
+            ids.append(self.add(permissions=permissions, user_id=rng.choice(users), rng=rng).id)
+        return ids
+
+    def set_permissions(self, connection_id: str, permissions: list[str]) -> None:
+        """Change what the API reports for a connection from now on."""
+        with self._lock:
+            conn = self.connections[connection_id]
+            conn.permissions = list(permissions)
+            conn.updated_at = _iso(dt.datetime.now(dt.UTC))
+
+    def remove(self, connection_id: str) -> None:
+        """Disconnect: the connection answers 404 until ``restore``."""
+        with self._lock:
+            self.removed[connection_id] = self.connections.pop(connection_id)
+
+    def restore(self, connection_id: str) -> None:
+        """Bring a removed connection back."""
+        with self._lock:
+            self.connections[connection_id] = self.removed.pop(connection_id)
+
+    def churn(self, *, seed: int, changes: int = 5) -> list[str]:
+        """Change the world between passes: grants, revocations, a disconnection, a return.
+
+        Returns a human-readable line per change.
+        """
+        rng = random.Random(seed)
+        said = []
+        for conn_id in rng.sample(sorted(self.connections), min(changes, len(self.connections))):
+            perms = list(self.connections[conn_id].permissions)
+            if perms and rng.random() < 0.5:
+                gone = rng.choice(perms)
+                perms.remove(gone)
+                said.append(f"{conn_id}: user revoked {gone}")
+            else:
+                new = rng.choice([p for p in PERMISSIONS if p not in perms] or list(PERMISSIONS))
+                perms.append(new)
+                said.append(f"{conn_id}: user granted {new}")
+            self.set_permissions(conn_id, perms)
+        if self.removed and rng.random() < 0.5:
+            back = rng.choice(sorted(self.removed))
+            self.restore(back)
+            said.append(f"{back}: reconnected")
+        elif len(self.connections) > 1:
+            gone_id = rng.choice(sorted(self.connections))
+            self.remove(gone_id)
+            said.append(f"{gone_id}: disconnected")
+        return said
+
+    # -- scripting ---------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int = 500,
+        *,
+        headers: dict[str, str] | None = None,
+        shape: str | None = None,
+        delay: float = 0.0,
+        error: str | None = None,
+        match: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching requests with a fault instead of the normal answer."""
+        with self._lock:
+            self.faults.append(Fault(
+                status=status, headers=headers or {}, shape=shape or self.error_shape,
+                delay=delay, error=error, match=match, times=times,
+            ))
+
+    def expire_tokens(self) -> None:
+        """Make every issued token invalid, as if the hour had passed."""
+        with self._lock:
+            self._tokens = {t: exp for t, exp in self._tokens.items() if exp == float("inf")}
+
+    def count(self, method: str, path_prefix: str) -> int:
+        """How many logged requests used this method and started with this path."""
+        return sum(1 for m, p in self.requests if m == method and p.startswith(path_prefix))
+
+    # -- HTTP --------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one request (the MockTransport handler)."""
+        path = request.url.path
+        with self._lock:
+            self.requests.append((request.method, path))
+            fault = self._take_fault(path)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.error == "timeout":
+                raise httpx.ReadTimeout("scripted timeout", request=request)
+            if fault.error == "connect":
+                raise httpx.ConnectError("scripted connection failure", request=request)
+            return self.error(fault.status, shape=fault.shape, headers=fault.headers)
+        if path == TOKEN_PATH and request.method == "POST":
+            return self._token(request)
+        if not path.startswith(API_PREFIX + "/"):
+            return self.error(404, detail="no such path")
+        if not self._authorised(request):
+            return self.error(401, code="unauthorized", detail="The access token is invalid or expired.")
+        route = path[len(API_PREFIX):]
+        if request.method == "GET" and route == "/connections":
+            return self._list(request)
+        if request.method == "GET" and route.startswith("/connections/") and route.count("/") == 2:
+            return self._get(route.rsplit("/", 1)[1])
+        return self.error(404, detail="no such path")
+
+    def _take_fault(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.match is None and path == TOKEN_PATH:
+                continue
+            if fault.match is None or fault.match in path:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def _token(self, request: httpx.Request) -> httpx.Response:
+        form = parse_qs(request.content.decode())
+        if form.get("grant_type") != ["client_credentials"]:
+            return httpx.Response(400, json={"error": "unsupported_grant_type"})
+        if form.get("client_id") != [self.client_id] or form.get("client_secret") != [self.client_secret]:
+            return httpx.Response(
+                401, json={"error": "invalid_client", "error_description": "Client authentication failed."}
+            )
+        with self._lock:
+            self._token_counter += 1
+            token = f"fake-token-{self._token_counter}-{uuid.uuid4().hex}"
+            self._tokens[token] = self.clock() + self.token_ttl
+        return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl})
+
+    def _authorised(self, request: httpx.Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        with self._lock:
+            expiry = self._tokens.get(header[len("Bearer "):])
+        return expiry is not None and self.clock() < expiry
+
+    def document(self, conn: FakeConnection) -> dict[str, Any]:
+        """The JSON:API resource for a connection, as Smartcar documents it."""
+        return {
+            "id": conn.id,
+            "type": "connection",
+            "attributes": {"permissions": list(conn.permissions), "vehicle": dict(conn.vehicle)},
+            "relationships": {
+                "vehicle": {"data": {"id": conn.vehicle_id, "type": "vehicle"}},
+                "user": {"data": {"id": conn.user_id, "type": "user"}},
+            },
+            "meta": {"createdAt": conn.created_at, "updatedAt": conn.updated_at},
+            "links": {"self": f"{API_PREFIX}/connections/{conn.id}"},
+        }
+
+    def _broken(self, conn: FakeConnection) -> httpx.Response:
+        doc = self.document(conn)
+        if conn.broken == "not_json":
+            return httpx.Response(200, content=b'{"data": {"id": ', headers={"content-type": "application/json"})
+        if conn.broken == "no_user":
+            del doc["relationships"]["user"]
+        elif conn.broken == "bad_year":
+            doc["attributes"]["vehicle"]["year"] = "2020"
+        elif conn.broken == "wrong_id":
+            doc["id"] = str(uuid.uuid4())
+        elif conn.broken == "permissions_string":
+            doc["attributes"]["permissions"] = ",".join(conn.permissions)
+        elif conn.broken == "wrong_type":
+            doc["type"] = "vehicle"
+        return httpx.Response(200, json={"data": doc})
+
+    def _get(self, connection_id: str) -> httpx.Response:
+        with self._lock:
+            conn = self.connections.get(connection_id)
+        if conn is None:
+            return self.error(404, code="not_found", detail="Connection not found.")
+        if conn.broken:
+            return self._broken(conn)
+        return httpx.Response(200, json={"data": self.document(conn)})
+
+    def _list(self, request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        try:
+            number = int(params.get("page[number]", "1"))
+            size = int(params.get("page[size]", "10"))
+        except ValueError:
+            return self.error(400, code="bad_request", detail="page parameters must be integers")
+        if number < 1 or not 1 <= size <= MAX_PAGE_SIZE:
+            return self.error(400, code="bad_request", detail="page out of range")
+        with self._lock:
+            every = list(self.connections.values())
+        page = every[(number - 1) * size: number * size]
+        last = max(1, -(-len(every) // size))
+        link = f"{API_PREFIX}/connections?page[number]={{}}&page[size]={size}"
+        return httpx.Response(200, json={
+            "data": [self.document(c) for c in page],
+            "meta": {"page": number, "pageSize": size, "totalCount": len(every)},
+            "links": {
+                "self": link.format(number), "first": link.format(1), "last": link.format(last),
+                "next": link.format(number + 1) if number < last else None,
+                "previous": link.format(number - 1) if number > 1 else None,
+            },
+        })
+
+    def error(
+        self,
+        status: int,
+        *,
+        code: str | None = None,
+        detail: str = "Scripted failure.",
+        shape: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """An error answer in one of the shapes Smartcar (or a gateway in front of it) uses."""
+        shape = shape or self.error_shape
+        reason = REASONS.get(status, "Error")
+        code = code or reason.lower().replace(" ", "_")
+        if shape == "v3":
+            body: Any = {"errors": [{"status": str(status), "code": code, "title": reason, "detail": detail}]}
+            return httpx.Response(status, json=body, headers=headers)
+        if shape == "v2":
+            body = {"type": code.upper(), "code": "FAKE", "description": detail, "statusCode": status,
+                    "requestId": str(uuid.uuid4()), "resolution": {"type": "RETRY_LATER"}}
+            return httpx.Response(status, json=body, headers=headers)
+        if shape == "html":
+            page = f"<html><head><title>{status} {reason}</title></head><body>nginx</body></html>"
+            return httpx.Response(status, text=page, headers={"content-type": "text/html", **(headers or {})})
+        if shape == "malformed_json":
+            return httpx.Response(status, content=b'{"errors": [', headers={"content-type": "application/json",
+                                                                             **(headers or {})})
+        return httpx.Response(status, text=f"{status} {reason}", headers=headers)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _FakeServer
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        host = self.headers.get("Host", "127.0.0.1")
+        request = httpx.Request(self.command, f"http://{host}{self.path}", headers=self.headers.items(),
+                                content=body)
+        try:
+            response = self.server.fake.handle(request)
+        except httpx.TransportError:
+            self.close_connection = True  # a scripted network failure: hang up without answering
+            return
+        content = response.read()
+        self.send_response(response.status_code, REASONS.get(response.status_code))
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_GET = do_POST = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+        return
+
+
+class _FakeServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, fake: FakeApi, address: tuple[str, int]) -> None:
+        self.fake = fake
+        super().__init__(address, _Handler)
+
+
+@contextlib.contextmanager
+def serve(fake: FakeApi, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``fake`` on loopback in a thread; yield its root URL (``http://127.0.0.1:PORT``)."""
+    server = _FakeServer(fake, (host, port))
+    thread = threading.Thread(target=server.serve_forever, name="fake-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def urls(root: str) -> dict[str, str]:
+    """The API base and token URLs of a fake served at ``root``."""
+    return {"base_url": root + API_PREFIX, "token_url": root + TOKEN_PATH}

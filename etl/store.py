@@ -1,0 +1,201 @@
+"""Store one batch of fetch outcomes in one transaction, with set-based statements.
+
+For a batch: two SELECTs (prior connection state, open grants), one upsert per
+table (users, vehicles, connections), one executemany each for deletions,
+closed grants, opened grants, changes, failures. No per-row ORM work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, select, update
+
+from etl.api.documents import ConnectionRecord
+from etl.db.models import (
+    connections,
+    fetch_errors,
+    permission_changes,
+    permission_grants,
+    users,
+    vehicles,
+)
+from etl.db.upsert import upsert
+from etl.errors import ApiError
+from etl.history import Observation, diff
+
+MAX_ERROR_TEXT = 500
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The API returned the connection."""
+
+    connection_id: str
+    observed_at: dt.datetime
+    record: ConnectionRecord
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The API answered 404: the connection no longer exists."""
+
+    connection_id: str
+    observed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The fetch failed (retries exhausted, malformed document, other 4xx)."""
+
+    connection_id: str
+    observed_at: dt.datetime
+    error: ApiError
+
+
+Outcome = Fetched | Gone | Failed
+
+
+@dataclass
+class BatchCounts:
+    """What a batch (or a run) stored."""
+
+    fetched: int = 0
+    changed: int = 0
+    deleted: int = 0
+    failed: int = 0
+    granted: int = 0
+    revoked: int = 0
+
+    def add(self, other: BatchCounts) -> None:
+        """Add another batch's counts to these."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def error_text(error: ApiError) -> str:
+    """The error as stored in ``connections.last_error`` and ``fetch_errors.detail``."""
+    text = str(error)
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
+
+
+def _latest(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """One outcome per connection (the last), so that no statement touches a row twice."""
+    return list({o.connection_id: o for o in outcomes}.values())
+
+
+def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> BatchCounts:
+    """Write a batch; the caller owns the transaction (one per batch)."""
+    outcomes = _latest(outcomes)
+    fetched = [o for o in outcomes if isinstance(o, Fetched)]
+    gone = [o for o in outcomes if isinstance(o, Gone)]
+    failed = [o for o in outcomes if isinstance(o, Failed)]
+    answered = [o.connection_id for o in fetched] + [o.connection_id for o in gone]
+
+    previous: dict[str, dt.datetime | None] = {}
+    held: dict[str, set[str]] = {}
+    if answered:
+        rows = conn.execute(
+            select(connections.c.id, connections.c.last_success_at).where(connections.c.id.in_(answered))
+        )
+        previous = {row.id: row.last_success_at for row in rows}
+        for row in conn.execute(
+            select(permission_grants.c.connection_id, permission_grants.c.permission).where(
+                permission_grants.c.connection_id.in_(answered), permission_grants.c.valid_to.is_(None)
+            )
+        ):
+            held.setdefault(row.connection_id, set()).add(row.permission)
+
+    _upsert_entities(conn, fetched)
+
+    if gone:
+        conn.execute(
+            update(connections)
+            .where(connections.c.id == bindparam("b_id"))
+            .values(status="deleted", last_success_at=bindparam("b_at"), last_attempt_at=bindparam("b_at"),
+                    last_error=None),
+            [{"b_id": o.connection_id, "b_at": o.observed_at} for o in gone],
+        )
+
+    observations = [
+        Observation(o.connection_id, o.observed_at, o.record.permissions, o.record.source_updated_at)
+        for o in fetched
+    ] + [Observation(o.connection_id, o.observed_at, None) for o in gone if o.connection_id in previous]
+    delta = diff(observations, held=held, previous_observed_at=previous, run_id=run_id)
+    if delta.close_grants:
+        conn.execute(
+            update(permission_grants)
+            .where(
+                permission_grants.c.connection_id == bindparam("b_connection_id"),
+                permission_grants.c.permission == bindparam("b_permission"),
+                permission_grants.c.valid_to.is_(None),
+            )
+            .values(valid_to=bindparam("b_valid_to")),
+            delta.close_grants,
+        )
+    if delta.open_grants:
+        conn.execute(permission_grants.insert(), delta.open_grants)
+    if delta.changes:
+        conn.execute(permission_changes.insert(), delta.changes)
+
+    if failed and run_id is not None:
+        conn.execute(fetch_errors.insert(), [
+            {"run_id": run_id, "connection_id": o.connection_id, "occurred_at": o.observed_at,
+             "kind": o.error.kind, "http_status": o.error.status, "detail": error_text(o.error)}
+            for o in failed
+        ])
+    if failed:
+        conn.execute(
+            update(connections)
+            .where(connections.c.id == bindparam("b_id"))
+            .values(last_attempt_at=bindparam("b_at"), last_error=bindparam("b_error")),
+            [{"b_id": o.connection_id, "b_at": o.observed_at, "b_error": error_text(o.error)} for o in failed],
+        )
+    return BatchCounts(
+        fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
+        failed=len(failed), granted=delta.granted, revoked=delta.revoked,
+    )
+
+
+def _upsert_entities(conn: Connection, fetched: Sequence[Fetched]) -> None:
+    """Upsert users, vehicles and connections for the fetched records, one statement each."""
+    if not fetched:
+        return
+    user_rows: dict[str, dict[str, object]] = {}
+    vehicle_rows: dict[str, dict[str, object]] = {}
+    for o in sorted(fetched, key=lambda o: o.observed_at):  # later observations win
+        r = o.record
+        first = user_rows.get(r.user_id, {}).get("first_seen_at", o.observed_at)
+        user_rows[r.user_id] = {"id": r.user_id, "first_seen_at": first, "last_seen_at": o.observed_at}
+        first = vehicle_rows.get(r.vehicle_id, {}).get("first_seen_at", o.observed_at)
+        vehicle_rows[r.vehicle_id] = {
+            "id": r.vehicle_id, "make": r.vehicle.make, "model": r.vehicle.model, "year": r.vehicle.year,
+            "mode": r.vehicle.mode, "powertrain_type": r.vehicle.powertrain_type,
+            "first_seen_at": first, "last_seen_at": o.observed_at,
+        }
+    upsert(conn=conn, table=users, rows=list(user_rows.values()), key=["id"], update=["last_seen_at"])
+    upsert(
+        conn=conn, table=vehicles, rows=list(vehicle_rows.values()), key=["id"],
+        update=["make", "model", "year", "mode", "powertrain_type", "last_seen_at"],
+    )
+    upsert(
+        conn=conn,
+        table=connections,
+        rows=[
+            {
+                "id": o.connection_id, "user_id": o.record.user_id, "vehicle_id": o.record.vehicle_id,
+                "status": "active", "tracked": True, "tracked_at": o.observed_at,
+                "source_created_at": o.record.source_created_at,
+                "source_updated_at": o.record.source_updated_at,
+                "first_seen_at": o.observed_at, "last_seen_at": o.observed_at,
+                "last_success_at": o.observed_at, "last_attempt_at": o.observed_at, "last_error": None,
+            }
+            for o in fetched
+        ],
+        key=["id"],
+        update=["user_id", "vehicle_id", "status", "source_created_at", "source_updated_at",
+                "last_seen_at", "last_success_at", "last_attempt_at", "last_error"],
+        keep_existing=["first_seen_at"],
+    )

@@ -1,0 +1,268 @@
+"""The one orchestration: plan -> fetch (concurrently) -> parse -> store (in batches) -> run record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import closing
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy import Engine, insert, select, update
+
+from etl.api.auth import token_source
+from etl.api.client import Cancelled, SmartcarClient, make_http_client, utcnow
+from etl.api.retry import RetryPolicy
+from etl.config import Config
+from etl.db.engine import require_migrated, translate_errors
+from etl.db.models import connections, sync_runs
+from etl.errors import ApiError, DatabaseError, FatalApiError, SyncAborted
+from etl.store import BatchCounts, Failed, Fetched, Gone, Outcome, store_batch
+
+log = logging.getLogger(__name__)
+
+EXIT_BY_STATUS = {"succeeded": 0, "partial": 1, "failed": 1, "aborted": 3}
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    run_id: int
+    status: str
+    planned: int
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """The contract's exit code for this outcome."""
+        return EXIT_BY_STATUS[self.status]
+
+    def summary(self) -> str:
+        """One line for humans and logs."""
+        c = self.counts
+        return (f"run {self.run_id} {self.status}: {self.planned} planned, {c.fetched} fetched, "
+                f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
+                f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s")
+
+
+def plan_ids(engine: Engine, *, include_deleted: bool = False) -> list[str]:
+    """Tracked connection ids to fetch: pending and active ones (and deleted ones with ``include_deleted``)."""
+    statuses = ["pending", "active"] + (["deleted"] if include_deleted else [])
+    with translate_errors(engine), engine.connect() as conn:
+        return list(conn.scalars(
+            select(connections.c.id)
+            .where(connections.c.tracked.is_(True), connections.c.status.in_(statuses))
+            .order_by(connections.c.id)
+        ))
+
+
+def fetch_outcomes(
+    ids: Sequence[str],
+    *,
+    client: SmartcarClient,
+    concurrency: int,
+    window: int,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> Iterator[Outcome]:
+    """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
+
+    At most ``window`` results wait to be consumed, so fetching goes on while
+    the consumer writes a batch, and memory stays bounded. A FatalApiError is
+    raised as soon as it is seen; the other requests are cancelled.
+    """
+
+    def fetch_one(connection_id: str) -> Outcome:
+        try:
+            record = client.get_connection(connection_id)
+        except FatalApiError:
+            client.cancelled.set()
+            raise
+        except ApiError as error:
+            return Failed(connection_id, now(), error)
+        at = now()
+        return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+    pending: set[Future[Outcome]] = set()
+    try:
+        for connection_id in ids:
+            if client.cancelled.is_set():
+                break
+            pending.add(pool.submit(fetch_one, connection_id))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from _results(done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from _results(done)
+    finally:
+        client.cancelled.set()
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+def _results(done: set[Future[Outcome]]) -> Iterator[Outcome]:
+    # Raise a fatal error before yielding anything else from the same round.
+    errors = [f.exception() for f in done if f.exception() is not None]
+    fatal = [e for e in errors if not isinstance(e, Cancelled)]
+    if fatal:
+        raise fatal[0]
+    for future in done:
+        if future.exception() is None:
+            yield future.result()
+
+
+def start_run(engine: Engine, *, trigger: str, planned: int, now: Callable[[], dt.datetime]) -> int:
+    """Insert the ``sync_runs`` row (status running) and return its id."""
+    with translate_errors(engine), engine.begin() as conn:
+        run_id = conn.execute(
+            insert(sync_runs)
+            .values(trigger=trigger, started_at=now(), status="running", connections_planned=planned)
+            .returning(sync_runs.c.id)
+        ).scalar_one()
+    return int(run_id)
+
+
+def finish_run(engine: Engine, result: RunResult, *, now: Callable[[], dt.datetime], error: str | None = None) -> None:
+    """Close the run row with its final status, request count and error text."""
+    with translate_errors(engine), engine.begin() as conn:
+        conn.execute(
+            update(sync_runs).where(sync_runs.c.id == result.run_id)
+            .values(status=result.status, finished_at=now(), requests=result.requests, error=error)
+        )
+
+
+def _count_into_run(counts: BatchCounts) -> dict[str, object]:
+    c = sync_runs.c
+    return {
+        "connections_fetched": c.connections_fetched + counts.fetched,
+        "connections_changed": c.connections_changed + counts.changed,
+        "connections_deleted": c.connections_deleted + counts.deleted,
+        "connections_failed": c.connections_failed + counts.failed,
+        "permissions_granted": c.permissions_granted + counts.granted,
+        "permissions_revoked": c.permissions_revoked + counts.revoked,
+    }
+
+
+def run_ids(
+    engine: Engine,
+    ids: Sequence[str],
+    *,
+    client: SmartcarClient,
+    trigger: str = "sync",
+    batch_size: int = 500,
+    concurrency: int = 8,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> RunResult:
+    """Fetch and store the given connection ids as one run; return how it ended.
+
+    Raises SyncAborted (exit 3) when the API refuses the application or the
+    database goes away; everything stored before that stays, nothing more is written.
+    """
+    started = time.monotonic()
+    requests_before = client.requests_sent
+    run = RunResult(run_id=start_run(engine, trigger=trigger, planned=len(ids), now=now),
+                    status="running", planned=len(ids))
+    log.info("run %s started: %d connections to fetch", run.run_id, len(ids),
+             extra={"run_id": run.run_id, "trigger": trigger})
+    batch: list[Outcome] = []
+
+    def flush() -> None:
+        counts = BatchCounts()
+        with translate_errors(engine), engine.begin() as conn:
+            counts = store_batch(conn=conn, run_id=run.run_id, outcomes=batch)
+            conn.execute(update(sync_runs).where(sync_runs.c.id == run.run_id)
+                         .values(**_count_into_run(counts)))
+        run.counts.add(counts)
+        batch.clear()
+
+    try:
+        outcomes = fetch_outcomes(ids, client=client, concurrency=concurrency,
+                                  window=batch_size + concurrency, now=now)
+        with closing(outcomes):
+            for outcome in outcomes:
+                if isinstance(outcome, Failed):
+                    log.warning("connection %s failed: %s", outcome.connection_id, outcome.error,
+                                extra={"run_id": run.run_id, "connection_id": outcome.connection_id})
+                batch.append(outcome)
+                if len(batch) >= batch_size:
+                    flush()
+        if batch:
+            flush()
+    except (FatalApiError, DatabaseError) as error:
+        run.status = "aborted"
+        run.requests = client.requests_sent - requests_before
+        run.seconds = time.monotonic() - started
+        try:
+            finish_run(engine, run, now=now, error=str(error))
+        except DatabaseError:
+            log.error("could not record the end of run %s", run.run_id)
+        log.error("%s; %d fetched results were not stored", run.summary(), len(batch),
+                  extra={"run_id": run.run_id})
+        raise SyncAborted(run_id=run.run_id, cause=error) from error
+    run.requests = client.requests_sent - requests_before
+    run.seconds = time.monotonic() - started
+    c = run.counts
+    if c.failed == 0:
+        run.status = "succeeded"
+    elif c.failed < run.planned:
+        run.status = "partial"
+    else:
+        run.status = "failed"
+    finish_run(engine, run, now=now)
+    log.info(run.summary(), extra={"run_id": run.run_id, "status": run.status,
+                                   "duration_seconds": round(run.seconds, 3)})
+    return run
+
+
+def build_client(
+    config: Config,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], object] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> SmartcarClient:
+    """A client from the config; ``transport`` and ``sleep`` are injectable for tests."""
+    cancelled = threading.Event()
+    r = config.retry
+    retry = RetryPolicy(
+        max_attempts=r.max_attempts, initial_backoff=r.initial_backoff_seconds,
+        max_backoff=r.max_backoff_seconds, max_retry_after=r.max_retry_after_seconds,
+        # By default a wait is cut short when the run is cancelled.
+        sleep=sleep or cancelled.wait,
+    )
+    http = make_http_client(timeout=config.api.timeout_seconds, concurrency=config.api.concurrency,
+                            transport=transport)
+    auth = token_source(config.api, http=http, retry=retry)
+    return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=now,
+                          cancelled=cancelled)
+
+
+def sync(
+    config: Config,
+    engine: Engine,
+    *,
+    include_deleted: bool = False,
+    trigger: str = "sync",
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], object] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> RunResult:
+    """One pass over the tracked connections that are due; the library behind ``smartcar-etl sync``."""
+    require_migrated(engine)
+    client = build_client(config, transport=transport, sleep=sleep, now=now)
+    try:
+        ids = plan_ids(engine, include_deleted=include_deleted)
+        return run_ids(engine, ids, client=client, trigger=trigger, batch_size=config.sync.batch_size,
+                       concurrency=config.api.concurrency, now=now)
+    finally:
+        client.http.close()
+
