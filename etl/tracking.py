@@ -68,7 +68,7 @@ def track(engine: Engine, ids: list[str], *, now: Callable[[], dt.datetime] = ut
         for chunk in _chunks(ids):
             known = dict(conn.execute(
                 select(connections.c.id, connections.c.tracked).where(connections.c.id.in_(chunk))
-            ).tuples().all())
+            ).all())
             new = [{"id": i, "status": "pending", "tracked": True, "tracked_at": at}
                    for i in chunk if i not in known]
             upsert(conn=conn, table=connections, key=["id"], update=[], rows=new)

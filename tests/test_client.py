@@ -1,0 +1,207 @@
+"""The API client against the fake API over MockTransport: every row of the response table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+
+import httpx
+import pytest
+
+from etl.api.auth import ClientCredentials, StaticToken
+from etl.api.client import SmartcarClient, classify, error_info, make_http_client
+from etl.api.retry import RetryPolicy
+from etl.config import Secret
+from etl.errors import (
+    ApiError,
+    AuthenticationError,
+    FatalApiError,
+    MalformedDocumentError,
+    RetriableApiError,
+)
+from etl.fakeapi import BREAKAGES, FakeApi
+
+NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Harness:
+    def __init__(self, fake: FakeApi, *, static: str | None = None, attempts: int = 5) -> None:
+        self.fake = fake
+        self.sleeps: list[float] = []
+        self.monotonic = 1000.0
+        retry = RetryPolicy(max_attempts=attempts, initial_backoff=1.0, max_backoff=8.0,
+                            max_retry_after=30.0, sleep=self.sleeps.append, random=lambda: 1.0)
+        http = make_http_client(timeout=5, concurrency=2, transport=httpx.MockTransport(fake.handle))
+        self.auth = StaticToken(Secret(static)) if static else ClientCredentials(
+            http=http, token_url="https://auth.test/oauth2/token", client_id=fake.client_id,
+            client_secret=Secret(fake.client_secret), retry=retry, clock=lambda: self.monotonic)
+        self.client = SmartcarClient(base_url="https://api.test/v3", auth=self.auth, http=http,
+                                     retry=retry, now=lambda: NOW)
+
+    def gets(self, cid: str) -> int:
+        return self.fake.count("GET", f"/v3/connections/{cid}")
+
+
+@pytest.fixture
+def h(fake_api: FakeApi) -> Harness:
+    return Harness(fake_api)
+
+
+def test_200_is_parsed_into_a_record(h: Harness) -> None:
+    conn = h.fake.add(permissions=["read_odometer", "read_vin", "read_odometer"])
+    record = h.client.get_connection(conn.id)
+    assert record is not None
+    assert record.permissions == {"read_odometer", "read_vin"}
+    assert (record.user_id, record.vehicle_id) == (conn.user_id, conn.vehicle_id)
+    assert h.sleeps == []
+
+
+def test_404_is_an_answer_fetched_once(h: Harness) -> None:
+    missing = "00000000-0000-4000-8000-000000000001"
+    assert h.client.get_connection(missing) is None
+    assert h.gets(missing) == 1 and h.sleeps == []
+
+
+@pytest.mark.parametrize("retry_after, expected", [("2", 2.0), ("120", 30.0), (None, 1.0)])
+def test_429_waits_for_retry_after_capped(h: Harness, retry_after: str | None, expected: float) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(429, headers={"Retry-After": retry_after} if retry_after else {})
+    assert h.client.get_connection(conn.id) is not None
+    assert h.sleeps == [expected] and h.gets(conn.id) == 2
+
+
+def test_429_retry_after_as_http_date(h: Harness) -> None:
+    conn = h.fake.add()
+    when = email.utils.format_datetime(NOW + dt.timedelta(seconds=7), usegmt=True)
+    h.fake.fail_next(429, headers={"Retry-After": when})
+    assert h.client.get_connection(conn.id) is not None
+    assert h.sleeps == [7.0]
+
+
+@pytest.mark.parametrize("fault", [
+    {"status": 500}, {"status": 502, "shape": "html"}, {"status": 503, "shape": "v2"},
+    {"error": "timeout"}, {"error": "connect"},
+])
+def test_transient_failures_retry_with_growing_backoff(h: Harness, fault: dict[str, object]) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(times=3, **fault)  # type: ignore[arg-type]
+    assert h.client.get_connection(conn.id) is not None
+    assert h.sleeps == [1.0, 2.0, 4.0] and h.gets(conn.id) == 4
+
+
+def test_retries_stop_at_the_cap_and_raise_the_last_error(h: Harness) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(503, times=99)
+    with pytest.raises(RetriableApiError) as caught:
+        h.client.get_connection(conn.id)
+    assert caught.value.status == 503
+    assert h.gets(conn.id) == 5 and h.sleeps == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_401_renews_the_token_once_and_retries(h: Harness) -> None:
+    conn = h.fake.add()
+    assert h.client.get_connection(conn.id) is not None
+    h.fake.expire_tokens()
+    assert h.client.get_connection(conn.id) is not None
+    assert h.fake.count("POST", "/oauth2/token") == 2 and h.gets(conn.id) == 3
+
+
+def test_second_401_after_renewal_is_fatal(h: Harness) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(401, match="/v3/", times=2)
+    with pytest.raises(AuthenticationError, match="refused again after renewing"):
+        h.client.get_connection(conn.id)
+    assert h.gets(conn.id) == 2
+
+
+def test_ready_token_refused_cannot_be_renewed(fake_api: FakeApi) -> None:
+    h = Harness(fake_api, static="not-a-valid-token")
+    conn = fake_api.add()
+    with pytest.raises(AuthenticationError, match="cannot be renewed"):
+        h.client.get_connection(conn.id)
+    assert h.gets(conn.id) == 1 and fake_api.count("POST", "/oauth2/token") == 0
+
+
+def test_ready_token_is_used_as_bearer(fake_api: FakeApi) -> None:
+    fake = FakeApi(access_tokens=("ready-token",))
+    h = Harness(fake, static="ready-token")
+    assert h.client.get_connection(fake.add().id) is not None
+    assert fake.count("POST", "/oauth2/token") == 0
+
+
+@pytest.mark.parametrize("status, kind", [(403, "forbidden"), (430, "billing")])
+def test_403_and_430_are_fatal_and_not_retried(h: Harness, status: int, kind: str) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(status, match="/v3/")
+    with pytest.raises(FatalApiError) as caught:
+        h.client.get_connection(conn.id)
+    assert (caught.value.status, caught.value.kind) == (status, kind)
+    assert caught.value.exit_code == 3 and h.gets(conn.id) == 1
+
+
+def test_other_4xx_fails_that_request_only(h: Harness) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(400, match="/v3/")
+    with pytest.raises(ApiError) as caught:
+        h.client.get_connection(conn.id)
+    assert not isinstance(caught.value, RetriableApiError | FatalApiError)
+    assert h.gets(conn.id) == 1 and h.sleeps == []
+    assert h.client.get_connection(conn.id) is not None
+
+
+def test_token_is_cached_and_renewed_before_expiry(h: Harness) -> None:
+    conn = h.fake.add()
+    for _ in range(3):
+        h.client.get_connection(conn.id)
+    assert h.fake.count("POST", "/oauth2/token") == 1
+    h.monotonic += 3600 - 30  # within the renewal margin of the 1-hour token
+    h.client.get_connection(conn.id)
+    assert h.fake.count("POST", "/oauth2/token") == 2
+
+
+def test_wrong_client_secret_is_an_authentication_error(fake_api: FakeApi) -> None:
+    h = Harness(fake_api)
+    fake_api.client_secret = "the-server-expects-another-secret"
+    with pytest.raises(AuthenticationError) as caught:
+        h.client.get_connection(fake_api.add().id)
+    assert caught.value.status == 401 and caught.value.code == "invalid_client"
+    assert h.fake.count("GET", "/v3/") == 0
+
+
+def test_token_endpoint_down_is_an_authentication_error_after_retries(h: Harness) -> None:
+    h.fake.fail_next(503, match="/oauth2/token", times=99)
+    with pytest.raises(AuthenticationError, match="token endpoint unavailable after 5 attempts"):
+        h.client.get_connection(h.fake.add().id)
+    assert h.fake.count("POST", "/oauth2/token") == 5
+
+
+@pytest.mark.parametrize("broken", BREAKAGES)
+def test_malformed_documents_are_refused(h: Harness, broken: str) -> None:
+    conn = h.fake.add()
+    conn.broken = broken
+    with pytest.raises(MalformedDocumentError) as caught:
+        h.client.get_connection(conn.id)
+    assert caught.value.kind == "malformed" and h.gets(conn.id) == 1
+
+
+@pytest.mark.parametrize("shape, code, detail", [
+    ("v3", "service_unavailable", "Scripted failure."),
+    ("v2", "SERVICE_UNAVAILABLE:FAKE", "Scripted failure."),
+    ("html", None, "HTML page: 503 Service Unavailable"),
+    ("text", None, "503 Service Unavailable"),
+    ("malformed_json", None, '{"errors": ['),
+])
+def test_error_bodies_in_every_shape(fake_api: FakeApi, shape: str, code: str | None, detail: str) -> None:
+    response = fake_api.error(503, shape=shape)
+    assert error_info(response) == (code, detail)
+    with pytest.raises(RetriableApiError) as caught:
+        classify(response, path="/connections/x")
+    assert caught.value.status == 503
+    assert "HTTP 503 Service Unavailable" in str(caught.value) and detail in str(caught.value)
+
+
+def test_concurrent_renewal_fetches_one_token(h: Harness) -> None:
+    first = h.auth.token()
+    assert h.auth.renew(first) != first
+    assert h.auth.renew(first) != first  # a second thread asking with the same stale token
+    assert h.fake.count("POST", "/oauth2/token") == 2
