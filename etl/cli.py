@@ -299,7 +299,8 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int) ->
     from etl.fakeapi import FakeApi, serve, urls
 
     if not is_loopback_host(host):
-        raise click.BadParameter(f"{host!r} is not a loopback address", param_hint="--host")
+        msg = f"{host!r} is not a loopback address"
+        raise click.BadParameter(msg, param_hint="--host")
     fake = FakeApi()
     fake.populate(connections_count, seed=seed)
     stop = threading.Event()

@@ -67,10 +67,9 @@ class ApiConfig:
         """Raise ConfigError unless client credentials or a ready token are set."""
         if (self.client_id and self.client_secret) or self.access_token:
             return
-        raise ConfigError(
-            "no API credentials: set SMARTCAR_CLIENT_ID and SMARTCAR_CLIENT_SECRET "
-            "(or api.client_id and api.client_secret_file), or SMARTCAR_ACCESS_TOKEN"
-        )
+        msg = ("no API credentials: set SMARTCAR_CLIENT_ID and SMARTCAR_CLIENT_SECRET "
+               "(or api.client_id and api.client_secret_file), or SMARTCAR_ACCESS_TOKEN")
+        raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,8 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
         if name:
             path = Path(name).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{where}: config file {name} does not exist")
+                msg = f"{where}: config file {name} does not exist"
+                raise ConfigError(msg)
             return path
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
@@ -296,9 +296,11 @@ def load_config(
         try:
             raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{file}: cannot read YAML: {exc}") from exc
+            msg = f"{file}: cannot read YAML: {exc}"
+            raise ConfigError(msg) from exc
         if not isinstance(raw, dict):
-            raise ConfigError(f"{file}: expected a mapping at the top level")
+            msg = f"{file}: expected a mapping at the top level"
+            raise ConfigError(msg)
     errors: list[str] = []
     values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
     for section, body in raw.items():

@@ -37,7 +37,8 @@ def prepare_database(path: Path) -> None:
     if not path.exists():
         return
     if not _is_demo_database(path):
-        raise ConfigError(f"--database: {path} exists and is not a demo database; choose another path")
+        msg = f"--database: {path} exists and is not a demo database; choose another path"
+        raise ConfigError(msg)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -56,7 +57,8 @@ def run_demo(
         with serve(fake) as root:
             config = Config(
                 database_url=f"sqlite:///{database}",
-                api=ApiConfig(**urls(root), client_id=fake.client_id,
+                api=ApiConfig(base_url=urls(root)["base_url"], token_url=urls(root)["token_url"],
+                              client_id=fake.client_id,
                               client_secret=Secret(fake.client_secret), timeout_seconds=10, concurrency=4),
                 retry=RetryConfig(initial_backoff_seconds=0.05, max_backoff_seconds=0.5),
             )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import random
 import threading
 import time
@@ -105,6 +104,7 @@ class FakeApi:
         self.faults: list[Fault] = []
         self._tokens: dict[str, float] = dict.fromkeys(access_tokens, float("inf"))
         self._token_counter = 0
+        self.issued_tokens: list[str] = []
         self._lock = threading.Lock()
 
     # -- the world ---------------------------------------------------------
@@ -232,9 +232,11 @@ class FakeApi:
             if fault.delay:
                 time.sleep(fault.delay)
             if fault.error == "timeout":
-                raise httpx.ReadTimeout("scripted timeout", request=request)
+                msg = "scripted timeout"
+                raise httpx.ReadTimeout(msg, request=request)
             if fault.error == "connect":
-                raise httpx.ConnectError("scripted connection failure", request=request)
+                msg = "scripted connection failure"
+                raise httpx.ConnectError(msg, request=request)
             return self.error(fault.status, shape=fault.shape, headers=fault.headers)
         if path == TOKEN_PATH and request.method == "POST":
             return self._token(request)
@@ -272,6 +274,7 @@ class FakeApi:
             self._token_counter += 1
             token = f"fake-token-{self._token_counter}-{uuid.uuid4().hex}"
             self._tokens[token] = self.clock() + self.token_ttl
+            self.issued_tokens.append(token)
         return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl})
 
     def _authorised(self, request: httpx.Request) -> bool:

@@ -30,18 +30,22 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``time level logger: message`` in UTC."""
 
-    converter = staticmethod(lambda secs: dt.datetime.fromtimestamp(secs or 0, dt.UTC).timetuple())  # type: ignore[assignment]
+    converter = staticmethod(lambda secs: dt.datetime.fromtimestamp(secs or 0, dt.UTC).timetuple())
 
     def __init__(self) -> None:
         super().__init__("%(asctime)sZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
 
 
+class _EtlHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed, so a second setup replaces only it."""
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send the job's logs to stderr; quieten libraries that log every request."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _EtlHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, _EtlHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

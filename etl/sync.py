@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -70,7 +70,7 @@ def fetch_outcomes(
     concurrency: int,
     window: int,
     now: Callable[[], dt.datetime] = utcnow,
-) -> Iterator[Outcome]:
+) -> Generator[Outcome, None, None]:
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
     At most ``window`` results wait to be consumed, so fetching goes on while
@@ -111,10 +111,10 @@ def fetch_outcomes(
 
 def _results(done: set[Future[Outcome]]) -> Iterator[Outcome]:
     # Raise a fatal error before yielding anything else from the same round.
-    errors = [f.exception() for f in done if f.exception() is not None]
-    fatal = [e for e in errors if not isinstance(e, Cancelled)]
-    if fatal:
-        raise fatal[0]
+    for future in done:
+        error = future.exception()
+        if error is not None and not isinstance(error, Cancelled):
+            raise error
     for future in done:
         if future.exception() is None:
             yield future.result()
@@ -205,8 +205,8 @@ def run_ids(
             finish_run(engine, run, now=now, error=str(error))
         except DatabaseError:
             log.error("could not record the end of run %s", run.run_id)
-        log.error("%s; %d fetched results were not stored", run.summary(), len(batch),
-                  extra={"run_id": run.run_id})
+        log.error("%s; %d fetched results were not stored; cause: %s", run.summary(), len(batch), error,
+                  extra={"run_id": run.run_id, "status": run.status})
         raise SyncAborted(run_id=run.run_id, cause=error) from error
     run.requests = client.requests_sent - requests_before
     run.seconds = time.monotonic() - started

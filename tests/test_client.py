@@ -30,7 +30,7 @@ class Harness:
         self.sleeps: list[float] = []
         self.monotonic = 1000.0
         retry = RetryPolicy(max_attempts=attempts, initial_backoff=1.0, max_backoff=8.0,
-                            max_retry_after=30.0, sleep=self.sleeps.append, random=lambda: 1.0)
+                            max_retry_after=30.0, sleep=self.sleeps.append, jitter=lambda: 1.0)
         http = make_http_client(timeout=5, concurrency=2, transport=httpx.MockTransport(fake.handle))
         self.auth = StaticToken(Secret(static)) if static else ClientCredentials(
             http=http, token_url="https://auth.test/oauth2/token", client_id=fake.client_id,

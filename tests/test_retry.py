@@ -27,7 +27,7 @@ def failing(times: int, **fields: object) -> tuple[list[int], object]:
 def test_backoff_doubles_up_to_the_cap() -> None:
     sleeps: list[float] = []
     policy = RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=3.0, sleep=sleeps.append,
-                         random=lambda: 1.0)
+                         jitter=lambda: 1.0)
     calls, attempt = failing(5)
     assert policy.call(attempt) == "ok"  # type: ignore[arg-type]
     assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0] and len(calls) == 6
@@ -35,14 +35,14 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 
 def test_jitter_keeps_at_least_half_the_wait() -> None:
     sleeps: list[float] = []
-    policy = RetryPolicy(initial_backoff=2.0, sleep=sleeps.append, random=lambda: 0.0)
+    policy = RetryPolicy(initial_backoff=2.0, sleep=sleeps.append, jitter=lambda: 0.0)
     policy.call(failing(2)[1])  # type: ignore[arg-type]
     assert sleeps == [1.0, 2.0]
 
 
 def test_gives_up_after_max_attempts_with_the_last_error() -> None:
     sleeps: list[float] = []
-    policy = RetryPolicy(max_attempts=3, sleep=sleeps.append, random=lambda: 1.0)
+    policy = RetryPolicy(max_attempts=3, sleep=sleeps.append, jitter=lambda: 1.0)
     calls, attempt = failing(10)
     with pytest.raises(RetriableApiError, match="HTTP 503"):
         policy.call(attempt)  # type: ignore[arg-type]

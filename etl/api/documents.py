@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from etl.errors import MalformedDocumentError
 
@@ -56,14 +56,18 @@ class _Problem(Exception):
     pass
 
 
+def _bad(problem: str) -> NoReturn:
+    raise _Problem(problem)
+
+
 def _get(obj: Any, *keys: str) -> Any:
     """Walk nested objects; a missing key or a non-object on the way is a problem."""
     path = "data"
     for key in keys:
         if not isinstance(obj, dict):
-            raise _Problem(f"{path} is not an object")
+            _bad(f"{path} is not an object")
         if key not in obj:
-            raise _Problem(f"{path}.{key} is missing")
+            _bad(f"{path}.{key} is missing")
         obj = obj[key]
         path += f".{key}"
     return obj
@@ -73,7 +77,7 @@ def _optional_string(attrs: dict[str, Any], key: str) -> str | None:
     value = attrs.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise _Problem(f"data.attributes.vehicle.{key} is {type(value).__name__}, expected a string")
+    _bad(f"data.attributes.vehicle.{key} is {type(value).__name__}, expected a string")
 
 
 def _timestamp(meta: Any, key: str) -> dt.datetime | None:
@@ -81,13 +85,13 @@ def _timestamp(meta: Any, key: str) -> dt.datetime | None:
         return None
     value = meta[key]
     if not isinstance(value, str):
-        raise _Problem(f"data.meta.{key} is not a string")
+        _bad(f"data.meta.{key} is not a string")
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise _Problem(f"data.meta.{key} is not an ISO-8601 time: {value[:40]!r}") from exc
+    except ValueError:
+        _bad(f"data.meta.{key} is not an ISO-8601 time: {value[:40]!r}")
     if parsed.tzinfo is None:
-        raise _Problem(f"data.meta.{key} has no time zone: {value[:40]!r}")
+        _bad(f"data.meta.{key} has no time zone: {value[:40]!r}")
     return parsed.astimezone(dt.UTC)
 
 
@@ -95,7 +99,7 @@ def _uuid(data: Any, *keys: str) -> str:
     value = _get(data, *keys)
     canonical = canonical_id(value)
     if canonical is None:
-        raise _Problem(f"data.{'.'.join(keys)} is not a UUID")
+        _bad(f"data.{'.'.join(keys)} is not a UUID")
     return canonical
 
 
@@ -103,30 +107,30 @@ def parse_resource(data: Any, *, expected_id: str | None, path: str) -> Connecti
     """Validate one connection resource (the ``data`` member, or one item of a listing)."""
     try:
         if not isinstance(data, dict):
-            raise _Problem("data is not an object")
+            _bad("data is not an object")
         connection_id = canonical_id(data.get("id"))
         if connection_id is None:
-            raise _Problem("data.id is not a UUID")
+            _bad("data.id is not a UUID")
         if expected_id is not None and connection_id != expected_id:
-            raise _Problem(f"data.id is {connection_id}, not the id that was asked for")
+            _bad(f"data.id is {connection_id}, not the id that was asked for")
         if data.get("type") != "connection":
-            raise _Problem(f"data.type is {data.get('type')!r}, expected 'connection'")
+            _bad(f"data.type is {data.get('type')!r}, expected 'connection'")
         permissions = _get(data, "attributes", "permissions")
         if not isinstance(permissions, list):
-            raise _Problem("data.attributes.permissions is not an array")
+            _bad("data.attributes.permissions is not an array")
         for permission in permissions:
             if not isinstance(permission, str) or not permission.strip():
-                raise _Problem(f"data.attributes.permissions holds {permission!r}, not a permission name")
+                _bad(f"data.attributes.permissions holds {permission!r}, not a permission name")
             if len(permission) > MAX_PERMISSION_LENGTH or permission != permission.strip():
-                raise _Problem(f"data.attributes.permissions holds {permission[:40]!r}, not a permission name")
+                _bad(f"data.attributes.permissions holds {permission[:40]!r}, not a permission name")
         vehicle = data["attributes"].get("vehicle")
         if vehicle is None:
             vehicle = {}
         if not isinstance(vehicle, dict):
-            raise _Problem("data.attributes.vehicle is not an object")
+            _bad("data.attributes.vehicle is not an object")
         year = vehicle.get("year")
         if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
-            raise _Problem(f"data.attributes.vehicle.year is {year!r}, expected an integer")
+            _bad(f"data.attributes.vehicle.year is {year!r}, expected an integer")
         meta = data.get("meta")
         return ConnectionRecord(
             connection_id=connection_id,

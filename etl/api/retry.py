@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from etl.errors import RetriableApiError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], dt.datetime]) -> float | None:
@@ -46,16 +48,16 @@ class RetryPolicy:
     max_backoff: float = 60.0
     max_retry_after: float = 300.0
     sleep: Callable[[float], object] = time.sleep
-    random: Callable[[], float] = field(default=random.random)
+    jitter: Callable[[], float] = random.random
 
     def delay(self, attempt: int, error: RetriableApiError) -> float:
         """How long to wait after failed attempt number ``attempt`` (1-based)."""
         if error.retry_after is not None:
             return min(self.max_retry_after, max(0.0, error.retry_after))
-        base = min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
-        return base * (0.5 + self.random() / 2)
+        base = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
+        return base * (0.5 + self.jitter() / 2)
 
-    def call(self, attempt_once: Callable[[], T], *, on_retry: Callable[[RetriableApiError, float], None] | None = None) -> T:
+    def call(self, attempt_once: Callable[[], T]) -> T:
         """Call until it succeeds, raises a non-retriable error, or attempts run out (last error raised)."""
         attempt = 1
         while True:
@@ -65,7 +67,6 @@ class RetryPolicy:
                 if attempt >= self.max_attempts:
                     raise
                 wait = self.delay(attempt, error)
-                if on_retry is not None:
-                    on_retry(error, wait)
+                log.info("%s; retrying in %.1fs (attempt %d of %d)", error, wait, attempt + 1, self.max_attempts)
                 self.sleep(wait)
                 attempt += 1
