@@ -379,6 +379,9 @@ class FakeApi:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm
+    # and the client's delayed ACK hold every answer back by ~40 ms.
+    disable_nagle_algorithm = True
     server: _FakeServer
 
     def _serve(self) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -90,34 +91,34 @@ def fetch_outcomes(
         return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
-    pending: set[Future[Outcome]] = set()
+    finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+    remaining = iter(ids)
+    in_flight = 0  # submitted and not yet consumed
+
+    def fill() -> None:
+        nonlocal in_flight
+        while in_flight < window and not client.cancelled.is_set():
+            connection_id = next(remaining, None)
+            if connection_id is None:
+                return
+            pool.submit(fetch_one, connection_id).add_done_callback(finished.put)
+            in_flight += 1
+
     try:
-        for connection_id in ids:
-            if client.cancelled.is_set():
-                break
-            pending.add(pool.submit(fetch_one, connection_id))
-            if len(pending) >= window:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from _results(done)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from _results(done)
+        fill()
+        while in_flight:
+            future = finished.get()
+            in_flight -= 1
+            error = future.exception()
+            if isinstance(error, Cancelled):
+                continue
+            if error is not None:
+                raise error
+            yield future.result()
+            fill()
     finally:
         client.cancelled.set()
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
-
-
-def _results(done: set[Future[Outcome]]) -> Iterator[Outcome]:
-    # Raise a fatal error before yielding anything else from the same round.
-    for future in done:
-        error = future.exception()
-        if error is not None and not isinstance(error, Cancelled):
-            raise error
-    for future in done:
-        if future.exception() is None:
-            yield future.result()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def start_run(engine: Engine, *, trigger: str, planned: int, now: Callable[[], dt.datetime]) -> int:

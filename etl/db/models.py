@@ -20,23 +20,42 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 UTC = dt.UTC
+
+
+class _SqliteUtcText(sqlite.DATETIME):
+    """SQLite DATETIME whose values UtcDateTime has already turned into text (and reads back itself)."""
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC timestamp, to the microsecond, on every database.
 
     PostgreSQL stores ``timestamptz``. SQLite has no such type, so the value is
-    stored as naive UTC text (``2026-03-01 12:00:00.000000``, which sorts and
-    compares correctly) and given back its UTC zone when read. Naive datetimes
-    are refused rather than guessed at: the machine's time zone never leaks in.
+    stored as naive UTC text (``2026-03-01 12:00:00.000000``, SQLAlchemy's own
+    format, which sorts and compares correctly as text) and given back its UTC
+    zone when read; the text is made and parsed here by ``isoformat`` and
+    ``fromisoformat``, which are several times faster than the generic path.
+    Naive datetimes are refused rather than guessed at: the machine's time zone
+    never leaks in.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_SqliteUtcText())  # type: ignore[no-untyped-call]
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
@@ -45,11 +64,15 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             msg = f"naive datetime {value!r}: timestamps must be timezone-aware"
             raise ValueError(msg)
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]

@@ -1,0 +1,178 @@
+"""Benchmark: connections per second of a full `sync`, against the raw fetch rate of the same client.
+
+Starts `smartcar-etl fake-api` in its own process on loopback with N connections,
+then measures, with the same client settings:
+
+- raw fetch: every GET through the job's client and thread pool, nothing stored;
+- sync into SQLite (a temporary file) and into PostgreSQL (a temporary database),
+  first pass (everything new) and second pass (nothing changed);
+- the store alone (parsed records written in batches, no HTTP), to show its headroom.
+
+Usage:
+    .venv/bin/python benchmarks/bench_sync.py [--connections 10000] [--concurrency 8]
+        [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from etl.api.documents import parse_connection
+from etl.config import ApiConfig, Config, Secret, SyncConfig
+from etl.db.engine import make_engine, upgrade
+from etl.fakeapi import FakeApi, urls
+from etl.store import Fetched, store_batch
+from etl.sync import build_client, fetch_outcomes, start_run, sync
+from etl.tracking import track
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_fake_api(count: int, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl", "fake-api", "--connections", str(count), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first export line: the server is listening
+    return proc
+
+
+def raw_fetch(config: Config, ids: list[str]) -> float:
+    client = build_client(config)
+    try:
+        client.auth.token()
+        started = time.perf_counter()
+        fetched = sum(1 for _ in fetch_outcomes(ids, client=client, concurrency=config.api.concurrency,
+                                                window=config.sync.batch_size + config.api.concurrency))
+        elapsed = time.perf_counter() - started
+    finally:
+        client.http.close()
+    assert fetched == len(ids)
+    return len(ids) / elapsed
+
+
+def sync_rate(config: Config, url: str, ids: list[str]) -> tuple[float, float]:
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        track(engine, ids)
+        rates = []
+        for _ in range(2):
+            started = time.perf_counter()
+            result = sync(config, engine)
+            rates.append(len(ids) / (time.perf_counter() - started))
+            assert result.counts.fetched == len(ids), result.summary()
+        return rates[0], rates[1]
+    finally:
+        engine.dispose()
+
+
+def store_rate(url: str, fake: FakeApi, ids: list[str], batch_size: int) -> tuple[float, float]:
+    """Connections/s of the store alone: parsed records written in batches, first and unchanged pass."""
+    records = [parse_connection({"data": fake.document(fake.connections[i])}, expected_id=i, path="-")
+               for i in ids]
+    engine = make_engine(url)
+    rates = []
+    try:
+        upgrade(engine)
+        track(engine, ids)
+        for n in range(2):
+            at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=n)
+            run_id = start_run(engine, trigger="sync", planned=len(ids), now=lambda at=at: at)
+            started = time.perf_counter()
+            for start in range(0, len(records), batch_size):
+                with engine.begin() as conn:
+                    store_batch(conn=conn, run_id=run_id, outcomes=[
+                        Fetched(r.connection_id, at, r) for r in records[start:start + batch_size]])
+            rates.append(len(ids) / (time.perf_counter() - started))
+    finally:
+        engine.dispose()
+    return rates[0], rates[1]
+
+
+def with_database(admin_url: str, work: Callable[[str], T]) -> T:
+    """Run ``work`` on a temporary PostgreSQL database, dropped afterwards."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"etl_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        return work(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--postgres-url", default=os.environ.get(
+        "ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    args = parser.parse_args()
+
+    ids = FakeApi().populate(args.connections, seed=0)  # the same world the server builds
+    port = free_port()
+    server = start_fake_api(args.connections, port)
+    fake = FakeApi()
+    config = Config(
+        api=ApiConfig(**urls(f"http://127.0.0.1:{port}"), client_id=fake.client_id,  # type: ignore[arg-type]
+                      client_secret=Secret(fake.client_secret), concurrency=args.concurrency, timeout_seconds=30),
+        sync=SyncConfig(batch_size=args.batch_size),
+    )
+    results: list[tuple[str, float]] = []
+    try:
+        raw_fetch(config, ids)  # a warm-up round, discarded, as the fake server starts cold
+        raw = raw_fetch(config, ids)
+        results.append(("raw fetch, no database", raw))
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            first, second = sync_rate(replace(config, database_url=url), url, ids)
+            results += [("sync SQLite, first pass", first), ("sync SQLite, unchanged pass", second)]
+        first, second = with_database(
+            args.postgres_url, lambda url: sync_rate(replace(config, database_url=url), url, ids))
+        results += [("sync PostgreSQL, first pass", first), ("sync PostgreSQL, unchanged pass", second)]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    local = FakeApi()
+    local.populate(args.connections, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        first, second = store_rate(f"sqlite:///{Path(tmp) / 'store.db'}", local, ids, args.batch_size)
+        results += [("store only SQLite, first pass", first), ("store only SQLite, unchanged", second)]
+    first, second = with_database(args.postgres_url, lambda url: store_rate(url, local, ids, args.batch_size))
+    results += [("store only PostgreSQL, first pass", first), ("store only PostgreSQL, unchanged", second)]
+
+    print(f"{args.connections} connections, concurrency {args.concurrency}, batch {args.batch_size}, "
+          f"fake API in its own process on loopback")
+    print(f"{'measurement':34} {'conn/s':>8} {'vs raw':>7}")
+    for label, rate in results:
+        print(f"{label:34} {rate:8.0f} {rate / raw:7.0%}")
+
+
+if __name__ == "__main__":
+    main()
