@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import random
+import sys
 import threading
 import time
 import uuid
@@ -63,7 +64,7 @@ class FakeConnection:
 class Fault:
     """A scripted failure for the next matching request(s)."""
 
-    status: int = 500
+    status: int | None = 500  # None: answer normally (after ``delay``)
     headers: dict[str, str] = field(default_factory=dict)
     shape: str = "v3"  # v3 | v2 | html | text | malformed_json
     delay: float = 0.0  # seconds to sleep before answering (or before raising)
@@ -195,7 +196,7 @@ class FakeApi:
 
     def fail_next(
         self,
-        status: int = 500,
+        status: int | None = 500,
         *,
         headers: dict[str, str] | None = None,
         shape: str | None = None,
@@ -204,7 +205,10 @@ class FakeApi:
         match: str | None = None,
         times: int = 1,
     ) -> None:
-        """Answer the next ``times`` matching requests with a fault instead of the normal answer."""
+        """Answer the next ``times`` matching requests with a fault instead of the normal answer.
+
+        ``status=None`` with a ``delay`` answers normally, but late (a slow API).
+        """
         with self._lock:
             self.faults.append(Fault(
                 status=status, headers=headers or {}, shape=shape or self.error_shape,
@@ -237,7 +241,8 @@ class FakeApi:
             if fault.error == "connect":
                 msg = "scripted connection failure"
                 raise httpx.ConnectError(msg, request=request)
-            return self.error(fault.status, shape=fault.shape, headers=fault.headers)
+            if fault.status is not None:
+                return self.error(fault.status, shape=fault.shape, headers=fault.headers)
         if path == TOKEN_PATH and request.method == "POST":
             return self._token(request)
         if not path.startswith(API_PREFIX + "/"):
@@ -417,6 +422,11 @@ class _FakeServer(ThreadingHTTPServer):
     def __init__(self, fake: FakeApi, address: tuple[str, int]) -> None:
         self.fake = fake
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (its timeout) has closed the socket: not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @contextlib.contextmanager

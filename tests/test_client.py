@@ -205,3 +205,40 @@ def test_concurrent_renewal_fetches_one_token(h: Harness) -> None:
     assert h.auth.renew(first) != first
     assert h.auth.renew(first) != first  # a second thread asking with the same stale token
     assert h.fake.count("POST", "/oauth2/token") == 2
+
+
+def loopback_client(base_url: str, token_url: str, fake: FakeApi, sleeps: list[float]) -> SmartcarClient:
+    retry = RetryPolicy(max_attempts=3, initial_backoff=1.0, sleep=sleeps.append, jitter=lambda: 1.0)
+    http = make_http_client(timeout=0.3, concurrency=2)
+    auth = ClientCredentials(http=http, token_url=token_url, client_id=fake.client_id,
+                             client_secret=Secret(fake.client_secret), retry=retry)
+    return SmartcarClient(base_url=base_url, auth=auth, http=http, retry=retry)
+
+
+def test_a_real_timeout_on_loopback_is_retried(fake_api: FakeApi, api_server: dict[str, str]) -> None:
+    conn = fake_api.add()
+    fake_api.fail_next(None, delay=1.0, match=conn.id)  # answers only after the client's 0.3 s timeout
+    sleeps: list[float] = []
+    client = loopback_client(api_server["base_url"], api_server["token_url"], fake_api, sleeps)
+    try:
+        assert client.get_connection(conn.id) is not None
+    finally:
+        client.http.close()
+    assert sleeps == [1.0] and fake_api.count("GET", f"/v3/connections/{conn.id}") == 2
+
+
+def test_connection_refused_is_a_network_error_after_retries(fake_api: FakeApi) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sleeps: list[float] = []
+    client = loopback_client(f"http://127.0.0.1:{port}/v3", f"http://127.0.0.1:{port}/oauth2/token",
+                             fake_api, sleeps)
+    try:
+        with pytest.raises(AuthenticationError, match="token endpoint unavailable after 3 attempts \\(network\\)"):
+            client.get_connection("00000000-0000-4000-8000-000000000001")
+    finally:
+        client.http.close()
+    assert sleeps == [1.0, 2.0]
