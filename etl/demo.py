@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -72,7 +71,7 @@ def run_demo(
                 if number == 2:
                     fake.fail_next(503, times=2)
                     out("  world: the API will answer 503 twice (the job retries)")
-                result = sync(replace(config), engine, trigger=DEMO_TRIGGER, include_deleted=True)
+                result = sync(config, engine, trigger=DEMO_TRIGGER, include_deleted=True)
                 out(f"pass {number}: {result.summary()}\n")
         out(_report(engine))
     finally:

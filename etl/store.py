@@ -8,8 +8,9 @@ closed grants, opened grants, changes, failures. No per-row ORM work.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, bindparam, select, update
 
@@ -27,6 +28,7 @@ from etl.errors import ApiError
 from etl.history import Observation, diff
 
 MAX_ERROR_TEXT = 500
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,23 @@ def _latest(outcomes: Iterable[Outcome]) -> list[Outcome]:
     return list({o.connection_id: o for o in outcomes}.values())
 
 
+def _after(outcome: Outcome, previous: dt.datetime | None) -> Outcome:
+    """The outcome, observed strictly after ``previous``.
+
+    If the clock stepped back (an NTP correction) since the previous fetch, the
+    observation is placed 1 µs after it, so that intervals never run backwards.
+    """
+    if previous is None or outcome.observed_at > previous or isinstance(outcome, Failed):
+        return outcome
+    log.warning("clock is behind the previous observation of %s (%s <= %s); using %s + 1 µs",
+                outcome.connection_id, outcome.observed_at, previous, previous)
+    return replace(outcome, observed_at=previous + dt.timedelta(microseconds=1))
+
+
 def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> BatchCounts:
     """Write a batch; the caller owns the transaction (one per batch)."""
     outcomes = _latest(outcomes)
-    fetched = [o for o in outcomes if isinstance(o, Fetched)]
-    gone = [o for o in outcomes if isinstance(o, Gone)]
-    failed = [o for o in outcomes if isinstance(o, Failed)]
-    answered = [o.connection_id for o in fetched] + [o.connection_id for o in gone]
+    answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
 
     previous: dict[str, dt.datetime | None] = {}
     held: dict[str, set[str]] = {}
@@ -101,12 +113,16 @@ def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outc
             select(connections.c.id, connections.c.last_success_at).where(connections.c.id.in_(answered))
         )
         previous = {row.id: row.last_success_at for row in rows}
+        outcomes = [_after(o, previous.get(o.connection_id)) for o in outcomes]
         for row in conn.execute(
             select(permission_grants.c.connection_id, permission_grants.c.permission).where(
                 permission_grants.c.connection_id.in_(answered), permission_grants.c.valid_to.is_(None)
             )
         ):
             held.setdefault(row.connection_id, set()).add(row.permission)
+    fetched = [o for o in outcomes if isinstance(o, Fetched)]
+    gone = [o for o in outcomes if isinstance(o, Gone)]
+    failed = [o for o in outcomes if isinstance(o, Failed)]
 
     _upsert_entities(conn, fetched)
 

@@ -209,6 +209,14 @@ def run_ids(
         log.error("%s; %d fetched results were not stored; cause: %s", run.summary(), len(batch), error,
                   extra={"run_id": run.run_id, "status": run.status})
         raise SyncAborted(run_id=run.run_id, cause=error) from error
+    except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
+        run.status = "aborted"
+        run.requests = client.requests_sent - requests_before
+        try:
+            finish_run(engine, run, now=now, error=f"{type(error).__name__}: {error}"[:500])
+        except Exception:
+            log.exception("could not record the end of run %s", run.run_id)
+        raise
     run.requests = client.requests_sent - requests_before
     run.seconds = time.monotonic() - started
     c = run.counts

@@ -244,3 +244,11 @@ def test_fetch_errors_rows_belong_to_the_run(engine: Engine, cid: str) -> None:
     with engine.connect() as conn:
         row = conn.execute(select(fetch_errors)).one()
     assert (row.run_id, row.connection_id, row.kind, row.http_status) == (run_id, cid, "server", 502)
+
+
+def test_a_clock_that_steps_back_never_makes_an_interval_run_backwards(engine: Engine, cid: str) -> None:
+    store(engine, Fetched(cid, at(10), record(cid, ["p1"])))
+    store(engine, Fetched(cid, at(5), record(cid, ["p2"])))  # the clock went back 5 s
+    later = at(10) + dt.timedelta(microseconds=1)
+    assert grants(engine, cid) == [("p1", at(10), later), ("p2", later, None)]
+    assert changes(engine, cid)[-2:] == [("granted", "p2", later, at(10)), ("revoked", "p1", later, at(10))]

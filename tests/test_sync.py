@@ -188,3 +188,25 @@ def test_many_connections_in_several_batches(fake_api: FakeApi, engine: Engine, 
             "SELECT connection_id, permission FROM permission_grants WHERE valid_to IS NULL")).all()
     expected = {(c, p) for c in ids for p in fake_api.connections[c].permissions}
     assert set(map(tuple, held)) == expected
+
+
+def test_an_unexpected_error_closes_the_run_as_aborted_and_propagates(
+    fake_api: FakeApi, engine: Engine, clock: Clock
+) -> None:
+    import httpx
+
+    world(fake_api, engine, count=5)
+    calls = []
+
+    def failing_clock():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("boom")
+        return clock()
+
+    config = make_config(fake_api, "unused")
+    with pytest.raises(RuntimeError, match="boom"):
+        sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=failing_clock)
+    with engine.connect() as conn:
+        run = conn.execute(select(sync_runs)).one()
+    assert (run.status, run.error) == ("aborted", "RuntimeError: boom")
