@@ -232,25 +232,55 @@ def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
 # -- sync -------------------------------------------------------------------------------------
 
 @cli.command("sync")
-@click.option("--all", "include_deleted", is_flag=True,
-              help="Also re-check tracked connections marked deleted.")
+@click.option("--all", "ignore_due", is_flag=True,
+              help="Every tracked connection, due or not (failing and deleted ones included).")
+@click.option("--metrics-file", metavar="PATH",
+              help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
+                   "default: metrics.textfile from the config.")
 @click.pass_context
-def sync_command(ctx: click.Context, include_deleted: bool) -> None:
-    """One pass now over the tracked connections (pending and active); what cron calls.
+def sync_command(ctx: click.Context, ignore_due: bool, metrics_file: str | None) -> None:
+    """One pass now over the tracked connections that are due; what cron calls.
+
+    A connection is due when it has not been fetched for schedule.interval, or
+    when its retry or re-check time has come (failing connections back off;
+    deleted ones are re-checked daily). Only one run at a time per database.
 
     Exit 0: every connection fetched and stored, or found deleted; 1: some failed;
-    2: bad configuration; 3: aborted (credentials refused, billing, database down).
+    2: bad configuration; 3: aborted (credentials refused, billing, database down);
+    4: skipped, another run holds the lock.
 
     \b
     Example:
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
     """
+    from etl.lock import LockHeld
+    from etl.metrics import Metrics
     from etl.sync import sync
 
     state: State = ctx.obj
-    result = sync(state.config, state.engine(), include_deleted=include_deleted)
+    textfile = metrics_file or state.config.metrics.textfile
+    metrics = Metrics() if textfile else None
+    engine = state.engine()
+    try:
+        result = sync(state.config, engine, ignore_due=ignore_due, metrics=metrics)
+    except LockHeld:
+        if metrics is not None:
+            metrics.lock_skips.inc()
+        raise
+    finally:
+        if metrics is not None and textfile:
+            _write_metrics(metrics, engine, textfile)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
+
+
+def _write_metrics(metrics: Any, engine: Engine, path: str) -> None:
+    """Write the metrics file even after a failed run: that is when it matters most."""
+    try:
+        metrics.load_last_success(engine)
+        metrics.write_textfile(path)
+    except Exception as error:  # never let metrics hide the run's own outcome
+        log.warning("could not write metrics to %s: %s", path, error)
 
 
 # -- demo and fake API ------------------------------------------------------------------------

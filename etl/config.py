@@ -9,6 +9,7 @@ shows them.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -90,6 +91,33 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """When passes run (daemon) and when each connection is due again (daemon and sync)."""
+
+    interval_seconds: float = 900.0
+    cron: str | None = None
+    misfire_grace_seconds: float = 300.0
+    retry_failed_after_seconds: float = 300.0
+    retry_failed_max_seconds: float = 6 * 3600.0
+    recheck_deleted_seconds: float = 86400.0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """How the daemon stops and where it serves metrics."""
+
+    stop_timeout_seconds: float = 30.0
+    metrics_listen: str | None = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Where one-shot runs write Prometheus metrics (node_exporter's textfile collector)."""
+
+    textfile: str | None = None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Log level and format (stderr)."""
 
@@ -105,6 +133,9 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "built-in defaults"
 
@@ -154,6 +185,57 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> _Parser:
         return str(text)
 
     return parse
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``90s``, ``15m``, ``1h``, ``1d`` (or a bare number of seconds); None if unreadable."""
+    text = text.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        value = float(number)
+    except ValueError:
+        return None
+    return value * (unit or 1) if value > 0 else None
+
+
+def _duration(path: str, value: Any, errors: list[str]) -> float | None:
+    seconds = None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_duration(value)
+    if seconds is None:
+        errors.append(f"{path}: expected a duration like 90s, 15m, 1h or 1d, got {value!r}")
+    return seconds
+
+
+def _cron(path: str, value: Any, errors: list[str]) -> str | None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    text = _string(path, value, errors)
+    if text is None:
+        return None
+    try:
+        CronTrigger.from_crontab(text, timezone=dt.UTC)
+    except ValueError as exc:
+        errors.append(f"{path}: not a crontab expression ({exc}): {text!r}")
+        return None
+    return text
+
+
+def _listen(path: str, value: Any, errors: list[str]) -> str | None:
+    text = _string(path, value, errors)
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        errors.append(f"{path}: expected host:port, got {text!r}")
+        return None
+    return text
 
 
 def _file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
@@ -249,6 +331,19 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "max_retry_after_seconds": ("max_retry_after_seconds", _non_negative_float),
     },
     "sync": {"batch_size": ("batch_size", _positive_int)},
+    "schedule": {
+        "interval": ("interval_seconds", _duration),
+        "cron": ("cron", _cron),
+        "misfire_grace": ("misfire_grace_seconds", _duration),
+        "retry_failed_after": ("retry_failed_after_seconds", _duration),
+        "retry_failed_max": ("retry_failed_max_seconds", _duration),
+        "recheck_deleted_every": ("recheck_deleted_seconds", _duration),
+    },
+    "daemon": {
+        "stop_timeout": ("stop_timeout_seconds", _duration),
+        "metrics_listen": ("metrics_listen", _listen),
+    },
+    "metrics": {"textfile": ("textfile", _string)},
     "logging": {
         "level": ("level", _choice(LOG_LEVELS, upper=True)),
         "format": ("format", _choice(LOG_FORMATS)),
@@ -320,9 +415,11 @@ def load_config(
             if key not in _SCHEMA[section]:
                 errors.append(f"{section}.{key}: unknown key")
                 continue
-            if value is None:
-                continue
             attr, parser = _SCHEMA[section][key]
+            if value is None:
+                if (section, key) == ("daemon", "metrics_listen"):
+                    values[section][attr] = None  # null turns the metrics endpoint off
+                continue
             parsed = parser(f"{section}.{key}", value, errors)
             if parsed is not None:
                 values[section][attr] = parsed
@@ -350,6 +447,9 @@ def load_config(
     retry = values["retry"]
     if retry.get("initial_backoff_seconds", 0.5) > retry.get("max_backoff_seconds", 60.0):
         errors.append("retry.initial_backoff_seconds: must not exceed retry.max_backoff_seconds")
+    schedule = values["schedule"]
+    if schedule.get("retry_failed_after_seconds", 300.0) > schedule.get("retry_failed_max_seconds", 21600.0):
+        errors.append("schedule.retry_failed_after: must not exceed schedule.retry_failed_max")
     if errors:
         raise ConfigError(errors)
     return Config(
@@ -357,6 +457,9 @@ def load_config(
         api=ApiConfig(**values["api"]),
         retry=RetryConfig(**values["retry"]),
         sync=SyncConfig(**values["sync"]),
+        schedule=ScheduleConfig(**values["schedule"]),
+        daemon=DaemonConfig(**values["daemon"]),
+        metrics=MetricsConfig(**values["metrics"]),
         logging=LoggingConfig(**values["logging"]),
         source=str(file) if file else "built-in defaults",
     )

@@ -71,7 +71,7 @@ def run_demo(
                 if number == 2:
                     fake.fail_next(503, times=2)
                     out("  world: the API will answer 503 twice (the job retries)")
-                result = sync(config, engine, trigger=DEMO_TRIGGER, include_deleted=True)
+                result = sync(config, engine, trigger=DEMO_TRIGGER, ignore_due=True)
                 out(f"pass {number}: {result.summary()}\n")
         out(_report(engine))
     finally:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Connection, bindparam, select, update
 
 from etl.api.documents import ConnectionRecord
+from etl.cadence import Cadence
 from etl.db.models import (
     connections,
     fetch_errors,
@@ -28,6 +29,7 @@ from etl.errors import ApiError
 from etl.history import Observation, diff
 
 MAX_ERROR_TEXT = 500
+DEFAULT_CADENCE = Cadence()
 log = logging.getLogger(__name__)
 
 
@@ -101,19 +103,34 @@ def _after(outcome: Outcome, previous: dt.datetime | None) -> Outcome:
     return replace(outcome, observed_at=previous + dt.timedelta(microseconds=1))
 
 
-def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> BatchCounts:
-    """Write a batch; the caller owns the transaction (one per batch)."""
+def store_batch(
+    *,
+    conn: Connection,
+    run_id: int | None,
+    outcomes: Sequence[Outcome],
+    cadence: Cadence = DEFAULT_CADENCE,
+    pass_started_at: dt.datetime | None = None,
+) -> BatchCounts:
+    """Write a batch; the caller owns the transaction (one per batch).
+
+    ``cadence`` and ``pass_started_at`` set when each connection is due again.
+    """
     outcomes = _latest(outcomes)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
 
     previous: dict[str, dt.datetime | None] = {}
+    failures: dict[str, int] = {}
     held: dict[str, set[str]] = {}
-    if answered:
+    if outcomes:
         rows = conn.execute(
-            select(connections.c.id, connections.c.last_success_at).where(connections.c.id.in_(answered))
+            select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures)
+            .where(connections.c.id.in_([o.connection_id for o in outcomes]))
         )
-        previous = {row.id: row.last_success_at for row in rows}
+        for state in rows:
+            previous[state.id] = state.last_success_at
+            failures[state.id] = state.consecutive_failures
         outcomes = [_after(o, previous.get(o.connection_id)) for o in outcomes]
+    if answered:
         for row in conn.execute(
             select(permission_grants.c.connection_id, permission_grants.c.permission).where(
                 permission_grants.c.connection_id.in_(answered), permission_grants.c.valid_to.is_(None)
@@ -124,15 +141,16 @@ def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outc
     gone = [o for o in outcomes if isinstance(o, Gone)]
     failed = [o for o in outcomes if isinstance(o, Failed)]
 
-    _upsert_entities(conn, fetched)
+    _upsert_entities(conn, fetched, cadence=cadence, pass_started_at=pass_started_at)
 
     if gone:
         conn.execute(
             update(connections)
             .where(connections.c.id == bindparam("b_id"))
             .values(status="deleted", last_success_at=bindparam("b_at"), last_attempt_at=bindparam("b_at"),
-                    last_error=None),
-            [{"b_id": o.connection_id, "b_at": o.observed_at} for o in gone],
+                    last_error=None, consecutive_failures=0, next_due_at=bindparam("b_due")),
+            [{"b_id": o.connection_id, "b_at": o.observed_at, "b_due": cadence.after_gone(o.observed_at)}
+             for o in gone],
         )
 
     observations = [
@@ -166,8 +184,14 @@ def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outc
         conn.execute(
             update(connections)
             .where(connections.c.id == bindparam("b_id"))
-            .values(last_attempt_at=bindparam("b_at"), last_error=bindparam("b_error")),
-            [{"b_id": o.connection_id, "b_at": o.observed_at, "b_error": error_text(o.error)} for o in failed],
+            .values(last_attempt_at=bindparam("b_at"), last_error=bindparam("b_error"),
+                    consecutive_failures=bindparam("b_failures"), next_due_at=bindparam("b_due")),
+            [
+                {"b_id": o.connection_id, "b_at": o.observed_at, "b_error": error_text(o.error),
+                 "b_failures": failures.get(o.connection_id, 0) + 1,
+                 "b_due": cadence.after_failure(o.observed_at, failures.get(o.connection_id, 0) + 1)}
+                for o in failed
+            ],
         )
     return BatchCounts(
         fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
@@ -175,7 +199,9 @@ def store_batch(*, conn: Connection, run_id: int | None, outcomes: Sequence[Outc
     )
 
 
-def _upsert_entities(conn: Connection, fetched: Sequence[Fetched]) -> None:
+def _upsert_entities(
+    conn: Connection, fetched: Sequence[Fetched], *, cadence: Cadence, pass_started_at: dt.datetime | None
+) -> None:
     """Upsert users, vehicles and connections for the fetched records, one statement each."""
     if not fetched:
         return
@@ -207,11 +233,13 @@ def _upsert_entities(conn: Connection, fetched: Sequence[Fetched]) -> None:
                 "source_updated_at": o.record.source_updated_at,
                 "first_seen_at": o.observed_at, "last_seen_at": o.observed_at,
                 "last_success_at": o.observed_at, "last_attempt_at": o.observed_at, "last_error": None,
+                "consecutive_failures": 0, "next_due_at": cadence.after_success(pass_started_at or o.observed_at),
             }
             for o in fetched
         ],
         key=["id"],
         update=["user_id", "vehicle_id", "status", "source_created_at", "source_updated_at",
-                "last_seen_at", "last_success_at", "last_attempt_at", "last_error"],
+                "last_seen_at", "last_success_at", "last_attempt_at", "last_error",
+                "consecutive_failures", "next_due_at"],
         keep_existing=["first_seen_at"],
     )

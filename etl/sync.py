@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -13,16 +15,19 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
 
 from etl.api.auth import token_source
 from etl.api.client import Cancelled, SmartcarClient, make_http_client, utcnow
 from etl.api.retry import RetryPolicy
+from etl.cadence import Cadence
 from etl.config import Config
 from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import connections, sync_runs
 from etl.errors import ApiError, DatabaseError, FatalApiError, SyncAborted
-from etl.store import BatchCounts, Failed, Fetched, Gone, Outcome, store_batch
+from etl.lock import run_lock
+from etl.metrics import Metrics
+from etl.store import DEFAULT_CADENCE, BatchCounts, Failed, Fetched, Gone, Outcome, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +58,14 @@ class RunResult:
                 f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s")
 
 
-def plan_ids(engine: Engine, *, include_deleted: bool = False) -> list[str]:
-    """Tracked connection ids to fetch: pending and active ones (and deleted ones with ``include_deleted``)."""
-    statuses = ["pending", "active"] + (["deleted"] if include_deleted else [])
+def plan_ids(engine: Engine, *, now: dt.datetime, ignore_due: bool = False) -> list[str]:
+    """Tracked connection ids that are due at ``now`` (every tracked one with ``ignore_due``)."""
+    c = connections.c
+    query = select(c.id).where(c.tracked.is_(True)).order_by(c.id)
+    if not ignore_due:
+        query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= now))
     with translate_errors(engine), engine.connect() as conn:
-        return list(conn.scalars(
-            select(connections.c.id)
-            .where(connections.c.tracked.is_(True), connections.c.status.in_(statuses))
-            .order_by(connections.c.id)
-        ))
+        return list(conn.scalars(query))
 
 
 def fetch_outcomes(
@@ -122,11 +126,12 @@ def fetch_outcomes(
 
 
 def start_run(engine: Engine, *, trigger: str, planned: int, now: Callable[[], dt.datetime]) -> int:
-    """Insert the ``sync_runs`` row (status running) and return its id."""
+    """Insert the ``sync_runs`` row (status running, with this process's pid and host) and return its id."""
     with translate_errors(engine), engine.begin() as conn:
         run_id = conn.execute(
             insert(sync_runs)
-            .values(trigger=trigger, started_at=now(), status="running", connections_planned=planned)
+            .values(trigger=trigger, started_at=now(), status="running", connections_planned=planned,
+                    pid=os.getpid(), host=socket.gethostname())
             .returning(sync_runs.c.id)
         ).scalar_one()
     return int(run_id)
@@ -136,9 +141,22 @@ def finish_run(engine: Engine, result: RunResult, *, now: Callable[[], dt.dateti
     """Close the run row with its final status, request count and error text."""
     with translate_errors(engine), engine.begin() as conn:
         conn.execute(
-            update(sync_runs).where(sync_runs.c.id == result.run_id)
+            update(sync_runs).where(sync_runs.c.id == result.run_id, sync_runs.c.status == "running")
             .values(status=result.status, finished_at=now(), requests=result.requests, error=error)
         )
+
+
+def close_stale_runs(engine: Engine, *, now: Callable[[], dt.datetime]) -> int:
+    """Mark ``running`` rows as aborted: called with the lock held, so their processes have ended."""
+    with translate_errors(engine), engine.begin() as conn:
+        closed = conn.execute(
+            update(sync_runs).where(sync_runs.c.status == "running")
+            .values(status="aborted", finished_at=now(),
+                    error="the process running it ended before finishing (found by the next run)")
+        ).rowcount
+    if closed:
+        log.warning("closed %d run(s) left running by a process that ended", closed)
+    return int(closed)
 
 
 def _count_into_run(counts: BatchCounts) -> dict[str, object]:
@@ -161,29 +179,48 @@ def run_ids(
     trigger: str = "sync",
     batch_size: int = 500,
     concurrency: int = 8,
+    cadence: Cadence = DEFAULT_CADENCE,
+    metrics: Metrics | None = None,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> RunResult:
     """Fetch and store the given connection ids as one run; return how it ended.
 
     Raises SyncAborted (exit 3) when the API refuses the application or the
-    database goes away; everything stored before that stays, nothing more is written.
+    database goes away; everything stored before that stays, nothing more is
+    written. When ``client.cancelled`` is set from outside (the daemon stopping),
+    requests in flight finish, what they fetched is stored, and the run ends
+    ``aborted``, saying how far it got.
     """
     started = time.monotonic()
     requests_before = client.requests_sent
-    run = RunResult(run_id=start_run(engine, trigger=trigger, planned=len(ids), now=now),
+    started_at = now()
+    run = RunResult(run_id=start_run(engine, trigger=trigger, planned=len(ids), now=lambda: started_at),
                     status="running", planned=len(ids))
     log.info("run %s started: %d connections to fetch", run.run_id, len(ids),
              extra={"run_id": run.run_id, "trigger": trigger})
     batch: list[Outcome] = []
 
     def flush() -> None:
-        counts = BatchCounts()
         with translate_errors(engine), engine.begin() as conn:
-            counts = store_batch(conn=conn, run_id=run.run_id, outcomes=batch)
+            counts = store_batch(conn=conn, run_id=run.run_id, outcomes=batch, cadence=cadence,
+                                 pass_started_at=started_at)
             conn.execute(update(sync_runs).where(sync_runs.c.id == run.run_id)
                          .values(**_count_into_run(counts)))
         run.counts.add(counts)
+        if metrics is not None:
+            metrics.batch(**counts.__dict__)
         batch.clear()
+
+    def end(status: str, error: str | None = None) -> None:
+        run.status = status
+        run.requests = client.requests_sent - requests_before
+        run.seconds = time.monotonic() - started
+        finished_at = now()
+        try:
+            finish_run(engine, run, now=lambda: finished_at, error=error)
+        finally:
+            if metrics is not None:
+                metrics.run(status=status, seconds=run.seconds, finished_at=finished_at)
 
     try:
         outcomes = fetch_outcomes(ids, client=client, concurrency=concurrency,
@@ -199,34 +236,27 @@ def run_ids(
         if batch:
             flush()
     except (FatalApiError, DatabaseError) as error:
-        run.status = "aborted"
-        run.requests = client.requests_sent - requests_before
-        run.seconds = time.monotonic() - started
         try:
-            finish_run(engine, run, now=now, error=str(error))
+            end("aborted", str(error))
         except DatabaseError:
             log.error("could not record the end of run %s", run.run_id)
         log.error("%s; %d fetched results were not stored; cause: %s", run.summary(), len(batch), error,
                   extra={"run_id": run.run_id, "status": run.status})
         raise SyncAborted(run_id=run.run_id, cause=error) from error
     except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
-        run.status = "aborted"
-        run.requests = client.requests_sent - requests_before
         try:
-            finish_run(engine, run, now=now, error=f"{type(error).__name__}: {error}"[:500])
+            end("aborted", f"{type(error).__name__}: {error}"[:500])
         except Exception:
             log.exception("could not record the end of run %s", run.run_id)
         raise
-    run.requests = client.requests_sent - requests_before
-    run.seconds = time.monotonic() - started
     c = run.counts
-    if c.failed == 0:
-        run.status = "succeeded"
-    elif c.failed < run.planned:
-        run.status = "partial"
+    done = c.fetched + c.deleted + c.failed
+    if done < run.planned:
+        end("aborted", f"stopped on request after {done} of {run.planned} connections")
+    elif c.failed == 0:
+        end("succeeded")
     else:
-        run.status = "failed"
-    finish_run(engine, run, now=now)
+        end("partial" if c.failed < run.planned else "failed")
     log.info(run.summary(), extra={"run_id": run.run_id, "status": run.status,
                                    "duration_seconds": round(run.seconds, 3)})
     return run
@@ -238,9 +268,11 @@ def build_client(
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], object] | None = None,
     now: Callable[[], dt.datetime] = utcnow,
+    cancelled: threading.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> SmartcarClient:
-    """A client from the config; ``transport`` and ``sleep`` are injectable for tests."""
-    cancelled = threading.Event()
+    """A client from the config; ``transport``, ``sleep`` and ``cancelled`` are injectable."""
+    cancelled = cancelled or threading.Event()
     r = config.retry
     retry = RetryPolicy(
         max_attempts=r.max_attempts, initial_backoff=r.initial_backoff_seconds,
@@ -252,26 +284,35 @@ def build_client(
                             transport=transport)
     auth = token_source(config.api, http=http, retry=retry)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=now,
-                          cancelled=cancelled)
+                          cancelled=cancelled, on_request=metrics.request if metrics else None)
 
 
 def sync(
     config: Config,
     engine: Engine,
     *,
-    include_deleted: bool = False,
+    ignore_due: bool = False,
     trigger: str = "sync",
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], object] | None = None,
     now: Callable[[], dt.datetime] = utcnow,
+    cancelled: threading.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> RunResult:
-    """One pass over the tracked connections that are due; the library behind ``smartcar-etl sync``."""
+    """One pass over the tracked connections that are due; the library behind ``smartcar-etl sync``.
+
+    Takes the database's run lock (LockHeld, exit 4, if another run has it),
+    closes runs left ``running`` by processes that died, then fetches and stores.
+    """
     require_migrated(engine)
-    client = build_client(config, transport=transport, sleep=sleep, now=now)
+    client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
+                          metrics=metrics)
     try:
-        ids = plan_ids(engine, include_deleted=include_deleted)
-        return run_ids(engine, ids, client=client, trigger=trigger, batch_size=config.sync.batch_size,
-                       concurrency=config.api.concurrency, now=now)
+        with run_lock(engine):
+            close_stale_runs(engine, now=now)
+            ids = plan_ids(engine, now=now(), ignore_due=ignore_due)
+            return run_ids(engine, ids, client=client, trigger=trigger, batch_size=config.sync.batch_size,
+                           concurrency=config.api.concurrency, cadence=Cadence.from_config(config.schedule),
+                           metrics=metrics, now=now)
     finally:
         client.http.close()
-

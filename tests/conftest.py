@@ -156,7 +156,9 @@ class Runner:
         self.sleeps: list[float] = []
         self.config = make_config(fake, engine.url.render_as_string(hide_password=False))
 
-    def __call__(self, **kwargs: Any) -> RunResult:
+    def __call__(self, *, advance: dt.timedelta = dt.timedelta(minutes=15), **kwargs: Any) -> RunResult:
+        """One pass, ``advance`` (default: one schedule interval) after the previous one, as cron would."""
+        self.clock.advance(seconds=advance.total_seconds())
         return sync(self.config, self.engine, transport=httpx.MockTransport(self.fake.handle),
                     sleep=self.sleeps.append, now=self.clock, **kwargs)
 

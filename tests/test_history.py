@@ -125,7 +125,9 @@ def test_failed_fetch_changes_only_attempt_and_error(engine: Engine, cid: str) -
         assert conn.scalar(select(func.count()).select_from(fetch_errors)) == 0  # run_id None: no run row
     assert after.pop("last_attempt_at") == at(2)
     assert "HTTP 503" in after.pop("last_error")
-    before.pop("last_attempt_at"), before.pop("last_error")
+    assert after.pop("consecutive_failures") == 1 and after.pop("next_due_at") == at(2) + dt.timedelta(minutes=5)
+    for bookkeeping in ("last_attempt_at", "last_error", "consecutive_failures", "next_due_at"):
+        before.pop(bookkeeping)
     assert after == before
     assert grants(engine, cid) == [("p1", at(1), None)]
     store(engine, Fetched(cid, at(3), record(cid, ["p1"])))

@@ -50,16 +50,16 @@ def test_secrets_stay_out_of_output_logs_and_database(
         runs = [
             (["db", "upgrade"], env),
             (["connections", "add", *ids], env),
-            (["--log-level", "DEBUG", "--log-format", "json", "sync"], {**env, **credentials}),
-            (["--log-level", "DEBUG", "sync"], {**env, "SMARTCAR_ACCESS_TOKEN": READY_TOKEN}),
+            (["--log-level", "DEBUG", "--log-format", "json", "sync", "--all"], {**env, **credentials}),
+            (["--log-level", "DEBUG", "sync", "--all"], {**env, "SMARTCAR_ACCESS_TOKEN": READY_TOKEN}),
             # failures: a refused secret, a refused ready token, an expired token, a 5xx
-            (["--log-level", "DEBUG", "sync"], {**env, **credentials,
-                                                "SMARTCAR_CLIENT_SECRET": SECRET[::-1]}),
-            (["--log-level", "DEBUG", "sync"], {**env, "SMARTCAR_ACCESS_TOKEN": READY_TOKEN + "x"}),
+            (["--log-level", "DEBUG", "sync", "--all"], {**env, **credentials,
+                                                         "SMARTCAR_CLIENT_SECRET": SECRET[::-1]}),
+            (["--log-level", "DEBUG", "sync", "--all"], {**env, "SMARTCAR_ACCESS_TOKEN": READY_TOKEN + "x"}),
         ]
         codes = []
         for args, run_env in runs:
-            if args[-1] == "sync":
+            if "sync" in args:
                 fake.expire_tokens()
                 fake.fail_next(503, match=ids[1])
             result = CliRunner().invoke(cli, args, env=run_env, catch_exceptions=False)

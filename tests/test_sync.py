@@ -71,7 +71,7 @@ def test_all_rechecks_deleted_connections_and_notices_a_return(run_sync: Runner,
     run_sync()
     run_sync.fake.restore(ids[0])
     assert run_sync().planned == 1
-    result = run_sync(include_deleted=True)
+    result = run_sync(ignore_due=True)
     assert (result.planned, result.counts.changed) == (2, 1)
     with engine.connect() as conn:
         assert conn.scalar(select(connections.c.status).where(connections.c.id == ids[0])) == "active"

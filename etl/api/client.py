@@ -145,6 +145,7 @@ class SmartcarClient:
         retry: RetryPolicy | None = None,
         now: Callable[[], dt.datetime] = utcnow,
         cancelled: threading.Event | None = None,
+        on_request: Callable[[str, int | None], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.auth = auth
@@ -152,6 +153,7 @@ class SmartcarClient:
         self.retry = retry or RetryPolicy()
         self.now = now
         self.cancelled = cancelled or threading.Event()
+        self.on_request = on_request  # (outcome, status) of every request sent, for metrics
         self._sent_total = 0
         self._count_lock = threading.Lock()
 
@@ -186,8 +188,15 @@ class SmartcarClient:
             )
             with self._count_lock:
                 self._sent_total += 1
-            response = send(self.http, request, path=path)
-            classify(response, path=path, now=self.now)
+            try:
+                response = send(self.http, request, path=path)
+                classify(response, path=path, now=self.now)
+            except ApiError as error:
+                if self.on_request is not None:
+                    self.on_request(error.kind, error.status)
+                raise
+            if self.on_request is not None:
+                self.on_request("ok" if response.status_code == 200 else "not_found", response.status_code)
             return response
 
         try:

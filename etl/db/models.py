@@ -135,6 +135,7 @@ class Connection(Base):
         Index(None, "status"),
         Index(None, "user_id"),
         Index(None, "vehicle_id"),
+        Index(None, "next_due_at"),
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -151,6 +152,10 @@ class Connection(Base):
     last_success_at: Mapped[dt.datetime | None]
     last_attempt_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None]
+    # Per-connection cadence: when a pass should fetch it next (NULL: now), and how
+    # many fetches in a row have failed (failing ones back off, deleted ones wait).
+    next_due_at: Mapped[dt.datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class PermissionGrant(Base):
@@ -202,6 +207,8 @@ class SyncRun(Base):
     permissions_revoked: Mapped[int] = mapped_column(Integer, server_default="0")
     requests: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[str | None]
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None]
 
 
 class PermissionChange(Base):

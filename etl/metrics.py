@@ -1,0 +1,81 @@
+"""Prometheus metrics: served by the daemon, or written to a file by one-shot runs.
+
+Every metric lives in a registry of its own (not the process-global one), so
+two runs in one process, or two tests, never share counters by accident.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
+from sqlalchemy import Engine, func, select
+
+from etl.db.models import sync_runs
+
+
+class Metrics:
+    """The job's counters and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("smartcar_etl_api_requests", "API requests by outcome and HTTP status",
+                                ["outcome", "status"], registry=r)
+        self.connections = Counter("smartcar_etl_connections", "Connections handled, by result "
+                                   "(fetched, changed, deleted, failed)", ["result"], registry=r)
+        self.permission_changes = Counter("smartcar_etl_permission_changes", "Permission changes recorded",
+                                          ["change"], registry=r)
+        self.runs = Counter("smartcar_etl_runs", "Runs by final status", ["status"], registry=r)
+        self.run_duration = Gauge("smartcar_etl_last_run_duration_seconds", "Duration of the last run",
+                                  registry=r)
+        self.last_success = Gauge("smartcar_etl_last_success_timestamp_seconds",
+                                  "Unix time when the last run that succeeded finished", registry=r)
+        self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
+                                  registry=r)
+        self._server: Any = None
+
+    def request(self, outcome: str, status: int | None) -> None:
+        """Count one API request (outcome: ok, not_found, or the error kind)."""
+        self.requests.labels(outcome=outcome, status=str(status) if status is not None else "none").inc()
+
+    def batch(self, *, fetched: int, changed: int, deleted: int, failed: int, granted: int, revoked: int) -> None:
+        """Count what one stored batch did."""
+        for result, n in (("fetched", fetched), ("changed", changed), ("deleted", deleted), ("failed", failed)):
+            self.connections.labels(result=result).inc(n)
+        self.permission_changes.labels(change="granted").inc(granted)
+        self.permission_changes.labels(change="revoked").inc(revoked)
+
+    def run(self, *, status: str, seconds: float, finished_at: dt.datetime) -> None:
+        """Record a finished run."""
+        self.runs.labels(status=status).inc()
+        self.run_duration.set(seconds)
+        if status == "succeeded":
+            self.last_success.set(finished_at.timestamp())
+
+    def load_last_success(self, engine: Engine) -> None:
+        """Start the last-success gauge from the database, so a restart does not reset it."""
+        with engine.connect() as conn:
+            last = conn.scalar(select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded"))
+        if last is not None:
+            self.last_success.set(last.timestamp())
+
+    def serve(self, listen: str) -> tuple[str, int]:
+        """Serve /metrics on ``host:port`` (port 0: any free port) in a thread; return the address."""
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        self._server = server
+        return host, int(server.server_port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.server_close()
+
+    def write_textfile(self, path: str) -> None:
+        """Write every metric to ``path`` atomically (node_exporter's textfile collector)."""
+        write_to_textfile(path, self.registry)
