@@ -283,6 +283,82 @@ def _write_metrics(metrics: Any, engine: Engine, path: str) -> None:
         log.warning("could not write metrics to %s: %s", path, error)
 
 
+@cli.command("daemon")
+@click.option("--interval", metavar="DURATION", help="Run a pass every DURATION (90s, 15m, 1h); "
+              "overrides schedule.interval.")
+@click.option("--cron", metavar="EXPR", help="Run passes on a crontab schedule (UTC), e.g. '*/15 * * * *'; "
+              "overrides schedule.cron.")
+@click.pass_context
+def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -> None:
+    """Run passes on a schedule until SIGTERM or SIGINT, serving Prometheus metrics.
+
+    One pass at a time; a pass that finds the lock held (a cron sync, another
+    daemon) is skipped. On SIGTERM the requests in flight finish, what they
+    fetched is stored, the run is recorded, and the daemon exits 0 within
+    daemon.stop_timeout (default 30s).
+
+    \b
+    Example:
+        smartcar-etl --log-format json daemon --interval 15m
+    """
+    from dataclasses import replace
+
+    from etl.config import parse_duration
+    from etl.scheduler import Daemon
+
+    state: State = ctx.obj
+    config = state.config
+    if interval is not None and cron is not None:
+        msg = "--interval and --cron exclude each other"
+        raise click.UsageError(msg)
+    if interval is not None:
+        seconds = parse_duration(interval)
+        if seconds is None:
+            msg = f"{interval!r} is not a duration like 90s, 15m or 1h"
+            raise click.BadParameter(msg, param_hint="--interval")
+        config = replace(config, schedule=replace(config.schedule, interval_seconds=seconds, cron=None))
+    if cron is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as error:
+            msg = f"{cron!r} is not a crontab expression: {error}"
+            raise click.BadParameter(msg, param_hint="--cron") from None
+        config = replace(config, schedule=replace(config.schedule, cron=cron))
+    ctx.exit(Daemon(config, state.engine()).serve())
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many recent runs.")
+@pass_state
+def status_command(state: State, as_json: bool, runs: int) -> None:
+    """Recent runs, tracked connections by status, and the connections that are failing.
+
+    \b
+    Example:
+        smartcar-etl status --json | jq '.failing[] | .connection_id'
+    """
+    import json
+
+    from etl.status import FAILING_COLUMNS, RUN_COLUMNS, status_report
+
+    report = status_report(state.engine(), runs=runs)
+    if as_json:
+        click.echo(json.dumps(report, default=lambda v: v.isoformat(), indent=2))
+        return
+    counts = report["connections"]
+    last = report["last_success_at"]
+    click.echo(f"Last successful run finished: {last.isoformat() if last else 'never'}\n")
+    click.echo("Recent runs:")
+    click.echo(render(report["runs"], RUN_COLUMNS))
+    click.echo("\nTracked connections: " + ", ".join(f"{counts[s]} {s}" for s in ("pending", "active", "deleted"))
+               + f" ({counts['untracked']} untracked)")
+    click.echo(f"\nFailing connections ({report['failing_total']}):")
+    click.echo(render(report["failing"], FAILING_COLUMNS))
+
+
 # -- demo and fake API ------------------------------------------------------------------------
 
 @cli.command("demo")

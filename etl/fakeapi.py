@@ -102,6 +102,7 @@ class FakeApi:
         self.connections: dict[str, FakeConnection] = {}
         self.removed: dict[str, FakeConnection] = {}
         self.requests: list[tuple[str, str]] = []
+        self.request_times: list[tuple[float, str, str]] = []  # (time.monotonic(), method, path)
         self.faults: list[Fault] = []
         self._tokens: dict[str, float] = dict.fromkeys(access_tokens, float("inf"))
         self._token_counter = 0
@@ -231,6 +232,7 @@ class FakeApi:
         path = request.url.path
         with self._lock:
             self.requests.append((request.method, path))
+            self.request_times.append((time.monotonic(), request.method, path))
             fault = self._take_fault(path)
         if fault is not None:
             if fault.delay:

@@ -49,5 +49,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "alembic.runtime.migration"):
+    for noisy in ("httpx", "httpcore", "alembic.runtime.migration", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

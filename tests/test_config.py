@@ -30,6 +30,7 @@ def test_example_config_is_valid_and_documents_the_defaults(monkeypatch: pytest.
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     config = load_config(str(example), env={})
     assert config.api == Config().api and config.retry == Config().retry and config.sync == Config().sync
+    assert (config.schedule, config.daemon, config.metrics) == (Config().schedule, Config().daemon, Config().metrics)
     assert config.database_url == Config().database_url
 
 
@@ -118,3 +119,20 @@ def test_malformed_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_config(write(tmp_path, "api: [unclosed\n"), env={})
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"), env={})
+
+
+def test_schedule_durations_and_cron(tmp_path: Path) -> None:
+    path = write(tmp_path, "schedule:\n  interval: 90s\n  recheck_deleted_every: 2d\n  cron: '*/5 * * * *'\n"
+                           "daemon:\n  metrics_listen: null\n  stop_timeout: 1m\n")
+    config = load_config(path, env={})
+    assert (config.schedule.interval_seconds, config.schedule.recheck_deleted_seconds) == (90, 172800)
+    assert config.schedule.cron == "*/5 * * * *"
+    assert config.daemon.metrics_listen is None and config.daemon.stop_timeout_seconds == 60
+    bad = write(tmp_path, "schedule:\n  interval: soon\n  cron: 'not cron'\n  retry_failed_after: 7h\n"
+                          "daemon:\n  metrics_listen: nowhere\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad, env={})
+    text = str(caught.value)
+    for key in ("schedule.interval: expected a duration", "schedule.cron: not a crontab expression",
+                "schedule.retry_failed_after: must not exceed", "daemon.metrics_listen: expected host:port"):
+        assert key in text
