@@ -38,7 +38,7 @@ def prepare_database(path: Path) -> None:
     if not _is_demo_database(path):
         msg = f"--database: {path} exists and is not a demo database; choose another path"
         raise ConfigError(msg)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 

@@ -59,3 +59,24 @@ def test_open_grants_are_unique_per_connection_and_permission(empty_engine: Engi
     upgrade(empty_engine)
     indexes = {i["name"]: i for i in inspect(empty_engine).get_indexes("permission_grants")}
     assert indexes["uq_permission_grants_open"]["unique"]
+
+
+def test_upgrading_an_existing_database_keeps_its_rows(empty_engine: Engine) -> None:
+    import datetime as dt
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from etl.db.engine import alembic_config
+
+    with empty_engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        conn.execute(text("INSERT INTO connections (id, status, tracked, tracked_at) "
+                          "VALUES ('32c4139a-e4aa-4c6c-b357-3ae9022dbf1b', 'pending', true, :t)"),
+                     {"t": dt.datetime(2026, 3, 1, tzinfo=dt.UTC) if empty_engine.dialect.name == "postgresql"
+                      else "2026-03-01 00:00:00.000000"})
+    assert current_revision(empty_engine) == "0001"
+    upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        row = conn.execute(text("SELECT id, status, consecutive_failures, next_due_at FROM connections")).one()
+    assert tuple(row) == ("32c4139a-e4aa-4c6c-b357-3ae9022dbf1b", "pending", 0, None)
