@@ -232,13 +232,16 @@ def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
 # -- sync -------------------------------------------------------------------------------------
 
 @cli.command("sync")
+@click.option("--strategy", type=click.Choice(("auto", "ids", "list")),
+              help="ids: one GET per due tracked connection; list: the full listing, 100 a page; "
+                   "auto (default, or sync.strategy): whichever needs fewer requests.")
 @click.option("--all", "ignore_due", is_flag=True,
               help="Every tracked connection, due or not (failing and deleted ones included).")
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
                    "default: metrics.textfile from the config.")
 @click.pass_context
-def sync_command(ctx: click.Context, ignore_due: bool, metrics_file: str | None) -> None:
+def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, metrics_file: str | None) -> None:
     """One pass now over the tracked connections that are due; what cron calls.
 
     A connection is due when it has not been fetched for schedule.interval, or
@@ -252,6 +255,7 @@ def sync_command(ctx: click.Context, ignore_due: bool, metrics_file: str | None)
     \b
     Example:
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
+        smartcar-etl sync --strategy list   # every connection of the application
     """
     from etl.lock import LockHeld
     from etl.metrics import Metrics
@@ -262,7 +266,7 @@ def sync_command(ctx: click.Context, ignore_due: bool, metrics_file: str | None)
     metrics = Metrics() if textfile else None
     engine = state.engine()
     try:
-        result = sync(state.config, engine, ignore_due=ignore_due, metrics=metrics)
+        result = sync(state.config, engine, ignore_due=ignore_due, strategy=strategy, metrics=metrics)
     except LockHeld:
         if metrics is not None:
             metrics.lock_skips.inc()

@@ -84,10 +84,21 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class RateLimitConfig:
+    """The client-side token bucket; Smartcar's documented default is 120 requests, refilled at 2 a minute."""
+
+    capacity: int = 120
+    per_minute: float = 2.0
+
+
+@dataclass(frozen=True)
 class SyncConfig:
-    """How a pass is stored."""
+    """How a pass lists, fetches and stores."""
 
     batch_size: int = 500
+    strategy: str = "auto"
+    page_size: int = 100
+    track_listed: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,7 @@ class Config:
     database_url: str = "sqlite:///smartcar_etl.db"
     api: ApiConfig = field(default_factory=ApiConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -141,6 +153,7 @@ class Config:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+STRATEGIES = ("auto", "ids", "list")
 LOG_FORMATS = ("text", "json")
 
 # The YAML schema: section -> key -> parser. Parsers take (path, value, errors)
@@ -167,6 +180,21 @@ def _non_negative_float(path: str, value: Any, errors: list[str]) -> float | Non
         errors.append(f"{path}: expected a number of at least 0, got {value!r}")
         return None
     return float(value)
+
+
+def _boolean(path: str, value: Any, errors: list[str]) -> bool | None:
+    if not isinstance(value, bool):
+        errors.append(f"{path}: expected true or false, got {value!r}")
+        return None
+    return value
+
+
+def _page_size(path: str, value: Any, errors: list[str]) -> int | None:
+    size = _positive_int(path, value, errors)
+    if size is not None and size > 100:
+        errors.append(f"{path}: the API serves at most 100 connections a page, got {value!r}")
+        return None
+    return size
 
 
 def _string(path: str, value: Any, errors: list[str]) -> str | None:
@@ -330,7 +358,16 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "max_backoff_seconds": ("max_backoff_seconds", _non_negative_float),
         "max_retry_after_seconds": ("max_retry_after_seconds", _non_negative_float),
     },
-    "sync": {"batch_size": ("batch_size", _positive_int)},
+    "rate_limit": {
+        "capacity": ("capacity", _positive_int),
+        "per_minute": ("per_minute", _positive_float),
+    },
+    "sync": {
+        "batch_size": ("batch_size", _positive_int),
+        "strategy": ("strategy", _choice(STRATEGIES)),
+        "page_size": ("page_size", _page_size),
+        "track_listed": ("track_listed", _boolean),
+    },
     "schedule": {
         "interval": ("interval_seconds", _duration),
         "cron": ("cron", _cron),
@@ -456,6 +493,7 @@ def load_config(
         database_url=values["database"].get("database_url", Config.database_url),
         api=ApiConfig(**values["api"]),
         retry=RetryConfig(**values["retry"]),
+        rate_limit=RateLimitConfig(**values["rate_limit"]),
         sync=SyncConfig(**values["sync"]),
         schedule=ScheduleConfig(**values["schedule"]),
         daemon=DaemonConfig(**values["daemon"]),

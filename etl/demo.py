@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from etl.config import ApiConfig, Config, RetryConfig, Secret
+from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret
 from etl.db.engine import make_engine, upgrade
 from etl.db.models import connections, permission_changes, permission_grants, vehicles
 from etl.errors import ConfigError
@@ -60,6 +60,7 @@ def run_demo(
                               client_id=fake.client_id,
                               client_secret=Secret(fake.client_secret), timeout_seconds=10, concurrency=4),
                 retry=RetryConfig(initial_backoff_seconds=0.05, max_backoff_seconds=0.5),
+                rate_limit=RateLimitConfig(capacity=10_000, per_minute=600_000),  # the fake has no limit
             )
             out(f"Fake Smartcar API on {root}; database {database}")
             track(engine, ids + [UNKNOWN_ID])

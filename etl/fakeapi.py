@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import math
 import random
 import sys
 import threading
@@ -20,9 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import httpx
+
+from etl.api.ratelimit import TokenBucket
 
 TOKEN_PATH = "/oauth2/token"
 API_PREFIX = "/v3"
@@ -69,7 +73,7 @@ class Fault:
     shape: str = "v3"  # v3 | v2 | html | text | malformed_json
     delay: float = 0.0  # seconds to sleep before answering (or before raising)
     error: str | None = None  # "timeout" or "connect": raise instead of answering
-    match: str | None = None  # substring of the request path; None: any API request
+    match: str | None = None  # substring of the path and decoded query; None: any API request
     times: int = 1
 
 
@@ -93,7 +97,9 @@ class FakeApi:
         token_ttl: int = 3600,
         error_shape: str = "v3",
         clock: Callable[[], float] = time.monotonic,
+        rate_limit: tuple[float, float] | None = None,
     ) -> None:
+        """``rate_limit`` is (capacity, refills per second) of a bucket the fake enforces with 429s."""
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
@@ -104,6 +110,12 @@ class FakeApi:
         self.requests: list[tuple[str, str]] = []
         self.request_times: list[tuple[float, str, str]] = []  # (time.monotonic(), method, path)
         self.faults: list[Fault] = []
+        # How the listing looks: meta key for the page number, links.next style, totalCount or not.
+        self.listing: dict[str, Any] = {"page_key": "page", "next": "relative", "total": True}
+        self.hooks: list[Callable[[httpx.Request], None]] = []  # called after every answered request
+        self.rate_limited = 0  # 429s answered by the bucket
+        self._bucket = TokenBucket(capacity=rate_limit[0], per_second=rate_limit[1], clock=clock) \
+            if rate_limit else None
         self._tokens: dict[str, float] = dict.fromkeys(access_tokens, float("inf"))
         self._token_counter = 0
         self.issued_tokens: list[str] = []
@@ -229,11 +241,19 @@ class FakeApi:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         """Answer one request (the MockTransport handler)."""
+        try:
+            return self._handle(request)
+        finally:
+            for hook in list(self.hooks):
+                hook(request)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        target = path + "?" + unquote(request.url.query.decode()) if request.url.query else path
         with self._lock:
             self.requests.append((request.method, path))
             self.request_times.append((time.monotonic(), request.method, path))
-            fault = self._take_fault(path)
+            fault = self._take_fault(target)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -251,6 +271,12 @@ class FakeApi:
             return self.error(404, detail="no such path")
         if not self._authorised(request):
             return self.error(401, code="unauthorized", detail="The access token is invalid or expired.")
+        wait = self._bucket.try_acquire() if self._bucket is not None else 0.0
+        if wait:
+            with self._lock:
+                self.rate_limited += 1
+            return self.error(429, code="RATE_LIMIT", detail="Your application has exceeded its rate limit.",
+                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
         route = path[len(API_PREFIX):]
         if request.method == "GET" and route == "/connections":
             return self._list(request)
@@ -344,16 +370,26 @@ class FakeApi:
             every = list(self.connections.values())
         page = every[(number - 1) * size: number * size]
         last = max(1, -(-len(every) // size))
-        link = f"{API_PREFIX}/connections?page[number]={{}}&page[size]={size}"
-        return httpx.Response(200, json={
-            "data": [self.document(c) for c in page],
-            "meta": {"page": number, "pageSize": size, "totalCount": len(every)},
-            "links": {
+        style = self.listing
+        prefix = str(request.url.copy_with(path="/", query=None)).rstrip("/") if style["next"] == "absolute" else ""
+        link = f"{prefix}{API_PREFIX}/connections?page[number]={{}}&page[size]={size}"
+        meta: dict[str, Any] = {style["page_key"]: number, "pageSize": size}
+        if style["total"]:
+            meta["totalCount"] = len(every)
+        body: dict[str, Any] = {"data": [self._listed(c) for c in page], "meta": meta}
+        if style["next"] != "missing":
+            body["links"] = {
                 "self": link.format(number), "first": link.format(1), "last": link.format(last),
                 "next": link.format(number + 1) if number < last else None,
                 "previous": link.format(number - 1) if number > 1 else None,
-            },
-        })
+            }
+        return httpx.Response(200, json=body)
+
+    def _listed(self, conn: FakeConnection) -> Any:
+        if not conn.broken:
+            return self.document(conn)
+        doc = json.loads(self._broken(conn).content or b"null") if conn.broken != "not_json" else {"id": 7}
+        return doc["data"] if isinstance(doc, dict) and "data" in doc else doc
 
     def error(
         self,

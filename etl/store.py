@@ -114,6 +114,7 @@ def store_batch(
     """Write a batch; the caller owns the transaction (one per batch).
 
     ``cadence`` and ``pass_started_at`` set when each connection is due again.
+    A connection not seen before (from a listing) is stored as tracked.
     """
     outcomes = _latest(outcomes)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
@@ -174,6 +175,11 @@ def store_batch(
     if delta.changes:
         conn.execute(permission_changes.insert(), delta.changes)
 
+    unknown = [o for o in failed if o.connection_id not in previous]
+    if unknown:  # first seen in a listing, already malformed: a pending row carries its error
+        upsert(conn=conn, table=connections, key=["id"], update=[], rows=[
+            {"id": o.connection_id, "status": "pending", "tracked": True, "tracked_at": o.observed_at}
+            for o in unknown])
     if failed and run_id is not None:
         conn.execute(fetch_errors.insert(), [
             {"run_id": run_id, "connection_id": o.connection_id, "occurred_at": o.observed_at,
@@ -200,7 +206,11 @@ def store_batch(
 
 
 def _upsert_entities(
-    conn: Connection, fetched: Sequence[Fetched], *, cadence: Cadence, pass_started_at: dt.datetime | None
+    conn: Connection,
+    fetched: Sequence[Fetched],
+    *,
+    cadence: Cadence,
+    pass_started_at: dt.datetime | None,
 ) -> None:
     """Upsert users, vehicles and connections for the fetched records, one statement each."""
     if not fetched:

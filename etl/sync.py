@@ -5,29 +5,29 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 
 import httpx
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 
 from etl.api.auth import token_source
-from etl.api.client import Cancelled, SmartcarClient, make_http_client, utcnow
+from etl.api.client import ListingPage, SmartcarClient, make_http_client, utcnow
+from etl.api.ratelimit import TokenBucket, shared_bucket
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
 from etl.config import Config
 from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import connections, sync_runs
-from etl.errors import ApiError, DatabaseError, FatalApiError, SyncAborted
+from etl.errors import DatabaseError, FatalApiError, SyncAborted
+from etl.fetch import PassState, fetch_outcomes, listing_outcomes
 from etl.lock import run_lock
 from etl.metrics import Metrics
-from etl.store import DEFAULT_CADENCE, BatchCounts, Failed, Fetched, Gone, Outcome, store_batch
+from etl.store import DEFAULT_CADENCE, BatchCounts, Failed, Outcome, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -68,63 +68,6 @@ def plan_ids(engine: Engine, *, now: dt.datetime, ignore_due: bool = False) -> l
         return list(conn.scalars(query))
 
 
-def fetch_outcomes(
-    ids: Sequence[str],
-    *,
-    client: SmartcarClient,
-    concurrency: int,
-    window: int,
-    now: Callable[[], dt.datetime] = utcnow,
-) -> Generator[Outcome, None, None]:
-    """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
-
-    At most ``window`` results wait to be consumed, so fetching goes on while
-    the consumer writes a batch, and memory stays bounded. A FatalApiError is
-    raised as soon as it is seen; the other requests are cancelled.
-    """
-
-    def fetch_one(connection_id: str) -> Outcome:
-        try:
-            record = client.get_connection(connection_id)
-        except FatalApiError:
-            client.cancelled.set()
-            raise
-        except ApiError as error:
-            return Failed(connection_id, now(), error)
-        at = now()
-        return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
-
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
-    finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
-    remaining = iter(ids)
-    in_flight = 0  # submitted and not yet consumed
-
-    def fill() -> None:
-        nonlocal in_flight
-        while in_flight < window and not client.cancelled.is_set():
-            connection_id = next(remaining, None)
-            if connection_id is None:
-                return
-            pool.submit(fetch_one, connection_id).add_done_callback(finished.put)
-            in_flight += 1
-
-    try:
-        fill()
-        while in_flight:
-            future = finished.get()
-            in_flight -= 1
-            error = future.exception()
-            if isinstance(error, Cancelled):
-                continue
-            if error is not None:
-                raise error
-            yield future.result()
-            fill()
-    finally:
-        client.cancelled.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def start_run(engine: Engine, *, trigger: str, planned: int, now: Callable[[], dt.datetime]) -> int:
     """Insert the ``sync_runs`` row (status running, with this process's pid and host) and return its id."""
     with translate_errors(engine), engine.begin() as conn:
@@ -142,7 +85,8 @@ def finish_run(engine: Engine, result: RunResult, *, now: Callable[[], dt.dateti
     with translate_errors(engine), engine.begin() as conn:
         conn.execute(
             update(sync_runs).where(sync_runs.c.id == result.run_id, sync_runs.c.status == "running")
-            .values(status=result.status, finished_at=now(), requests=result.requests, error=error)
+            .values(status=result.status, finished_at=now(), requests=result.requests, error=error,
+                    connections_planned=result.planned)
         )
 
 
@@ -171,20 +115,25 @@ def _count_into_run(counts: BatchCounts) -> dict[str, object]:
     }
 
 
-def run_ids(
+def run_outcomes(
     engine: Engine,
-    ids: Sequence[str],
+    outcomes: Generator[Outcome, None, None],
     *,
+    run_id: int,
     client: SmartcarClient,
-    trigger: str = "sync",
+    state: PassState,
     batch_size: int = 500,
-    concurrency: int = 8,
     cadence: Cadence = DEFAULT_CADENCE,
     metrics: Metrics | None = None,
     now: Callable[[], dt.datetime] = utcnow,
+    on_batch: Callable[[Connection, BatchCounts], None] | None = None,
 ) -> RunResult:
-    """Fetch and store the given connection ids as one run; return how it ended.
+    """Store a stream of outcomes in batches as the run ``run_id``; return how it ended.
 
+    ``state.planned`` is the number of connections expected (None: as many as
+    come) and ``state.incomplete`` why the pass could not see everything; the
+    outcome stream may set both as it goes.
+    ``on_batch`` runs inside each batch's transaction (a checkpoint, say).
     Raises SyncAborted (exit 3) when the API refuses the application or the
     database goes away; everything stored before that stays, nothing more is
     written. When ``client.cancelled`` is set from outside (the daemon stopping),
@@ -193,11 +142,9 @@ def run_ids(
     """
     started = time.monotonic()
     requests_before = client.requests_sent
-    started_at = now()
-    run = RunResult(run_id=start_run(engine, trigger=trigger, planned=len(ids), now=lambda: started_at),
-                    status="running", planned=len(ids))
-    log.info("run %s started: %d connections to fetch", run.run_id, len(ids),
-             extra={"run_id": run.run_id, "trigger": trigger})
+    with translate_errors(engine), engine.connect() as conn:
+        started_at = conn.scalar(select(sync_runs.c.started_at).where(sync_runs.c.id == run_id))
+    run = RunResult(run_id=run_id, status="running", planned=state.planned or 0)
     batch: list[Outcome] = []
 
     def flush() -> None:
@@ -206,6 +153,8 @@ def run_ids(
                                  pass_started_at=started_at)
             conn.execute(update(sync_runs).where(sync_runs.c.id == run.run_id)
                          .values(**_count_into_run(counts)))
+            if on_batch is not None:
+                on_batch(conn, counts)
         run.counts.add(counts)
         if metrics is not None:
             metrics.batch(**counts.__dict__)
@@ -223,8 +172,6 @@ def run_ids(
                 metrics.run(status=status, seconds=run.seconds, finished_at=finished_at)
 
     try:
-        outcomes = fetch_outcomes(ids, client=client, concurrency=concurrency,
-                                  window=batch_size + concurrency, now=now)
         with closing(outcomes):
             for outcome in outcomes:
                 if isinstance(outcome, Failed):
@@ -251,8 +198,12 @@ def run_ids(
         raise
     c = run.counts
     done = c.fetched + c.deleted + c.failed
-    if done < run.planned:
-        end("aborted", f"stopped on request after {done} of {run.planned} connections")
+    run.planned = done if state.planned is None else state.planned
+    problem = state.incomplete
+    if client.cancelled.is_set() and (done < run.planned or problem):
+        end("aborted", f"stopped on request after {done} of {run.planned or done} connections")
+    elif problem:
+        end("partial" if done else "failed", problem)
     elif c.failed == 0:
         end("succeeded")
     else:
@@ -260,6 +211,58 @@ def run_ids(
     log.info(run.summary(), extra={"run_id": run.run_id, "status": run.status,
                                    "duration_seconds": round(run.seconds, 3)})
     return run
+
+
+def pass_outcomes(
+    engine: Engine,
+    *,
+    client: SmartcarClient,
+    config: Config,
+    state: PassState,
+    due: Sequence[str],
+    run_id: int,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> Generator[Outcome, None, None]:
+    """The outcomes of one pass: ``auto`` chooses first, then the listing or one GET per due id."""
+    first_page = None
+    if state.strategy == "auto":
+        state.strategy, first_page = choose_strategy(engine, client=client, due=due,
+                                                     page_size=config.sync.page_size)
+    window = config.sync.batch_size + config.api.concurrency
+    if state.strategy == "list":
+        log.info("run %s: the full listing, %d a page", run_id, config.sync.page_size,
+                 extra={"run_id": run_id, "strategy": "list"})
+        yield from listing_outcomes(engine, client=client, page_size=config.sync.page_size,
+                                    concurrency=config.api.concurrency, window=window, state=state,
+                                    first_page=first_page, track_new=config.sync.track_listed, now=now)
+        return
+    state.planned = len(due)
+    log.info("run %s: %d connection(s) to fetch one by one", run_id, len(due),
+             extra={"run_id": run_id, "strategy": "ids"})
+    yield from fetch_outcomes(due, client=client, concurrency=config.api.concurrency, window=window, now=now)
+
+
+def choose_strategy(
+    engine: Engine, *, client: SmartcarClient, due: Sequence[str], page_size: int
+) -> tuple[str, ListingPage | None]:
+    """``list`` when the listing needs fewer requests than one GET per due id, else ``ids``.
+
+    The listing costs one request per ``page_size`` connections of the whole
+    application. The database gives a lower bound of that size; only when the
+    listing could still win is page 1 fetched to read ``totalCount`` (and then
+    reused as the listing's first page if the listing wins).
+    """
+    with translate_errors(engine), engine.connect() as conn:
+        known = conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+    if len(due) <= max(1, -(-known // page_size)):
+        return "ids", None
+    first = client.list_page(1, page_size)
+    meta = first.body.get("meta")
+    total = meta.get("totalCount") if isinstance(meta, dict) else None
+    size = total if isinstance(total, int) and not isinstance(total, bool) else known
+    pages = max(1, -(-size // page_size))
+    log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(due), pages, size)
+    return ("list", first) if pages < len(due) else ("ids", None)
 
 
 def build_client(
@@ -270,8 +273,12 @@ def build_client(
     now: Callable[[], dt.datetime] = utcnow,
     cancelled: threading.Event | None = None,
     metrics: Metrics | None = None,
+    limiter: TokenBucket | None = None,
 ) -> SmartcarClient:
-    """A client from the config; ``transport``, ``sleep`` and ``cancelled`` are injectable."""
+    """A client from the config; ``transport``, ``sleep``, ``cancelled`` and ``limiter`` are injectable.
+
+    By default every client of the process shares one token bucket per rate-limit setting.
+    """
     cancelled = cancelled or threading.Event()
     r = config.retry
     retry = RetryPolicy(
@@ -283,8 +290,10 @@ def build_client(
     http = make_http_client(timeout=config.api.timeout_seconds, concurrency=config.api.concurrency,
                             transport=transport)
     auth = token_source(config.api, http=http, retry=retry)
+    if limiter is None:
+        limiter = shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=now,
-                          cancelled=cancelled, on_request=metrics.request if metrics else None)
+                          cancelled=cancelled, on_request=metrics.request if metrics else None, limiter=limiter)
 
 
 def sync(
@@ -292,27 +301,36 @@ def sync(
     engine: Engine,
     *,
     ignore_due: bool = False,
+    strategy: str | None = None,
     trigger: str = "sync",
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], object] | None = None,
     now: Callable[[], dt.datetime] = utcnow,
     cancelled: threading.Event | None = None,
     metrics: Metrics | None = None,
+    limiter: TokenBucket | None = None,
 ) -> RunResult:
-    """One pass over the tracked connections that are due; the library behind ``smartcar-etl sync``.
+    """One pass; the library behind ``smartcar-etl sync``.
 
-    Takes the database's run lock (LockHeld, exit 4, if another run has it),
-    closes runs left ``running`` by processes that died, then fetches and stores.
+    ``strategy`` (default: the config's, ``auto``): ``ids`` fetches the tracked
+    connections that are due (every tracked one with ``ignore_due``) one by one;
+    ``list`` reads the full listing; ``auto`` picks whichever needs fewer
+    requests. Takes the database's run lock (LockHeld, exit 4, if another run
+    has it) and closes runs left ``running`` by processes that died.
     """
     require_migrated(engine)
+    state = PassState(strategy=strategy or config.sync.strategy)
     client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
-                          metrics=metrics)
+                          metrics=metrics, limiter=limiter)
     try:
         with run_lock(engine):
             close_stale_runs(engine, now=now)
-            ids = plan_ids(engine, now=now(), ignore_due=ignore_due)
-            return run_ids(engine, ids, client=client, trigger=trigger, batch_size=config.sync.batch_size,
-                           concurrency=config.api.concurrency, cadence=Cadence.from_config(config.schedule),
-                           metrics=metrics, now=now)
+            due = [] if state.strategy == "list" else plan_ids(engine, now=now(), ignore_due=ignore_due)
+            run_id = start_run(engine, trigger=trigger, planned=len(due), now=now)
+            outcomes = pass_outcomes(engine, client=client, config=config, state=state, due=due, run_id=run_id,
+                                     now=now)
+            return run_outcomes(engine, outcomes, run_id=run_id, client=client, state=state,
+                                batch_size=config.sync.batch_size, cadence=Cadence.from_config(config.schedule),
+                                metrics=metrics, now=now)
     finally:
         client.http.close()

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.config import ApiConfig, Config, RetryConfig, Secret
+from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.db.engine import make_engine, upgrade
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
@@ -143,7 +143,11 @@ def make_config(fake: FakeApi, db_url: str, **api: Any) -> Config:
         "concurrency": 4,
         **api,
     }
-    return Config(database_url=db_url, api=ApiConfig(**settings), retry=RetryConfig(max_attempts=5))
+    # The rate limit is far above anything a test sends, unless a test sets its own.
+    # Per-id fetching unless a test asks for the listing (tests of `auto` and `list` do).
+    return Config(database_url=db_url, api=ApiConfig(**settings), retry=RetryConfig(max_attempts=5),
+                  rate_limit=RateLimitConfig(capacity=1_000_000, per_minute=60_000_000),
+                  sync=SyncConfig(strategy="ids"))
 
 
 class Runner:

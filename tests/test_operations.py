@@ -58,7 +58,8 @@ class Procs:
     def __init__(self, engine: Engine, api: dict[str, str], fake: FakeApi, tmp_path: Path) -> None:
         config = tmp_path / "etl.yaml"
         config.write_text("daemon:\n  metrics_listen: 127.0.0.1:0\n  stop_timeout: 20s\n"
-                          "api:\n  concurrency: 2\nretry:\n  max_attempts: 2\n  initial_backoff_seconds: 0.05\n")
+                          "api:\n  concurrency: 2\nretry:\n  max_attempts: 2\n  initial_backoff_seconds: 0.05\n"
+                          "sync:\n  strategy: ids\n")
         self.env = {
             **os.environ, "SMARTCAR_ETL_CONFIG": str(config),
             "SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False),

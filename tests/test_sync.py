@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -149,7 +150,7 @@ def test_authentication_or_billing_failure_aborts_and_changes_no_row(
 def test_abort_mid_run_keeps_earlier_batches_and_stops(fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
     ids = world(fake_api, engine, count=40)
     config = make_config(fake_api, engine.url.render_as_string(hide_password=False), concurrency=1)
-    config = type(config)(**{**config.__dict__, "sync": type(config.sync)(batch_size=10)})
+    config = replace(config, sync=replace(config.sync, batch_size=10))
     fake_api.fail_next(430, match=sorted(ids)[25])
     import httpx
 
@@ -180,7 +181,7 @@ def test_many_connections_in_several_batches(fake_api: FakeApi, engine: Engine, 
 
     ids = world(fake_api, engine, count=250)
     config = make_config(fake_api, "unused")
-    config = type(config)(**{**config.__dict__, "sync": type(config.sync)(batch_size=64)})
+    config = replace(config, sync=replace(config.sync, batch_size=64))
     result = sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=clock)
     assert result.counts.fetched == 250
     with engine.connect() as conn:

@@ -1,0 +1,52 @@
+"""The token bucket: bursts up to capacity, then the refill rate; shared; cancellable."""
+
+from __future__ import annotations
+
+import threading
+
+from etl.api.ratelimit import TokenBucket, shared_bucket
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_burst_then_refill_rate() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(capacity=3, per_second=0.5, clock=t.clock, sleep=t.sleep)
+    times = []
+    for _ in range(6):
+        assert bucket.acquire()
+        times.append(t.now)
+    assert times == [0, 0, 0, 2.0, 4.0, 6.0]
+    assert bucket.waited == 6.0
+
+
+def test_refill_never_exceeds_capacity() -> None:
+    t = FakeTime()
+    bucket = TokenBucket(capacity=2, per_second=1, clock=t.clock, sleep=t.sleep)
+    t.now = 100.0  # a long idle time
+    for _ in range(3):
+        bucket.acquire()
+    assert t.now == 101.0
+
+
+def test_cancel_ends_a_wait() -> None:
+    bucket = TokenBucket(capacity=1, per_second=1 / 3600)
+    assert bucket.acquire()
+    cancelled = threading.Event()
+    threading.Timer(0.05, cancelled.set).start()
+    assert bucket.acquire(cancelled) is False
+
+
+def test_shared_bucket_is_one_per_setting() -> None:
+    assert shared_bucket(120, 2) is shared_bucket(120, 2)
+    assert shared_bucket(120, 2) is not shared_bucket(60, 2)
+    assert shared_bucket(120, 2).per_second == 2 / 60
