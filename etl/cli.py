@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -287,6 +289,75 @@ def _write_metrics(metrics: Any, engine: Engine, path: str) -> None:
         log.warning("could not write metrics to %s: %s", path, error)
 
 
+class _Bar:
+    """A progress bar on stderr (count, rate, time left), for a terminal only."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._started = time.monotonic()
+        self._done = 0
+
+    def start(self, total: int | None) -> None:
+        self._bar = click.progressbar(length=max(total or 0, 1), label="backfill", file=sys.stderr,
+                                      show_pos=True, show_eta=True, show_percent=True,
+                                      item_show_func=lambda rate: rate)
+        self._bar.__enter__()
+
+    def advance(self, count: int, total: int | None = None) -> None:
+        if total and total != self._bar.length:
+            self._bar.length = total
+        self._done += count
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        self._bar.update(count, f"{rate:.1f}/s")
+
+    def finish(self) -> None:
+        self._bar.__exit__(None, None, None)
+
+
+@cli.command("backfill")
+@click.option("--ids-file", type=click.File("r", encoding="utf-8"),
+              help="Connection ids to fetch, one a line (- for stdin); they become tracked.")
+@click.option("--all", "from_listing", is_flag=True, help="Every connection of the full listing.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted backfill of the same ids (or listing).")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched and how long the rate limit makes "
+              "it take; fetch and write nothing (--all sends one listing request to count).")
+@click.pass_context
+def backfill_command(ctx: click.Context, ids_file: TextIO | None, from_listing: bool, resume: bool,
+                     dry_run: bool) -> None:
+    """A large one-off fetch, with a progress bar on a terminal; resumable.
+
+    Each batch stored is a checkpoint: after an interruption (Ctrl-C, a crash,
+    SIGKILL) the same command with --resume fetches only what is left.
+
+    \b
+    Example:
+        smartcar-etl backfill --ids-file all-ids.txt --dry-run
+        smartcar-etl backfill --ids-file all-ids.txt          # interrupted? then:
+        smartcar-etl backfill --ids-file all-ids.txt --resume
+    """
+    from etl.backfill import Source, backfill
+    from etl.backfill import dry_run as describe
+    from etl.tracking import parse_ids
+
+    if (ids_file is None) == (not from_listing):
+        msg = "give exactly one of --ids-file FILE and --all"
+        raise click.UsageError(msg)
+    state: State = ctx.obj
+    if ids_file is not None:
+        name = ids_file.name if ids_file.name != "<stdin>" else "stdin"
+        source = Source(name=name, ids=parse_ids(ids_file, source=name))
+    else:
+        source = Source(name="the full listing")
+    engine = state.engine()
+    if dry_run:
+        click.echo(describe(state.config, engine, source, resume=resume).describe())
+        return
+    progress = _Bar() if sys.stderr.isatty() else None
+    result = backfill(state.config, engine, source, resume=resume, progress=progress)
+    click.echo(result.summary())
+    ctx.exit(result.exit_code)
+
+
 @cli.command("daemon")
 @click.option("--interval", metavar="DURATION", help="Run a pass every DURATION (90s, 15m, 1h); "
               "overrides schedule.interval.")
@@ -396,14 +467,16 @@ def demo_command(ctx: click.Context, database: Path, connections_count: int, pas
 @click.option("--connections", "connections_count", type=click.IntRange(0, 10_000_000), default=100,
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def fake_api_command(host: str, port: int, connections_count: int, seed: int) -> None:
+@click.option("--rate-limit", metavar="CAPACITY/PER_MINUTE",
+              help="Enforce a token bucket like Smartcar's (120/2 is its default): 429 with Retry-After beyond it.")
+def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None) -> None:
     """Serve the bundled fake Smartcar API on loopback until interrupted.
 
     Prints the environment to point the job at it. Its credentials are fake.
 
     \b
     Example:
-        smartcar-etl fake-api --connections 1000 --port 8765
+        smartcar-etl fake-api --connections 1000 --port 8765 --rate-limit 120/2
     """
     from etl.config import is_loopback_host
     from etl.fakeapi import FakeApi, serve, urls
@@ -411,7 +484,17 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int) ->
     if not is_loopback_host(host):
         msg = f"{host!r} is not a loopback address"
         raise click.BadParameter(msg, param_hint="--host")
-    fake = FakeApi()
+    bucket = None
+    if rate_limit is not None:
+        capacity, _, per_minute = rate_limit.partition("/")
+        try:
+            bucket = (float(capacity), float(per_minute) / 60)
+        except ValueError:
+            bucket = None
+        if bucket is None or min(bucket) <= 0:
+            msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
+            raise click.BadParameter(msg, param_hint="--rate-limit")
+    fake = FakeApi(rate_limit=bucket)
     fake.populate(connections_count, seed=seed)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 
 from etl.api.client import Cancelled, ListingPage, Paginator, SmartcarClient, utcnow
 from etl.db.engine import translate_errors
@@ -90,6 +90,8 @@ class PassState:
     planned: int | None = None
     seen: set[str] = field(default_factory=set)
     pages: int = 0
+    page: int = 0  # the listing page being read
+    total: int | None = None  # the listing's totalCount, once known
     confirmations: int = 0
     incomplete: str | None = None
 
@@ -105,6 +107,7 @@ def listing_outcomes(
     first_page: ListingPage | None = None,
     start_page: int = 1,
     track_new: bool = True,
+    since: dt.datetime | None = None,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> Generator[Outcome, None, None]:
     """Every connection of the listing, then a direct GET of each tracked one it did not show.
@@ -115,6 +118,8 @@ def listing_outcomes(
     wrong, ``state.incomplete`` says why and nothing is confirmed, so nothing is
     marked deleted. A missing connection is only marked deleted if its own GET
     answers 404 (page-number paging can skip rows when the set changes under it).
+    A listing resumed at ``start_page`` passes ``since`` (when it first started):
+    connections attempted since then were seen by the earlier part.
     """
     with translate_errors(engine), engine.connect() as conn:
         tracked = dict(conn.execute(select(connections.c.id, connections.c.tracked)).all())
@@ -132,6 +137,7 @@ def listing_outcomes(
             state.incomplete = "stopped on request"
             return
         try:
+            state.page = paginator.number
             if page is None:
                 page = client.list_page(paginator.number, page_size)
             state.pages += 1
@@ -146,6 +152,7 @@ def listing_outcomes(
                 # An item without a readable id might be any tracked connection: confirm none.
                 state.incomplete = f"page {page.number}: {len(page.unreadable)} item(s) without a readable id"
             more = paginator.advance(page)
+            state.total = paginator.total
         except FatalApiError:
             raise
         except ApiError as error:
@@ -159,8 +166,11 @@ def listing_outcomes(
         log.warning("%s; nothing will be marked deleted this run", state.incomplete)
         return
     with translate_errors(engine), engine.connect() as conn:
-        known = conn.scalars(select(connections.c.id).where(
-            connections.c.tracked.is_(True), connections.c.status.in_(["pending", "active"])))
+        query = select(connections.c.id).where(
+            connections.c.tracked.is_(True), connections.c.status.in_(["pending", "active"]))
+        if since is not None:
+            query = query.where(or_(connections.c.last_attempt_at.is_(None), connections.c.last_attempt_at < since))
+        known = conn.scalars(query)
         missing = sorted(set(known) - state.seen)
     state.confirmations = len(missing)
     if missing:

@@ -127,13 +127,15 @@ def run_outcomes(
     metrics: Metrics | None = None,
     now: Callable[[], dt.datetime] = utcnow,
     on_batch: Callable[[Connection, BatchCounts], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Store a stream of outcomes in batches as the run ``run_id``; return how it ended.
 
     ``state.planned`` is the number of connections expected (None: as many as
     come) and ``state.incomplete`` why the pass could not see everything; the
     outcome stream may set both as it goes.
-    ``on_batch`` runs inside each batch's transaction (a checkpoint, say).
+    ``on_batch`` runs inside each batch's transaction (a checkpoint, say);
+    ``progress`` is called with 1 for every outcome (a progress bar).
     Raises SyncAborted (exit 3) when the API refuses the application or the
     database goes away; everything stored before that stays, nothing more is
     written. When ``client.cancelled`` is set from outside (the daemon stopping),
@@ -178,6 +180,8 @@ def run_outcomes(
                     log.warning("connection %s failed: %s", outcome.connection_id, outcome.error,
                                 extra={"run_id": run.run_id, "connection_id": outcome.connection_id})
                 batch.append(outcome)
+                if progress is not None:
+                    progress(1)
                 if len(batch) >= batch_size:
                     flush()
         if batch:

@@ -50,3 +50,33 @@ def test_shared_bucket_is_one_per_setting() -> None:
     assert shared_bucket(120, 2) is shared_bucket(120, 2)
     assert shared_bucket(120, 2) is not shared_bucket(60, 2)
     assert shared_bucket(120, 2).per_second == 2 / 60
+    assert shared_bucket(120, 2).capacity == 119 - 2 / 60 * 0.1  # headroom for the network delay
+    assert shared_bucket(20, 3000).capacity == 14.0
+
+
+def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
+
+    from etl.api.auth import ClientCredentials
+    from etl.api.client import SmartcarClient, make_http_client
+    from etl.api.ratelimit import client_bucket
+    from etl.api.retry import RetryPolicy
+    from etl.config import Secret
+    from etl.fakeapi import FakeApi, serve, urls
+    from etl.fetch import fetch_outcomes
+
+    fake = FakeApi(rate_limit=(10, 200))
+    ids = fake.populate(120, seed=1)
+    with serve(fake) as root:
+        u = urls(root)
+        http = make_http_client(timeout=10, concurrency=8)
+        retry = RetryPolicy(max_attempts=1)  # a 429 would fail the fetch, not hide behind a retry
+        auth = ClientCredentials(http=http, token_url=u["token_url"], client_id=fake.client_id,
+                                 client_secret=Secret(fake.client_secret), retry=retry)
+        client = SmartcarClient(base_url=u["base_url"], auth=auth, http=http, retry=retry,
+                                limiter=client_bucket(10, 200 * 60))
+        try:
+            outcomes = list(fetch_outcomes(ids, client=client, concurrency=8, window=16))
+        finally:
+            http.close()
+    assert fake.rate_limited == 0 and len(outcomes) == 120
+    assert all(type(o).__name__ == "Fetched" for o in outcomes)

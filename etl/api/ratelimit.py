@@ -63,8 +63,19 @@ class TokenBucket:
                 return False
 
 
+# The API's bucket sees a request a little after the job's bucket let it go. After
+# an idle spell the API's bucket is full and wastes the refill of that delay, so
+# the job keeps one token plus 100 ms of refill below the configured capacity.
+HEADROOM_SECONDS = 0.1
+
 _shared: dict[tuple[float, float], TokenBucket] = {}
 _shared_lock = threading.Lock()
+
+
+def client_bucket(capacity: float, per_minute: float) -> TokenBucket:
+    """A bucket that stays under an API bucket of ``capacity`` refilled at ``per_minute`` (with headroom)."""
+    per_second = per_minute / 60
+    return TokenBucket(capacity=max(1.0, capacity - 1 - per_second * HEADROOM_SECONDS), per_second=per_second)
 
 
 def shared_bucket(capacity: float, per_minute: float) -> TokenBucket:
@@ -72,5 +83,5 @@ def shared_bucket(capacity: float, per_minute: float) -> TokenBucket:
     with _shared_lock:
         key = (capacity, per_minute)
         if key not in _shared:
-            _shared[key] = TokenBucket(capacity=capacity, per_second=per_minute / 60)
+            _shared[key] = client_bucket(capacity, per_minute)
         return _shared[key]

@@ -231,6 +231,32 @@ class PermissionChange(Base):
     run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
 
 
+class Backfill(Base):
+    """A backfill and its checkpoint, so that an interrupted one can resume.
+
+    An ids-file backfill resumes with the ids not attempted since it started
+    (``connections.last_attempt_at``); a listing backfill resumes at ``next_page``.
+    """
+
+    __tablename__ = "backfills"
+    __table_args__ = (
+        CheckConstraint("kind IN ('ids', 'all')", name="kind"),
+        CheckConstraint("status IN ('running', 'done', 'abandoned')", name="status"),
+        Index(None, "kind", "fingerprint", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str]
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of the sorted ids, or "listing"
+    total: Mapped[int | None] = mapped_column(Integer)
+    next_page: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    last_run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
+
+
 class FetchError(Base):
     """One connection that failed in one run."""
 
@@ -253,3 +279,4 @@ permission_grants: Table = Base.metadata.tables["permission_grants"]
 permission_changes: Table = Base.metadata.tables["permission_changes"]
 sync_runs: Table = Base.metadata.tables["sync_runs"]
 fetch_errors: Table = Base.metadata.tables["fetch_errors"]
+backfills: Table = Base.metadata.tables["backfills"]

@@ -1,0 +1,81 @@
+"""Benchmark: the client-side token bucket against the fake API's own bucket of the same size.
+
+Starts `smartcar-etl fake-api --rate-limit CAPACITY/PER_MINUTE` in its own process
+on loopback and runs a `sync` of N connections (one GET each) with the job's
+rate limit set to the same bucket. Prints how many requests the API refused
+with 429, and how much of the allowed rate the job used: in T seconds a bucket
+of capacity C refilled at R a second allows C + R*T requests.
+
+Usage:
+    .venv/bin/python benchmarks/bench_ratelimit.py [--connections 400] [--capacity 20] [--per-minute 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from bench_sync import free_port  # type: ignore[import-not-found]
+
+from etl.config import ApiConfig, Config, RateLimitConfig, Secret, SyncConfig
+from etl.db.engine import make_engine, upgrade
+from etl.fakeapi import FakeApi, urls
+from etl.metrics import Metrics
+from etl.sync import sync
+from etl.tracking import track
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=400)
+    parser.add_argument("--capacity", type=int, default=20)
+    parser.add_argument("--per-minute", type=float, default=3000.0)
+    args = parser.parse_args()
+
+    import subprocess
+    import sys
+
+    ids = FakeApi().populate(args.connections, seed=0)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "etl", "fake-api", "--connections", str(args.connections), "--port", str(port),
+         "--rate-limit", f"{args.capacity}/{args.per_minute:g}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert server.stdout is not None
+    server.stdout.readline()
+    fake = FakeApi()
+    metrics = Metrics()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'rate.db'}"
+            config = Config(
+                database_url=url,
+                api=ApiConfig(**urls(f"http://127.0.0.1:{port}"), client_id=fake.client_id,  # type: ignore[arg-type]
+                              client_secret=Secret(fake.client_secret), concurrency=8, timeout_seconds=30),
+                rate_limit=RateLimitConfig(capacity=args.capacity, per_minute=args.per_minute),
+                sync=SyncConfig(strategy="ids"),
+            )
+            engine = make_engine(url)
+            upgrade(engine)
+            track(engine, ids)
+            started = time.perf_counter()
+            result = sync(config, engine, metrics=metrics)
+            elapsed = time.perf_counter() - started
+            engine.dispose()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    refused = sum(sample.value for family in metrics.registry.collect() for sample in family.samples
+                  if sample.name == "smartcar_etl_api_requests_total" and sample.labels.get("status") == "429")
+    per_second = args.per_minute / 60
+    allowed = args.capacity + per_second * elapsed
+    print(f"{result.requests} requests for {args.connections} connections in {elapsed:.2f}s; "
+          f"bucket {args.capacity} refilled at {per_second:g}/s on both sides")
+    print(f"429 answers: {refused:.0f}")
+    print(f"allowed in that time: {allowed:.0f}; used: {result.requests / allowed:.1%} of the allowed rate")
+
+
+if __name__ == "__main__":
+    main()
