@@ -31,6 +31,7 @@ def test_example_config_is_valid_and_documents_the_defaults(monkeypatch: pytest.
     config = load_config(str(example), env={})
     assert config.api == Config().api and config.retry == Config().retry and config.sync == Config().sync
     assert (config.schedule, config.daemon, config.metrics) == (Config().schedule, Config().daemon, Config().metrics)
+    assert config.rate_limit == Config().rate_limit
     assert config.database_url == Config().database_url
 
 
