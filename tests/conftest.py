@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.db.engine import make_engine, upgrade
 from etl.fakeapi import FakeApi, serve, urls
@@ -96,11 +97,18 @@ def empty_engine(db_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on a database migrated to the latest revision by Alembic."""
+def engine(db_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An engine on a database migrated to the latest revision by Alembic.
+
+    Afterwards `check` must find the history sound, whatever the test did
+    (unless it is marked ``corrupts_history``).
+    """
     engine = make_engine(db_url)
     upgrade(engine)
     yield engine
+    if request.node.get_closest_marker("corrupts_history") is None:
+        result = check_history(engine)
+        assert result.ok, result.violations
     _checked_in(engine)
 
 

@@ -1,0 +1,78 @@
+"""Canned reports and the point-in-time query, on every supported database.
+
+The point-in-time rule: a connection held a permission at instant T when a
+grant interval covers T, i.e. ``valid_from <= T`` and (``valid_to`` is NULL or
+``valid_to > T``). Timestamps are bound through the column type, so the same
+query is exact on SQLite (UTC text) and PostgreSQL (timestamptz).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select
+
+from etl.db.engine import require_migrated, translate_errors
+from etl.db.models import connections, permission_changes, permission_grants, vehicles
+
+PERMISSIONS_COLUMNS = ("connection_id", "user_id", "vehicle_id", "make", "model", "permission", "granted_since",
+                       "status")
+CHANGES_COLUMNS = ("observed_at", "change", "permission", "connection_id", "user_id", "vehicle_id", "make",
+                   "model", "previous_observed_at")
+FLEET_COLUMNS = ("make", "powertrain_type", "mode", "status", "connections")
+
+
+def permissions_at(engine: Engine, at: dt.datetime, *, permission: str | None = None) -> list[dict[str, Any]]:
+    """Which connections held which permissions at instant ``at``, with user and vehicle."""
+    require_migrated(engine)
+    g, c, v = permission_grants.c, connections.c, vehicles.c
+    query = (
+        select(g.connection_id, c.user_id, c.vehicle_id, v.make, v.model, g.permission,
+               g.valid_from.label("granted_since"), c.status)
+        .join(connections, c.id == g.connection_id)
+        .outerjoin(vehicles, v.id == c.vehicle_id)
+        .where(g.valid_from <= at, or_(g.valid_to.is_(None), g.valid_to > at))
+        .order_by(g.connection_id, g.permission)
+    )
+    if permission is not None:
+        query = query.where(g.permission == permission)
+    with translate_errors(engine), engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def changes_between(
+    engine: Engine, since: dt.datetime, until: dt.datetime | None = None, *, permission: str | None = None
+) -> list[dict[str, Any]]:
+    """Grants and revocations observed in [since, until), oldest first."""
+    require_migrated(engine)
+    pc, c, v = permission_changes.c, connections.c, vehicles.c
+    query = (
+        select(pc.observed_at, pc.change, pc.permission, pc.connection_id, c.user_id, c.vehicle_id, v.make, v.model,
+               pc.previous_observed_at)
+        .join(connections, c.id == pc.connection_id)
+        .outerjoin(vehicles, v.id == c.vehicle_id)
+        .where(pc.observed_at >= since)
+        .order_by(pc.observed_at, pc.connection_id, pc.permission)
+    )
+    if until is not None:
+        query = query.where(pc.observed_at < until)
+    if permission is not None:
+        query = query.where(pc.permission == permission)
+    with translate_errors(engine), engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def fleet(engine: Engine) -> list[dict[str, Any]]:
+    """Connections by make, powertrain, mode and status."""
+    require_migrated(engine)
+    c, v = connections.c, vehicles.c
+    query = (
+        select(v.make, v.powertrain_type, v.mode, c.status, func.count().label("connections"))
+        .select_from(connections)
+        .outerjoin(vehicles, v.id == c.vehicle_id)
+        .group_by(v.make, v.powertrain_type, v.mode, c.status)
+        .order_by(v.make, v.powertrain_type, v.mode, c.status)
+    )
+    with translate_errors(engine), engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
