@@ -1,0 +1,113 @@
+"""The root command group, its global options, and what every command shares.
+
+The CLI only translates: each command parses its options, loads the config,
+calls one library function and turns ``EtlError`` into a message on stderr and
+its exit code: 0 done, 1 some connections failed, 2 bad usage or configuration,
+3 aborted (authentication, billing, database unreachable), 4 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from etl import __version__
+from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
+from etl.errors import EtlError
+from etl.output import FORMATS
+
+log = logging.getLogger("etl")
+
+
+class EtlGroup(click.Group):
+    """A click group that turns EtlError into its message on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EtlError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+@dataclass
+class State:
+    """Global options, and the config and engine built from them on first use."""
+
+    config_path: str | None
+    log_level: str | None
+    log_format: str | None
+    _config: Config | None = None
+    _engines: list[Engine] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from etl.logs import setup_logging
+
+            self._config = load_config(
+                self.config_path,
+                overrides={"logging.level": self.log_level, "logging.format": self.log_format},
+            )
+            setup_logging(self._config.logging.level, self._config.logging.format)
+        return self._config
+
+    def engine(self) -> Engine:
+        from etl.db.engine import make_engine
+
+        engine = make_engine(self.config.database_url)
+        self._engines.append(engine)
+        return engine
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH",
+              help="YAML config (else $SMARTCAR_ETL_CONFIG, else ./config.yaml if present).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="text (default) or json lines, on stderr.")
+@click.version_option(__version__, prog_name="smartcar-etl")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_level: str | None, log_format: str | None) -> None:
+    """Mirror Smartcar connections, vehicles and users into SQL, with exact permission history.
+
+    \b
+    Example:
+        smartcar-etl db upgrade
+        smartcar-etl connections import ids.txt
+        smartcar-etl sync
+    """
+    state = State(config_path, log_level, log_format)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+class Instant(click.ParamType):  # type: ignore[type-arg]
+    """An ISO-8601 time on the command line; without an offset it is UTC; a date alone is its midnight."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        try:
+            parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time like 2026-03-01 or 2026-03-01T08:00:00+01:00",
+                      param, ctx)
+        return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                             help="table for people; csv (with a header row) and json for machines.")

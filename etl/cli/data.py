@@ -1,0 +1,144 @@
+"""Commands that set things up: the schema (db) and which connections are tracked."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+import click
+
+from etl.cli.base import EtlGroup, State, cli, format_option, pass_state
+from etl.output import render
+
+
+@cli.group(cls=EtlGroup)
+def db() -> None:
+    """Create and inspect the database schema (Alembic migrations).
+
+    \b
+    Example:
+        smartcar-etl db upgrade && smartcar-etl db current
+    """
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Apply all migrations to the configured database; running it twice changes nothing.
+
+    \b
+    Example:
+        SMARTCAR_ETL_DATABASE_URL=postgresql+psycopg://etl@db/etl smartcar-etl db upgrade
+    """
+    from etl.db.engine import safe_url, upgrade
+
+    before, after = upgrade(state.engine())
+    where = safe_url(state.config.database_url)
+    if before == after:
+        click.echo(f"{where}: already at revision {after}")
+    else:
+        click.echo(f"{where}: upgraded from {before or 'empty'} to {after}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: State) -> None:
+    """Print the database's migration revision (and whether it is the latest).
+
+    \b
+    Example:
+        smartcar-etl db current
+    """
+    from etl.db.engine import current_revision, head_revision
+
+    current, head = current_revision(state.engine()), head_revision()
+    if current is None:
+        click.echo(f"none (empty database; latest is {head})")
+    else:
+        click.echo(f"{current}" + (" (latest)" if current == head else f" (latest is {head})"))
+
+
+@cli.group(cls=EtlGroup)
+def connections() -> None:
+    """Choose which connection ids are tracked.
+
+    \b
+    Example:
+        smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+
+
+def _report_tracked(result: Any) -> None:
+    click.echo(f"{result.added} added, {result.retracked} tracked again, {result.unchanged} already tracked")
+
+
+@connections.command("add")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_state
+def connections_add(state: State, ids: tuple[str, ...]) -> None:
+    """Start tracking these connection ids (UUIDs). Nothing is stored if any id is invalid.
+
+    \b
+    Example:
+        smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+    from etl.tracking import parse_ids, track
+
+    parsed = parse_ids(ids, source="arguments", arguments=True)
+    _report_tracked(track(state.engine(), parsed))
+
+
+@connections.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@pass_state
+def connections_import(state: State, file: TextIO) -> None:
+    """Track the ids in FILE (- for stdin): one a line, blank lines and # comments ignored.
+
+    Every invalid id is reported with its line number, and then nothing is stored.
+
+    \b
+    Example:
+        smartcar-etl connections import ids.txt
+        psql -Atc 'select connection_id from app.cars' | smartcar-etl connections import -
+    """
+    from etl.tracking import parse_ids, track
+
+    parsed = parse_ids(file, source=file.name if file.name != "<stdin>" else "stdin")
+    _report_tracked(track(state.engine(), parsed))
+
+
+@connections.command("list")
+@click.option("--all", "include_untracked", is_flag=True, help="Include untracked connections.")
+@format_option
+@pass_state
+def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
+    """Tracked connections with status, open permissions, last success and last error.
+
+    \b
+    Example:
+        smartcar-etl connections list --format csv > connections.csv
+    """
+    from etl.tracking import LIST_COLUMNS, list_connections
+
+    rows = list_connections(state.engine(), include_untracked=include_untracked)
+    click.echo(render(rows, LIST_COLUMNS, fmt))
+
+
+@connections.command("untrack")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@pass_state
+def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
+    """Stop polling these ids; their rows and history stay.
+
+    \b
+    Example:
+        smartcar-etl connections untrack 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+    """
+    from etl.tracking import parse_ids, untrack
+
+    parsed = parse_ids(ids, source="arguments", arguments=True)
+    changed, unknown = untrack(state.engine(), parsed)
+    for connection_id in unknown:
+        click.echo(f"Warning: {connection_id} is not a known connection", err=True)
+    click.echo(f"{changed} untracked")
+
+

@@ -1,0 +1,96 @@
+"""Commands that read the history: report permissions|changes|fleet, and check."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from etl.cli.base import EtlGroup, Instant, State, cli, format_option, pass_state
+from etl.output import render
+
+
+@cli.group(cls=EtlGroup)
+def report() -> None:
+    """Canned reports on the stored history; --format table|csv|json.
+
+    \b
+    Example:
+        smartcar-etl report permissions --as-of 2026-03-01 --permission read_location
+    """
+
+
+@report.command("permissions")
+@click.option("--as-of", "as_of", type=Instant(), required=True, help="The instant (ISO-8601; UTC if no offset).")
+@click.option("--permission", help="Only this permission, e.g. read_location.")
+@format_option
+@pass_state
+def report_permissions(state: State, as_of: dt.datetime, permission: str | None, fmt: str) -> None:
+    """Which connections held which permissions at an instant.
+
+    \b
+    Example:
+        smartcar-etl report permissions --as-of 2026-03-01T00:00:00Z --format csv
+    """
+    from etl.reports import PERMISSIONS_COLUMNS, permissions_at
+
+    click.echo(render(permissions_at(state.engine(), as_of, permission=permission), PERMISSIONS_COLUMNS, fmt))
+
+
+@report.command("changes")
+@click.option("--since", type=Instant(), required=True, help="From this instant (included).")
+@click.option("--until", type=Instant(), help="Up to this instant (excluded); default: now.")
+@click.option("--permission", help="Only this permission, e.g. read_location.")
+@format_option
+@pass_state
+def report_changes(state: State, since: dt.datetime, until: dt.datetime | None, permission: str | None,
+                   fmt: str) -> None:
+    """Grants and revocations observed in a window, oldest first.
+
+    \b
+    Example:
+        smartcar-etl report changes --since 2026-03-02 --until 2026-03-09 --permission read_location
+    """
+    from etl.reports import CHANGES_COLUMNS, changes_between
+
+    if until is not None and until <= since:
+        msg = "--until must be later than --since"
+        raise click.BadParameter(msg, param_hint="--until")
+    click.echo(render(changes_between(state.engine(), since, until, permission=permission), CHANGES_COLUMNS, fmt))
+
+
+@report.command("fleet")
+@format_option
+@pass_state
+def report_fleet(state: State, fmt: str) -> None:
+    """Connections by make, powertrain, mode and status.
+
+    \b
+    Example:
+        smartcar-etl report fleet --format json
+    """
+    from etl.reports import FLEET_COLUMNS, fleet
+
+    click.echo(render(fleet(state.engine()), FLEET_COLUMNS, fmt))
+
+
+@cli.command("check")
+@click.pass_context
+def check_command(ctx: click.Context) -> None:
+    """Verify the history invariants on the whole database; exit 1 naming each violation.
+
+    \b
+    Example:
+        smartcar-etl check || alert "smartcar-etl history is inconsistent"
+    """
+    from etl.check import check_history
+
+    state: State = ctx.obj
+    result = check_history(state.engine())
+    for violation in result.violations:
+        click.echo(violation)
+    if result.ok:
+        click.echo(f"history is consistent: {result.grants} grant intervals and {result.changes} changes checked")
+    else:
+        click.echo(f"{len(result.violations)} violation(s) found", err=True)
+        ctx.exit(1)

@@ -1,0 +1,214 @@
+"""Commands that run passes: sync, backfill, daemon, and status to watch them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import click
+from sqlalchemy import Engine
+
+from etl.cli.base import State, cli, log, pass_state
+from etl.output import render
+
+
+@cli.command("sync")
+@click.option("--strategy", type=click.Choice(("auto", "ids", "list")),
+              help="ids: one GET per due tracked connection; list: the full listing, 100 a page; "
+                   "auto (default, or sync.strategy): whichever needs fewer requests.")
+@click.option("--all", "ignore_due", is_flag=True,
+              help="Every tracked connection, due or not (failing and deleted ones included).")
+@click.option("--metrics-file", metavar="PATH",
+              help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
+                   "default: metrics.textfile from the config.")
+@click.pass_context
+def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, metrics_file: str | None) -> None:
+    """One pass now over the tracked connections that are due; what cron calls.
+
+    A connection is due when it has not been fetched for schedule.interval, or
+    when its retry or re-check time has come (failing connections back off;
+    deleted ones are re-checked daily). Only one run at a time per database.
+
+    Exit 0: every connection fetched and stored, or found deleted; 1: some failed;
+    2: bad configuration; 3: aborted (credentials refused, billing, database down);
+    4: skipped, another run holds the lock.
+
+    \b
+    Example:
+        SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
+        smartcar-etl sync --strategy list   # every connection of the application
+    """
+    from etl.lock import LockHeld
+    from etl.metrics import Metrics
+    from etl.sync import sync
+
+    state: State = ctx.obj
+    textfile = metrics_file or state.config.metrics.textfile
+    metrics = Metrics() if textfile else None
+    engine = state.engine()
+    try:
+        result = sync(state.config, engine, ignore_due=ignore_due, strategy=strategy, metrics=metrics)
+    except LockHeld:
+        if metrics is not None:
+            metrics.lock_skips.inc()
+        raise
+    finally:
+        if metrics is not None and textfile:
+            _write_metrics(metrics, engine, textfile)
+    click.echo(result.summary())
+    ctx.exit(result.exit_code)
+
+
+def _write_metrics(metrics: Any, engine: Engine, path: str) -> None:
+    """Write the metrics file even after a failed run: that is when it matters most."""
+    try:
+        metrics.load_last_success(engine)
+        metrics.write_textfile(path)
+    except Exception as error:  # never let metrics hide the run's own outcome
+        log.warning("could not write metrics to %s: %s", path, error)
+
+
+class _Bar:
+    """A progress bar on stderr (count, rate, time left), for a terminal only."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._started = time.monotonic()
+        self._done = 0
+
+    def start(self, total: int | None) -> None:
+        self._bar = click.progressbar(length=max(total or 0, 1), label="backfill", file=sys.stderr,
+                                      show_pos=True, show_eta=True, show_percent=True,
+                                      item_show_func=lambda rate: rate)
+        self._bar.__enter__()
+
+    def advance(self, count: int, total: int | None = None) -> None:
+        if total and total != self._bar.length:
+            self._bar.length = total
+        self._done += count
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        self._bar.update(count, f"{rate:.1f}/s")
+
+    def finish(self) -> None:
+        self._bar.__exit__(None, None, None)
+
+
+@cli.command("backfill")
+@click.option("--ids-file", type=click.File("r", encoding="utf-8"),
+              help="Connection ids to fetch, one a line (- for stdin); they become tracked.")
+@click.option("--all", "from_listing", is_flag=True, help="Every connection of the full listing.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted backfill of the same ids (or listing).")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched and how long the rate limit makes "
+              "it take; fetch and write nothing (--all sends one listing request to count).")
+@click.pass_context
+def backfill_command(ctx: click.Context, ids_file: TextIO | None, from_listing: bool, resume: bool,
+                     dry_run: bool) -> None:
+    """A large one-off fetch, with a progress bar on a terminal; resumable.
+
+    Each batch stored is a checkpoint: after an interruption (Ctrl-C, a crash,
+    SIGKILL) the same command with --resume fetches only what is left.
+
+    \b
+    Example:
+        smartcar-etl backfill --ids-file all-ids.txt --dry-run
+        smartcar-etl backfill --ids-file all-ids.txt          # interrupted? then:
+        smartcar-etl backfill --ids-file all-ids.txt --resume
+    """
+    from etl.backfill import Source, backfill
+    from etl.backfill import dry_run as describe
+    from etl.tracking import parse_ids
+
+    if (ids_file is None) == (not from_listing):
+        msg = "give exactly one of --ids-file FILE and --all"
+        raise click.UsageError(msg)
+    state: State = ctx.obj
+    if ids_file is not None:
+        name = ids_file.name if ids_file.name != "<stdin>" else "stdin"
+        source = Source(name=name, ids=parse_ids(ids_file, source=name))
+    else:
+        source = Source(name="the full listing")
+    engine = state.engine()
+    if dry_run:
+        click.echo(describe(state.config, engine, source, resume=resume).describe())
+        return
+    progress = _Bar() if sys.stderr.isatty() else None
+    result = backfill(state.config, engine, source, resume=resume, progress=progress)
+    click.echo(result.summary())
+    ctx.exit(result.exit_code)
+
+
+@cli.command("daemon")
+@click.option("--interval", metavar="DURATION", help="Run a pass every DURATION (90s, 15m, 1h); "
+              "overrides schedule.interval.")
+@click.option("--cron", metavar="EXPR", help="Run passes on a crontab schedule (UTC), e.g. '*/15 * * * *'; "
+              "overrides schedule.cron.")
+@click.pass_context
+def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -> None:
+    """Run passes on a schedule until SIGTERM or SIGINT, serving Prometheus metrics.
+
+    One pass at a time; a pass that finds the lock held (a cron sync, another
+    daemon) is skipped. On SIGTERM the requests in flight finish, what they
+    fetched is stored, the run is recorded, and the daemon exits 0 within
+    daemon.stop_timeout (default 30s).
+
+    \b
+    Example:
+        smartcar-etl --log-format json daemon --interval 15m
+    """
+    from dataclasses import replace
+
+    from etl.config import parse_duration
+    from etl.scheduler import Daemon
+
+    state: State = ctx.obj
+    config = state.config
+    if interval is not None and cron is not None:
+        msg = "--interval and --cron exclude each other"
+        raise click.UsageError(msg)
+    if interval is not None:
+        seconds = parse_duration(interval)
+        if seconds is None:
+            msg = f"{interval!r} is not a duration like 90s, 15m or 1h"
+            raise click.BadParameter(msg, param_hint="--interval")
+        config = replace(config, schedule=replace(config.schedule, interval_seconds=seconds, cron=None))
+    if cron is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(cron)
+        except ValueError as error:
+            msg = f"{cron!r} is not a crontab expression: {error}"
+            raise click.BadParameter(msg, param_hint="--cron") from None
+        config = replace(config, schedule=replace(config.schedule, cron=cron))
+    ctx.exit(Daemon(config, state.engine()).serve())
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many recent runs.")
+@pass_state
+def status_command(state: State, as_json: bool, runs: int) -> None:
+    """Recent runs, tracked connections by status, and the connections that are failing.
+
+    \b
+    Example:
+        smartcar-etl status --json | jq '.failing[] | .connection_id'
+    """
+    import json
+
+    from etl.status import FAILING_COLUMNS, RUN_COLUMNS, status_report
+
+    report = status_report(state.engine(), runs=runs)
+    if as_json:
+        click.echo(json.dumps(report, default=lambda v: v.isoformat(), indent=2))
+        return
+    counts = report["connections"]
+    last = report["last_success_at"]
+    click.echo(f"Last successful run finished: {last.isoformat() if last else 'never'}\n")
+    click.echo("Recent runs:")
+    click.echo(render(report["runs"], RUN_COLUMNS))
+    click.echo("\nTracked connections: " + ", ".join(f"{counts[s]} {s}" for s in ("pending", "active", "deleted"))
+               + f" ({counts['untracked']} untracked)")
+    click.echo(f"\nFailing connections ({report['failing_total']}):")
+    click.echo(render(report["failing"], FAILING_COLUMNS))

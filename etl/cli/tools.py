@@ -1,0 +1,86 @@
+"""The demonstration and the bundled fake Smartcar API."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from etl.cli.base import State, cli
+
+
+@cli.command("demo")
+@click.option("--database", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("smartcar-etl-demo.db"), show_default=True,
+              help="SQLite file to create (an earlier demo database there is replaced; nothing else is).")
+@click.option("--connections", "connections_count", type=click.IntRange(1, 10_000), default=30,
+              show_default=True)
+@click.option("--passes", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.pass_context
+def demo_command(ctx: click.Context, database: Path, connections_count: int, passes: int) -> None:
+    """Run the job against the bundled fake Smartcar API on loopback, into SQLite, and report.
+
+    Needs no network and no credentials.
+
+    \b
+    Example:
+        smartcar-etl demo && sqlite3 smartcar-etl-demo.db 'select * from permission_changes'
+    """
+    from etl.demo import run_demo
+    from etl.logs import setup_logging
+
+    state: State = ctx.obj
+    setup_logging((state.log_level or "WARNING").upper(), state.log_format or "text")
+    run_demo(database=database, connections_count=connections_count, passes=passes, out=click.echo)
+
+
+@cli.command("fake-api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--connections", "connections_count", type=click.IntRange(0, 10_000_000), default=100,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rate-limit", metavar="CAPACITY/PER_MINUTE",
+              help="Enforce a token bucket like Smartcar's (120/2 is its default): 429 with Retry-After beyond it.")
+def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None) -> None:
+    """Serve the bundled fake Smartcar API on loopback until interrupted.
+
+    Prints the environment to point the job at it. Its credentials are fake.
+
+    \b
+    Example:
+        smartcar-etl fake-api --connections 1000 --port 8765 --rate-limit 120/2
+    """
+    from etl.config import is_loopback_host
+    from etl.fakeapi import FakeApi, serve, urls
+
+    if not is_loopback_host(host):
+        msg = f"{host!r} is not a loopback address"
+        raise click.BadParameter(msg, param_hint="--host")
+    bucket = None
+    if rate_limit is not None:
+        capacity, _, per_minute = rate_limit.partition("/")
+        try:
+            bucket = (float(capacity), float(per_minute) / 60)
+        except ValueError:
+            bucket = None
+        if bucket is None or min(bucket) <= 0:
+            msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
+            raise click.BadParameter(msg, param_hint="--rate-limit")
+    fake = FakeApi(rate_limit=bucket)
+    fake.populate(connections_count, seed=seed)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serve(fake, host=host, port=port) as root:
+        u = urls(root)
+        click.echo(f"export SMARTCAR_API_BASE_URL={u['base_url']}")
+        click.echo(f"export SMARTCAR_TOKEN_URL={u['token_url']}")
+        click.echo(f"export SMARTCAR_CLIENT_ID={fake.client_id}")
+        click.echo(f"export SMARTCAR_CLIENT_SECRET={fake.client_secret}")
+        click.echo(f"# {connections_count} connections; Ctrl-C to stop", err=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
