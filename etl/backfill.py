@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from etl.api.client import utcnow
 from etl.api.ratelimit import TokenBucket
@@ -37,10 +37,9 @@ from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import backfills, connections
 from etl.errors import ConfigError
 from etl.fetch import PassState, fetch_outcomes, listing_outcomes
-from etl.lock import run_lock
 from etl.metrics import Metrics
 from etl.store import BatchCounts, Outcome
-from etl.sync import RunResult, build_client, close_stale_runs, run_outcomes, start_run
+from etl.sync import RunResult, build_client, known_connections, locked_pass, run_outcomes, start_run
 from etl.tracking import CHUNK, track
 
 log = logging.getLogger(__name__)
@@ -156,15 +155,12 @@ def dry_run(
             return DryRun(source=source.name, connections=len(remaining), requests=len(remaining),
                           seconds=seconds_at_rate(config, len(remaining)), resuming=row is not None,
                           sample=remaining[:10])
-        known = conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
     client = build_client(config, transport=transport)
     try:
         first = client.list_page(1, config.sync.page_size)  # one request, for totalCount
     finally:
         client.http.close()
-    meta = first.body.get("meta")
-    total = meta.get("totalCount") if isinstance(meta, dict) else None
-    count = total if isinstance(total, int) and not isinstance(total, bool) else max(known, len(first.ids))
+    count = first.total_count if first.total_count is not None else max(known_connections(engine), len(first.ids))
     start = (row.next_page or 1) if row else 1
     pages = max(1, -(-count // config.sync.page_size) - (start - 1))
     note = "listing pages only; each tracked connection the listing misses costs one more"
@@ -187,60 +183,53 @@ def backfill(
     limiter: TokenBucket | None = None,
 ) -> RunResult:
     """Run (or with ``resume``, continue) a backfill; the library behind ``smartcar-etl backfill``."""
-    require_migrated(engine)
-    client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
-                          metrics=metrics, limiter=limiter)
-    try:
-        with run_lock(engine):
-            close_stale_runs(engine, now=now)
-            if source.ids is not None:
-                track(engine, list(source.ids), now=now)
-            backfill_id, started_at, next_page = _open(engine, source, resume=resume, now=now)
-            state = PassState(strategy="list" if source.ids is None else "ids")
-            window = config.sync.batch_size + config.api.concurrency
-            outcomes: Generator[Outcome, None, None]
-            if source.ids is None:
-                with translate_errors(engine), engine.connect() as conn:
-                    estimate = conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or None
-                outcomes = listing_outcomes(
-                    engine, client=client, page_size=config.sync.page_size, concurrency=config.api.concurrency,
-                    window=window, state=state, start_page=next_page, since=started_at,
-                    track_new=config.sync.track_listed, now=now)
-            else:
-                with translate_errors(engine), engine.connect() as conn:
-                    remaining = _remaining(conn, source.ids, started_at if resume else None)
-                state.planned = estimate = len(remaining)
-                outcomes = fetch_outcomes(remaining, client=client, concurrency=config.api.concurrency,
-                                          window=window, now=now)
-            run_id = start_run(engine, trigger="backfill", planned=state.planned or 0, now=now)
-            log.info("run %s: backfill %d of %s%s", run_id, backfill_id, source.name,
-                     f", resuming at page {next_page}" if next_page > 1 else "",
-                     extra={"run_id": run_id, "backfill_id": backfill_id})
+    with locked_pass(config, engine, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
+                     metrics=metrics, limiter=limiter) as client:
+        if source.ids is not None:
+            track(engine, list(source.ids), now=now)
+        backfill_id, started_at, next_page = _open(engine, source, resume=resume, now=now)
+        state = PassState(strategy="list" if source.ids is None else "ids")
+        window = config.sync.batch_size + config.api.concurrency
+        outcomes: Generator[Outcome, None, None]
+        if source.ids is None:
+            estimate = known_connections(engine) or None
+            outcomes = listing_outcomes(
+                engine, client=client, page_size=config.sync.page_size, concurrency=config.api.concurrency,
+                window=window, state=state, start_page=next_page, since=started_at,
+                track_new=config.sync.track_listed, now=now)
+        else:
+            with translate_errors(engine), engine.connect() as conn:
+                remaining = _remaining(conn, source.ids, started_at if resume else None)
+            state.planned = estimate = len(remaining)
+            outcomes = fetch_outcomes(remaining, client=client, concurrency=config.api.concurrency,
+                                      window=window, now=now)
+        run_id = start_run(engine, trigger="backfill", planned=state.planned or 0, now=now)
+        log.info("run %s: backfill %d of %s%s", run_id, backfill_id, source.name,
+                 f", resuming at page {next_page}" if next_page > 1 else "",
+                 extra={"run_id": run_id, "backfill_id": backfill_id})
 
-            def checkpoint(conn: Connection, _counts: BatchCounts) -> None:
-                conn.execute(update(backfills).where(backfills.c.id == backfill_id)
-                             .values(last_run_id=run_id, next_page=state.page or None))
+        def checkpoint(conn: Connection, _counts: BatchCounts) -> None:
+            conn.execute(update(backfills).where(backfills.c.id == backfill_id)
+                         .values(last_run_id=run_id, next_page=state.page or None))
 
+        if progress is not None:
+            progress.start(estimate)
+        try:
+            result = run_outcomes(
+                engine, outcomes, run_id=run_id, client=client, state=state, batch_size=config.sync.batch_size,
+                cadence=Cadence.from_config(config.schedule), metrics=metrics, now=now, on_batch=checkpoint,
+                progress=(lambda n: progress.advance(n, state.total)) if progress is not None else None)
+        finally:
             if progress is not None:
-                progress.start(estimate)
-            try:
-                result = run_outcomes(
-                    engine, outcomes, run_id=run_id, client=client, state=state, batch_size=config.sync.batch_size,
-                    cadence=Cadence.from_config(config.schedule), metrics=metrics, now=now, on_batch=checkpoint,
-                    progress=(lambda n: progress.advance(n, state.total)) if progress is not None else None)
-            finally:
-                if progress is not None:
-                    progress.finish()
-            if result.status in ("succeeded", "partial", "failed") and not state.incomplete:
-                with translate_errors(engine), engine.begin() as conn:
-                    conn.execute(update(backfills).where(backfills.c.id == backfill_id)
-                                 .values(status="done", finished_at=now(), last_run_id=run_id))
-            else:
-                log.warning("backfill %d is not complete; `smartcar-etl backfill ... --resume` continues it",
-                            backfill_id)
-            return result
-    finally:
-        client.http.close()
+                progress.finish()
+        if result.status in ("succeeded", "partial", "failed") and not state.incomplete:
+            with translate_errors(engine), engine.begin() as conn:
+                conn.execute(update(backfills).where(backfills.c.id == backfill_id)
+                             .values(status="done", finished_at=now(), last_run_id=run_id))
+        else:
+            log.warning("backfill %d is not complete; `smartcar-etl backfill ... --resume` continues it",
+                        backfill_id)
+        return result
 
 
 def _open(engine: Engine, source: Source, *, resume: bool, now: Callable[[], dt.datetime]

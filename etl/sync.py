@@ -8,8 +8,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from contextlib import closing
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -246,6 +246,12 @@ def pass_outcomes(
     yield from fetch_outcomes(due, client=client, concurrency=config.api.concurrency, window=window, now=now)
 
 
+def known_connections(engine: Engine) -> int:
+    """How many connections the database knows that are not deleted: a lower bound of the application's size."""
+    with translate_errors(engine), engine.connect() as conn:
+        return conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+
+
 def choose_strategy(
     engine: Engine, *, client: SmartcarClient, due: Sequence[str], page_size: int
 ) -> tuple[str, ListingPage | None]:
@@ -256,14 +262,11 @@ def choose_strategy(
     listing could still win is page 1 fetched to read ``totalCount`` (and then
     reused as the listing's first page if the listing wins).
     """
-    with translate_errors(engine), engine.connect() as conn:
-        known = conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+    known = known_connections(engine)
     if len(due) <= max(1, -(-known // page_size)):
         return "ids", None
     first = client.list_page(1, page_size)
-    meta = first.body.get("meta")
-    total = meta.get("totalCount") if isinstance(meta, dict) else None
-    size = total if isinstance(total, int) and not isinstance(total, bool) else known
+    size = first.total_count if first.total_count is not None else known
     pages = max(1, -(-size // page_size))
     log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(due), pages, size)
     return ("list", first) if pages < len(due) else ("ids", None)
@@ -322,19 +325,36 @@ def sync(
     requests. Takes the database's run lock (LockHeld, exit 4, if another run
     has it) and closes runs left ``running`` by processes that died.
     """
-    require_migrated(engine)
     state = PassState(strategy=strategy or config.sync.strategy)
+    with locked_pass(config, engine, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
+                     metrics=metrics, limiter=limiter) as client:
+        due = [] if state.strategy == "list" else plan_ids(engine, now=now(), ignore_due=ignore_due)
+        run_id = start_run(engine, trigger=trigger, planned=len(due), now=now)
+        outcomes = pass_outcomes(engine, client=client, config=config, state=state, due=due, run_id=run_id, now=now)
+        return run_outcomes(engine, outcomes, run_id=run_id, client=client, state=state,
+                            batch_size=config.sync.batch_size, cadence=Cadence.from_config(config.schedule),
+                            metrics=metrics, now=now)
+
+
+@contextmanager
+def locked_pass(
+    config: Config,
+    engine: Engine,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], object] | None = None,
+    now: Callable[[], dt.datetime] = utcnow,
+    cancelled: threading.Event | None = None,
+    metrics: Metrics | None = None,
+    limiter: TokenBucket | None = None,
+) -> Iterator[SmartcarClient]:
+    """What every pass starts with: a migrated database, a client, the run lock, stale runs closed."""
+    require_migrated(engine)
     client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
                           metrics=metrics, limiter=limiter)
     try:
         with run_lock(engine):
             close_stale_runs(engine, now=now)
-            due = [] if state.strategy == "list" else plan_ids(engine, now=now(), ignore_due=ignore_due)
-            run_id = start_run(engine, trigger=trigger, planned=len(due), now=now)
-            outcomes = pass_outcomes(engine, client=client, config=config, state=state, due=due, run_id=run_id,
-                                     now=now)
-            return run_outcomes(engine, outcomes, run_id=run_id, client=client, state=state,
-                                batch_size=config.sync.batch_size, cadence=Cadence.from_config(config.schedule),
-                                metrics=metrics, now=now)
+            yield client
     finally:
         client.http.close()

@@ -256,6 +256,12 @@ class ListingPage:
         """Every readable id on the page, in order."""
         return [r.connection_id for r in self.records] + [i for i, _ in self.malformed]
 
+    @property
+    def total_count(self) -> int | None:
+        """``meta.totalCount`` when the API gives it as a whole number."""
+        total = _object(self.body.get("meta")).get("totalCount")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
 
 class Paginator:
     """Page-number paging over the listing that cannot loop forever.
@@ -288,8 +294,8 @@ class Paginator:
             raise MalformedDocumentError(path=path, status=200,
                                          detail=f"page {self.number} repeats page {self.number - 1}")
         self._previous_ids = ids
-        total = meta.get("totalCount")
-        if isinstance(total, int) and not isinstance(total, bool):
+        total = page.total_count
+        if total is not None:
             self.total = total
             if self.number > max(1, -(-total // self.size)) + 1:
                 raise MalformedDocumentError(path=path, status=200,
