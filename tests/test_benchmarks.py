@@ -1,0 +1,34 @@
+"""The benchmark scripts still run (tiny sizes; their figures are not asserted: speed is not a test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.postgres
+def test_bench_sync_runs() -> None:
+    url = os.environ.get("ETL_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("ETL_REQUIRE_POSTGRES") == "1":
+            pytest.fail("ETL_REQUIRE_POSTGRES=1 but ETL_TEST_POSTGRES_URL is not set")
+        pytest.skip("ETL_TEST_POSTGRES_URL is not set")
+    done = subprocess.run([sys.executable, "bench_sync.py", "--connections", "60", "--postgres-url", url],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for label in ("raw fetch, no database", "sync SQLite, unchanged pass", "sync PostgreSQL, first pass",
+                  "store only PostgreSQL, unchanged"):
+        assert label in done.stdout
+
+
+def test_bench_ratelimit_runs() -> None:
+    done = subprocess.run([sys.executable, "bench_ratelimit.py", "--connections", "30", "--capacity", "5",
+                           "--per-minute", "6000"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "429 answers: 0" in done.stdout and "of the allowed rate" in done.stdout
