@@ -155,6 +155,9 @@ def listing_outcomes(
             state.total = paginator.total
         except FatalApiError:
             raise
+        except Cancelled:
+            state.incomplete = "stopped on request"
+            return
         except ApiError as error:
             state.incomplete = f"listing stopped at page {paginator.number}: {error}"
             log.error("%s; nothing will be marked deleted this run", state.incomplete)

@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 
 from etl.api.auth import token_source
-from etl.api.client import ListingPage, SmartcarClient, make_http_client, utcnow
+from etl.api.client import Cancelled, ListingPage, SmartcarClient, make_http_client, utcnow
 from etl.api.ratelimit import TokenBucket, shared_bucket
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
@@ -230,8 +230,12 @@ def pass_outcomes(
     """The outcomes of one pass: ``auto`` chooses first, then the listing or one GET per due id."""
     first_page = None
     if state.strategy == "auto":
-        state.strategy, first_page = choose_strategy(engine, client=client, due=due,
-                                                     page_size=config.sync.page_size)
+        try:
+            state.strategy, first_page = choose_strategy(engine, client=client, due=due,
+                                                         page_size=config.sync.page_size)
+        except Cancelled:
+            state.incomplete = "stopped on request"
+            return
     window = config.sync.batch_size + config.api.concurrency
     if state.strategy == "list":
         log.info("run %s: the full listing, %d a page", run_id, config.sync.page_size,

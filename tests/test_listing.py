@@ -213,3 +213,22 @@ def test_auto_with_few_known_connections_does_not_probe(fake_api: FakeApi, engin
     config = replace(base, sync=replace(base.sync, strategy="auto"))
     sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=clock)
     assert listing_requests(fake_api) == 0 and gets(fake_api) == 1
+
+
+def test_a_stop_request_during_a_listing_ends_the_run_gracefully(run_sync: Runner, engine: Engine) -> None:
+    import threading
+
+    fake = run_sync.fake
+    fake.populate(350, seed=11)
+    cancelled = threading.Event()
+
+    def stop_while_page_3_fails(request: httpx.Request) -> None:
+        if request.url.params.get("page[number]") == "3":
+            cancelled.set()  # what the daemon does on SIGTERM, while the client is between retries
+
+    fake.fail_next(503, match="page[number]=3", times=10)
+    fake.hooks.append(stop_while_page_3_fails)
+    result = run_sync(strategy="list", cancelled=cancelled)
+    assert (result.status, result.counts.fetched) == ("aborted", 200)
+    assert listing_requests(fake) == 3 and gets(fake) == 0  # no retry after the stop request
+    assert status_error(engine, result.run_id) == "stopped on request after 200 of 200 connections"
