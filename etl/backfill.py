@@ -183,8 +183,10 @@ def backfill(
     limiter: TokenBucket | None = None,
 ) -> RunResult:
     """Run (or with ``resume``, continue) a backfill; the library behind ``smartcar-etl backfill``."""
-    with locked_pass(config, engine, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
-                     metrics=metrics, limiter=limiter) as client:
+    require_migrated(engine)
+    client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled, metrics=metrics,
+                          limiter=limiter)
+    with locked_pass(engine, client, now=now):
         if source.ids is not None:
             track(engine, list(source.ids), now=now)
         backfill_id, started_at, next_page = _open(engine, source, resume=resume, now=now)

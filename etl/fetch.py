@@ -89,10 +89,8 @@ class PassState:
     strategy: str = "ids"
     planned: int | None = None
     seen: set[str] = field(default_factory=set)
-    pages: int = 0
     page: int = 0  # the listing page being read
     total: int | None = None  # the listing's totalCount, once known
-    confirmations: int = 0
     incomplete: str | None = None
 
 
@@ -140,7 +138,6 @@ def listing_outcomes(
             state.page = paginator.number
             if page is None:
                 page = client.list_page(paginator.number, page_size)
-            state.pages += 1
             at = now()
             for record in page.records:
                 if wanted(record.connection_id):
@@ -175,7 +172,6 @@ def listing_outcomes(
             query = query.where(or_(connections.c.last_attempt_at.is_(None), connections.c.last_attempt_at < since))
         known = conn.scalars(query)
         missing = sorted(set(known) - state.seen)
-    state.confirmations = len(missing)
     if missing:
         log.info("%d tracked connection(s) missing from the listing; confirming each with a GET", len(missing))
         yield from fetch_outcomes(missing, client=client, concurrency=concurrency, window=window, now=now)

@@ -44,6 +44,7 @@ class RunResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
     requests: int = 0
     seconds: float = 0.0
+    rate_limit_wait: float = 0.0  # seconds the run's requests waited for the rate limit
 
     @property
     def exit_code(self) -> int:
@@ -53,9 +54,12 @@ class RunResult:
     def summary(self) -> str:
         """One line for humans and logs."""
         c = self.counts
+        waited = f" ({self.rate_limit_wait:.0f}s of it waiting for the rate limit)" \
+            if self.rate_limit_wait >= 1 else ""
         return (f"run {self.run_id} {self.status}: {self.planned} planned, {c.fetched} fetched, "
                 f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
-                f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s")
+                f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s"
+                f"{waited}")
 
 
 def plan_ids(engine: Engine, *, now: dt.datetime, ignore_due: bool = False) -> list[str]:
@@ -144,6 +148,7 @@ def run_outcomes(
     """
     started = time.monotonic()
     requests_before = client.requests_sent
+    waited_before = client.limiter.waited if client.limiter is not None else 0.0
     with translate_errors(engine), engine.connect() as conn:
         started_at = conn.scalar(select(sync_runs.c.started_at).where(sync_runs.c.id == run_id))
     run = RunResult(run_id=run_id, status="running", planned=state.planned or 0)
@@ -166,6 +171,7 @@ def run_outcomes(
         run.status = status
         run.requests = client.requests_sent - requests_before
         run.seconds = time.monotonic() - started
+        run.rate_limit_wait = (client.limiter.waited if client.limiter is not None else 0.0) - waited_before
         finished_at = now()
         try:
             finish_run(engine, run, now=lambda: finished_at, error=error)
@@ -213,7 +219,8 @@ def run_outcomes(
     else:
         end("partial" if c.failed < run.planned else "failed")
     log.info(run.summary(), extra={"run_id": run.run_id, "status": run.status,
-                                   "duration_seconds": round(run.seconds, 3)})
+                                   "duration_seconds": round(run.seconds, 3),
+                                   "rate_limit_wait_seconds": round(run.rate_limit_wait, 3)})
     return run
 
 
@@ -329,9 +336,11 @@ def sync(
     requests. Takes the database's run lock (LockHeld, exit 4, if another run
     has it) and closes runs left ``running`` by processes that died.
     """
+    require_migrated(engine)
     state = PassState(strategy=strategy or config.sync.strategy)
-    with locked_pass(config, engine, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
-                     metrics=metrics, limiter=limiter) as client:
+    client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled, metrics=metrics,
+                          limiter=limiter)
+    with locked_pass(engine, client, now=now):
         due = [] if state.strategy == "list" else plan_ids(engine, now=now(), ignore_due=ignore_due)
         run_id = start_run(engine, trigger=trigger, planned=len(due), now=now)
         outcomes = pass_outcomes(engine, client=client, config=config, state=state, due=due, run_id=run_id, now=now)
@@ -341,24 +350,11 @@ def sync(
 
 
 @contextmanager
-def locked_pass(
-    config: Config,
-    engine: Engine,
-    *,
-    transport: httpx.BaseTransport | None = None,
-    sleep: Callable[[float], object] | None = None,
-    now: Callable[[], dt.datetime] = utcnow,
-    cancelled: threading.Event | None = None,
-    metrics: Metrics | None = None,
-    limiter: TokenBucket | None = None,
-) -> Iterator[SmartcarClient]:
-    """What every pass starts with: a migrated database, a client, the run lock, stale runs closed."""
-    require_migrated(engine)
-    client = build_client(config, transport=transport, sleep=sleep, now=now, cancelled=cancelled,
-                          metrics=metrics, limiter=limiter)
+def locked_pass(engine: Engine, client: SmartcarClient, *, now: Callable[[], dt.datetime] = utcnow) -> Iterator[None]:
+    """What every pass runs in: the run lock held, stale runs closed; the client is closed at the end."""
     try:
         with run_lock(engine):
             close_stale_runs(engine, now=now)
-            yield client
+            yield
     finally:
         client.http.close()

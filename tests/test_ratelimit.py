@@ -80,3 +80,16 @@ def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
             http.close()
     assert fake.rate_limited == 0 and len(outcomes) == 120
     assert all(type(o).__name__ == "Fetched" for o in outcomes)
+
+
+def test_a_run_reports_how_long_it_waited_for_the_rate_limit(run_sync, engine) -> None:  # type: ignore[no-untyped-def]
+    from etl.api.ratelimit import TokenBucket
+    from etl.tracking import track
+
+    ids = run_sync.fake.populate(6, seed=2)
+    track(engine, ids)
+    t = FakeTime()
+    bucket = TokenBucket(capacity=2, per_second=0.5, clock=t.clock, sleep=t.sleep)  # 2 at once, then one per 2 s
+    result = run_sync(limiter=bucket)
+    assert result.counts.fetched == 6 and result.rate_limit_wait == 8.0
+    assert "(8s of it waiting for the rate limit)" in result.summary()

@@ -64,7 +64,6 @@ class ClientCredentials:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
-        self.tokens_fetched = 0
 
     def token(self) -> str:
         """A valid cached token, fetching a new one when none is cached or it is about to expire."""
@@ -97,7 +96,6 @@ class ClientCredentials:
             ) from error
         self._token = token
         self._expires_at = self.clock() + expires_in
-        self.tokens_fetched += 1
         return token
 
     def _request_once(self) -> tuple[str, float]:

@@ -32,7 +32,7 @@ class TokenBucket:
         self._tokens = capacity
         self._updated = clock()
         self._lock = threading.Lock()
-        self.waited = 0.0  # seconds spent waiting, for logs and benchmarks
+        self.waited = 0.0  # seconds spent waiting in all; runs report their share
 
     def _refill(self) -> None:
         now = self.clock()
