@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from etl.db.dialects import normalise_url
 from etl.errors import ConfigError
+from etl.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text
+
+if TYPE_CHECKING:
+    from etl.api.client import ReadLimits
 
 DEFAULT_CONFIG_FILE = "config.yaml"
+UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 PLACEHOLDER_SECRETS = {"changethis", "changeme", "your_client_secret", "secret", "xxx"}
 
 
@@ -63,6 +69,15 @@ class ApiConfig:
     access_token: Secret | None = None
     timeout_seconds: float = 310.0
     concurrency: int = 8
+    request_deadline_seconds: float = 330.0
+    retry_deadline_seconds: float = 1800.0
+    max_response_bytes: int = 8 * 1024 * 1024
+
+    def read_limits(self) -> ReadLimits:
+        """The bounds on one request: its whole duration and the decoded size of its answer."""
+        from etl.api.client import ReadLimits
+
+        return ReadLimits(deadline=self.request_deadline_seconds, max_bytes=self.max_response_bytes)
 
     def require_credentials(self) -> None:
         """Raise ConfigError unless client credentials or a ready token are set."""
@@ -107,7 +122,7 @@ class ScheduleConfig:
 
     interval_seconds: float = 900.0
     cron: str | None = None
-    misfire_grace_seconds: float = 300.0
+    misfire_grace_seconds: int = 300
     retry_failed_after_seconds: float = 300.0
     retry_failed_max_seconds: float = 6 * 3600.0
     recheck_deleted_seconds: float = 86400.0
@@ -161,25 +176,33 @@ LOG_FORMATS = ("text", "json")
 _Parser = Callable[[str, Any, list[str]], Any]
 
 
-def _positive_int(path: str, value: Any, errors: list[str]) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        errors.append(f"{path}: expected a whole number of at least 1, got {value!r}")
-        return None
-    return value
+def _number(low: float, high: float, *, whole: bool = False, above: bool = False) -> _Parser:
+    """A parser for a finite number in [low, high] (``above``: greater than low); ``whole``: an integer."""
+    kind = "a whole number" if whole else "a number"
+    bound = f"greater than {low:g}" if above else f"at least {low:g}"
+
+    def parse(path: str, value: Any, errors: list[str]) -> float | int | None:
+        ok = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
+        if ok and not (math.isfinite(value) and (value > low if above else value >= low) and value <= high):
+            ok = False
+        if not ok:
+            errors.append(f"{path}: expected {kind} {bound} and at most {high:g}, got {_show(value)}")
+            return None
+        return int(value) if whole else float(value)
+
+    return parse
 
 
-def _positive_float(path: str, value: Any, errors: list[str]) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        errors.append(f"{path}: expected a number greater than 0, got {value!r}")
-        return None
-    return float(value)
+def _name(key: Any) -> str:
+    """A YAML key as written, if it is a short printable string; else its clipped repr."""
+    if isinstance(key, str) and len(key) <= 60 and not UNPRINTABLE_RE.search(key):
+        return key
+    return _show(key)
 
 
-def _non_negative_float(path: str, value: Any, errors: list[str]) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        errors.append(f"{path}: expected a number of at least 0, got {value!r}")
-        return None
-    return float(value)
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _boolean(path: str, value: Any, errors: list[str]) -> bool | None:
@@ -189,17 +212,9 @@ def _boolean(path: str, value: Any, errors: list[str]) -> bool | None:
     return value
 
 
-def _page_size(path: str, value: Any, errors: list[str]) -> int | None:
-    size = _positive_int(path, value, errors)
-    if size is not None and size > 100:
-        errors.append(f"{path}: the API serves at most 100 connections a page, got {value!r}")
-        return None
-    return size
-
-
 def _string(path: str, value: Any, errors: list[str]) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        errors.append(f"{path}: expected a non-empty string, got {value!r}")
+    if not isinstance(value, str) or not value.strip() or len(value) > 4096 or UNPRINTABLE_RE.search(value.strip()):
+        errors.append(f"{path}: expected a non-empty string of printable characters, got {_show(value)}")
         return None
     return value.strip()
 
@@ -208,7 +223,7 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> _Parser:
     def parse(path: str, value: Any, errors: list[str]) -> str | None:
         text = value.upper() if upper and isinstance(value, str) else value
         if text not in choices:
-            errors.append(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+            errors.append(f"{path}: expected one of {', '.join(choices)}, got {_show(value)}")
             return None
         return str(text)
 
@@ -216,29 +231,44 @@ def _choice(choices: tuple[str, ...], *, upper: bool = False) -> _Parser:
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)")
 
 
 def parse_duration(text: str) -> float | None:
-    """Seconds from ``90s``, ``15m``, ``1h``, ``1d`` (or a bare number of seconds); None if unreadable."""
-    text = text.strip().lower()
-    unit = DURATION_UNITS.get(text[-1:]) if text else None
-    number = text[:-1] if unit else text
-    try:
-        value = float(number)
-    except ValueError:
+    """Seconds from ``90s``, ``15m``, ``1h``, ``1d`` (or a bare number of seconds); None if unreadable.
+
+    Only plain decimal numbers are read: no exponent, infinity or NaN.
+    """
+    match = DURATION_RE.fullmatch(text.strip().lower()) if len(text) <= 32 else None
+    if match is None:
         return None
-    return value * (unit or 1) if value > 0 else None
+    return float(match.group(1)) * DURATION_UNITS.get(match.group(2) or "s", 1)
 
 
-def _duration(path: str, value: Any, errors: list[str]) -> float | None:
-    seconds = None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = parse_duration(value)
-    if seconds is None:
-        errors.append(f"{path}: expected a duration like 90s, 15m, 1h or 1d, got {value!r}")
-    return seconds
+def _duration(low: float, high: float, *, whole: bool = False) -> _Parser:
+    """A parser for a duration (``90s``, ``15m``, or a number of seconds) within [low, high] seconds."""
+
+    def parse(path: str, value: Any, errors: list[str]) -> float | int | None:
+        seconds: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            seconds = parse_duration(value)
+        if seconds is None or not math.isfinite(seconds) or not low <= seconds <= high or (
+                whole and seconds != int(seconds)):
+            errors.append(f"{path}: expected a duration like 90s, 15m, 1h or 1d, from {_span(low)} to "
+                          f"{_span(high)}{' in whole seconds' if whole else ''}, got {_show(value)}")
+            return None
+        return int(seconds) if whole else seconds
+
+    return parse
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _cron(path: str, value: Any, errors: list[str]) -> str | None:
@@ -267,13 +297,14 @@ def _listen(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def _file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
-    name = _string(path, value, errors)
-    if name is None:
+    if not isinstance(value, str) or not value.strip():
+        errors.append(f"{path}: expected the name of a file holding the secret")
         return None
+    # The value is never echoed: a secret pasted here by mistake must not reach the output.
     try:
-        text = Path(name).expanduser().read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        errors.append(f"{path}: cannot read {name}: {exc.strerror}")
+        text = read_text(value.strip(), where=f"{path} (the file it names)", limit=MAX_SECRET_BYTES).strip()
+    except ConfigError as error:
+        errors.extend(error.errors)
         return None
     return _check_secret(path, text, errors)
 
@@ -281,6 +312,9 @@ def _file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
 def _check_secret(where: str, text: str, errors: list[str]) -> Secret | None:
     if not text:
         errors.append(f"{where}: the secret is empty")
+        return None
+    if UNPRINTABLE_RE.search(text) or len(text) > 4096:
+        errors.append(f"{where}: the secret holds control characters or is longer than 4096 characters")
         return None
     if text.lower() in PLACEHOLDER_SECRETS or (text.startswith("<") and text.endswith(">")):
         # Never echo the value itself, even a placeholder: it may be a real secret.
@@ -327,20 +361,15 @@ def _database_url(path: str, value: Any, errors: list[str]) -> str | None:
     if text is None:
         return None
     try:
-        url = make_url(text)
-    except ArgumentError:
-        errors.append(f"{path}: not a SQLAlchemy database URL")
+        return normalise_url(text)
+    except ValueError as exc:
+        errors.append(f"{path}: {exc}")
         return None
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
-        errors.append(f"{path}: unsupported database {url.get_backend_name()!r} "
-                      "(sqlite or postgresql)")
-        return None
-    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
-        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
-        text = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return text
 
 
+DAY = 86400.0
+# The YAML schema: section -> key -> (attribute, parser). Every number and duration has a range,
+# listed in config.example.yaml and the README.
 _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
     "database": {"url": ("database_url", _database_url)},
     "api": {
@@ -349,35 +378,39 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "client_id": ("client_id", _string),
         "client_secret_file": ("client_secret", _file_secret),
         "access_token_file": ("access_token", _file_secret),
-        "timeout_seconds": ("timeout_seconds", _positive_float),
-        "concurrency": ("concurrency", _positive_int),
+        "timeout_seconds": ("timeout_seconds", _number(0.1, 3600)),
+        "concurrency": ("concurrency", _number(1, 256, whole=True)),
+        "request_deadline": ("request_deadline_seconds", _duration(1, 6 * 3600)),
+        "retry_deadline": ("retry_deadline_seconds", _duration(1, DAY)),
+        "max_response_bytes": ("max_response_bytes", _number(1024, 1024**3, whole=True)),
     },
     "retry": {
-        "max_attempts": ("max_attempts", _positive_int),
-        "initial_backoff_seconds": ("initial_backoff_seconds", _non_negative_float),
-        "max_backoff_seconds": ("max_backoff_seconds", _non_negative_float),
-        "max_retry_after_seconds": ("max_retry_after_seconds", _non_negative_float),
+        "max_attempts": ("max_attempts", _number(1, 100, whole=True)),
+        "initial_backoff_seconds": ("initial_backoff_seconds", _number(0, 3600)),
+        "max_backoff_seconds": ("max_backoff_seconds", _number(0, DAY)),
+        "max_retry_after_seconds": ("max_retry_after_seconds", _number(0, DAY)),
     },
     "rate_limit": {
-        "capacity": ("capacity", _positive_int),
-        "per_minute": ("per_minute", _positive_float),
+        "capacity": ("capacity", _number(1, 10_000_000, whole=True)),
+        "per_minute": ("per_minute", _number(0.001, 10_000_000)),
     },
     "sync": {
-        "batch_size": ("batch_size", _positive_int),
+        "batch_size": ("batch_size", _number(1, 10_000, whole=True)),
         "strategy": ("strategy", _choice(STRATEGIES)),
-        "page_size": ("page_size", _page_size),
+        "page_size": ("page_size", _number(1, 100, whole=True)),
         "track_listed": ("track_listed", _boolean),
     },
     "schedule": {
-        "interval": ("interval_seconds", _duration),
+        "interval": ("interval_seconds", _duration(1, 30 * DAY)),
         "cron": ("cron", _cron),
-        "misfire_grace": ("misfire_grace_seconds", _duration),
-        "retry_failed_after": ("retry_failed_after_seconds", _duration),
-        "retry_failed_max": ("retry_failed_max_seconds", _duration),
-        "recheck_deleted_every": ("recheck_deleted_seconds", _duration),
+        # APScheduler takes whole seconds here.
+        "misfire_grace": ("misfire_grace_seconds", _duration(1, DAY, whole=True)),
+        "retry_failed_after": ("retry_failed_after_seconds", _duration(1, 30 * DAY)),
+        "retry_failed_max": ("retry_failed_max_seconds", _duration(1, 365 * DAY)),
+        "recheck_deleted_every": ("recheck_deleted_seconds", _duration(1, 365 * DAY)),
     },
     "daemon": {
-        "stop_timeout": ("stop_timeout_seconds", _duration),
+        "stop_timeout": ("stop_timeout_seconds", _duration(0.1, 3600)),
         "metrics_listen": ("metrics_listen", _listen),
     },
     "metrics": {"textfile": ("textfile", _string)},
@@ -386,6 +419,17 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "format": ("format", _choice(LOG_FORMATS)),
     },
 }
+
+
+def parse_setting(dotted: str, value: Any, *, where: str) -> Any:
+    """One setting (``schedule.interval``) checked as the config file's would be; ConfigError names ``where``."""
+    section, key = dotted.split(".", 1)
+    errors: list[str] = []
+    parsed = _SCHEMA[section][key][1](where, value, errors)
+    if errors:
+        raise ConfigError(errors)
+    return parsed
+
 
 _SECRET_KEYS = {"client_secret": "client_secret_file", "access_token": "access_token_file"}
 
@@ -396,6 +440,11 @@ _ENV: dict[str, tuple[str, str, _Parser]] = {
     "SMARTCAR_CLIENT_ID": ("api", "client_id", _string),
 }
 _ENV_SECRETS = {"SMARTCAR_CLIENT_SECRET": "client_secret", "SMARTCAR_ACCESS_TOKEN": "access_token"}
+
+
+def _clip_yaml_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) if isinstance(exc, yaml.YAMLError) else "nested too deeply"
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -425,11 +474,12 @@ def load_config(
     file = find_config_file(path, env)
     raw: Any = {}
     if file is not None:
+        text = read_text(str(file), where=f"config file {file}", limit=MAX_CONFIG_BYTES)
         try:
-            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            msg = f"{file}: cannot read YAML: {exc}"
-            raise ConfigError(msg) from exc
+            raw = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as exc:
+            msg = f"{file}: cannot read YAML: {_clip_yaml_error(exc)}"
+            raise ConfigError(msg) from None
         if not isinstance(raw, dict):
             msg = f"{file}: expected a mapping at the top level"
             raise ConfigError(msg)
@@ -437,7 +487,7 @@ def load_config(
     values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
     for section, body in raw.items():
         if section not in _SCHEMA:
-            errors.append(f"{section}: unknown section (expected one of {', '.join(_SCHEMA)})")
+            errors.append(f"{_name(section)}: unknown section (expected one of {', '.join(_SCHEMA)})")
             continue
         if body is None:
             continue
@@ -450,7 +500,7 @@ def load_config(
                               f"the environment variable or api.{_SECRET_KEYS[key]}")
                 continue
             if key not in _SCHEMA[section]:
-                errors.append(f"{section}.{key}: unknown key")
+                errors.append(f"{section}.{_name(key)}: unknown key")
                 continue
             attr, parser = _SCHEMA[section][key]
             if value is None:
@@ -481,6 +531,11 @@ def load_config(
     if bool(values["api"].get("client_id")) != bool(values["api"].get("client_secret")):
         errors.append("api: client_id and client_secret go together (SMARTCAR_CLIENT_ID, "
                       "SMARTCAR_CLIENT_SECRET or api.client_secret_file)")
+    api = values["api"]
+    if api.get("request_deadline_seconds", 330.0) < api.get("timeout_seconds", 310.0):
+        errors.append("api.request_deadline: must be at least api.timeout_seconds")
+    if api.get("retry_deadline_seconds", 1800.0) < api.get("request_deadline_seconds", 330.0):
+        errors.append("api.retry_deadline: must be at least api.request_deadline")
     retry = values["retry"]
     if retry.get("initial_backoff_seconds", 0.5) > retry.get("max_backoff_seconds", 60.0):
         errors.append("retry.initial_backoff_seconds: must not exceed retry.max_backoff_seconds")

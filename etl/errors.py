@@ -6,8 +6,9 @@ into a message on stderr and the exit code named on its class::
     EtlError                      exit 1
     ├── ConfigError               exit 2  bad option, config key or input value
     │   └── InvalidIdError                a connection id that is not a UUID
-    ├── DatabaseError             exit 3  database unreachable or not migrated
-    │   └── NotMigratedError      exit 2  the schema is not at the latest revision
+    ├── DatabaseError             exit 3  database unreachable or not a database
+    │   ├── NotMigratedError      exit 2  the schema is not at the latest revision
+    │   └── NoDatabaseError       exit 2  a SQLite file that does not exist (only `db upgrade` creates it)
     ├── ApiError                  exit 1  one request failed; the connection is a failed fetch
     │   ├── RetriableApiError             429, 5xx, timeout, network: worth another try
     │   ├── MalformedDocumentError        a 200 whose body is not a valid document
@@ -21,6 +22,20 @@ or secrets, so they are safe to print and to store in ``fetch_errors``.
 """
 
 from __future__ import annotations
+
+import re
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line`` of an error (a driver error's own, without SQLAlchemy's SQL and parameters),
+    printable and clipped: safe to print, log and store."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    text = f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    text = " ".join(_UNPRINTABLE.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class EtlError(Exception):
@@ -44,12 +59,31 @@ class ConfigError(EtlError):
 
 
 class InvalidIdError(ConfigError):
-    """One or more connection ids are not UUIDs; nothing was stored or sent."""
+    """One or more connection ids are not UUIDs; nothing was stored or sent.
 
-    def __init__(self, bad: list[tuple[str, str]]) -> None:
-        """``bad`` holds (where, value) pairs, e.g. ("ids.txt, line 3", "abc")."""
+    Each value is shown clipped, and at most ``SHOWN`` of them, then how many more.
+    """
+
+    SHOWN = 10
+    CLIP = 60
+
+    def __init__(self, bad: list[tuple[str, str | None]], *, total: int | None = None) -> None:
+        """``bad`` holds (where, value) pairs, e.g. ("ids.txt, line 3", "abc"); a None value is not UTF-8.
+
+        ``total`` is how many bad values there were, when ``bad`` holds only the first of them.
+        """
         self.bad = bad
-        super().__init__([f"{where}: {value!r} is not a connection id (a UUID)" for where, value in bad])
+        self.total = len(bad) if total is None else total
+        errors = [f"{where}: {_clipped(value, self.CLIP)} is not a connection id (a UUID)" if value is not None
+                  else f"{where}: not UTF-8 text" for where, value in bad[: self.SHOWN]]
+        if self.total > self.SHOWN:
+            errors.append(f"… and {self.total - self.SHOWN:,} more")
+        super().__init__(errors)
+
+
+def _clipped(value: str, limit: int) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…' ({len(value):,} characters)"
 
 
 class DatabaseError(EtlError):
@@ -76,6 +110,15 @@ class NotMigratedError(DatabaseError):
             reason=(f"schema is at revision {current or 'none'}, expected {head}; "
                     "run `smartcar-etl db upgrade` first"),
         )
+
+
+class NoDatabaseError(DatabaseError):
+    """The SQLite database file does not exist, and this command does not create it."""
+
+    exit_code = 2
+
+    def __init__(self, *, url: str) -> None:
+        super().__init__(url=url, reason="the file does not exist; run `smartcar-etl db upgrade` first to create it")
 
 
 class ApiError(EtlError):

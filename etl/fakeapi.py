@@ -47,7 +47,7 @@ REASONS = {
     430: "Billing", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
 }
 # Ways a fake connection can be served as a malformed document.
-BREAKAGES = ("no_user", "bad_year", "wrong_id", "not_json", "permissions_string", "wrong_type")
+BREAKAGES = ("no_user", "bad_permission", "wrong_id", "not_json", "permissions_string", "wrong_type")
 
 
 @dataclass
@@ -338,8 +338,8 @@ class FakeApi:
             return httpx.Response(200, content=b'{"data": {"id": ', headers={"content-type": "application/json"})
         if conn.broken == "no_user":
             del doc["relationships"]["user"]
-        elif conn.broken == "bad_year":
-            doc["attributes"]["vehicle"]["year"] = "2020"
+        elif conn.broken == "bad_permission":
+            doc["attributes"]["permissions"] = [*conn.permissions, "read_vin\nread_location"]
         elif conn.broken == "wrong_id":
             doc["id"] = str(uuid.uuid4())
         elif conn.broken == "permissions_string":

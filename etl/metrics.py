@@ -28,6 +28,8 @@ class Metrics:
                                    "(fetched, changed, deleted, failed)", ["result"], registry=r)
         self.permission_changes = Counter("smartcar_etl_permission_changes", "Permission changes recorded",
                                           ["change"], registry=r)
+        self.fields_nulled = Counter("smartcar_etl_fields_nulled", "Descriptive fields stored as NULL because "
+                                     "the API sent a value no column can hold", registry=r)
         self.runs = Counter("smartcar_etl_runs", "Runs by final status", ["status"], registry=r)
         self.run_duration = Gauge("smartcar_etl_last_run_duration_seconds", "Duration of the last run",
                                   registry=r)
@@ -41,8 +43,11 @@ class Metrics:
         """Count one API request (outcome: ok, not_found, or the error kind)."""
         self.requests.labels(outcome=outcome, status=str(status) if status is not None else "none").inc()
 
-    def batch(self, *, fetched: int, changed: int, deleted: int, failed: int, granted: int, revoked: int) -> None:
-        """Count what one stored batch did."""
+    def batch(self, counts: Any) -> None:
+        """Count what one stored batch did (its ``BatchCounts``)."""
+        fetched, changed, deleted, failed = counts.fetched, counts.changed, counts.deleted, counts.failed
+        granted, revoked = counts.granted, counts.revoked
+        self.fields_nulled.inc(counts.nulled)
         for result, n in (("fetched", fetched), ("changed", changed), ("deleted", deleted), ("failed", failed)):
             self.connections.labels(result=result).inc(n)
         self.permission_changes.labels(change="granted").inc(granted)

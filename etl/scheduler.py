@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable
 
 import httpx
@@ -32,7 +33,7 @@ from etl.api.client import utcnow
 from etl.config import Config
 from etl.db.engine import require_migrated
 from etl.db.models import sync_runs
-from etl.errors import ConfigError, EtlError
+from etl.errors import ConfigError, EtlError, one_line
 from etl.lock import LockHeld
 from etl.metrics import Metrics
 from etl.sync import RunResult, sync
@@ -103,8 +104,8 @@ class Daemon:
             log.warning("skipping this pass: %s", error)
         except EtlError as error:
             log.error("pass failed: %s", error)
-        except Exception:
-            log.exception("pass failed unexpectedly")
+        except Exception as error:  # the daemon goes on; the traceback only inside a JSON log record
+            log.error("pass failed unexpectedly: %s", one_line(error), extra={"traceback": traceback.format_exc()})
         finally:
             with self._lock:
                 self._cancel = None

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from etl.api.documents import ConnectionRecord
 from etl.cadence import Cadence
+from etl.db.engine import translate_errors
 from etl.db.models import (
     connections,
     fetch_errors,
     permission_changes,
     permission_grants,
+    sync_runs,
     users,
     vehicles,
 )
 from etl.db.upsert import upsert
-from etl.errors import ApiError
+from etl.errors import ApiError, EtlError, one_line
 from etl.history import Observation, diff
 
 MAX_ERROR_TEXT = 500
@@ -72,6 +74,7 @@ class BatchCounts:
     failed: int = 0
     granted: int = 0
     revoked: int = 0
+    nulled: int = 0  # descriptive fields stored as NULL (a value no column can hold)
 
     def add(self, other: BatchCounts) -> None:
         """Add another batch's counts to these."""
@@ -202,6 +205,7 @@ def store_batch(
     return BatchCounts(
         fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
         failed=len(failed), granted=delta.granted, revoked=delta.revoked,
+        nulled=sum(len(o.record.nulled) for o in fetched),
     )
 
 
@@ -253,3 +257,75 @@ def _upsert_entities(
                 "consecutive_failures", "next_due_at"],
         keep_existing=["first_seen_at"],
     )
+
+
+class RowRejected(ApiError):
+    """The database refused what a connection's document would write (it got past validation)."""
+
+    kind = "rejected"
+
+
+def _count_into_run(counts: BatchCounts) -> dict[str, object]:
+    c = sync_runs.c
+    return {
+        "connections_fetched": c.connections_fetched + counts.fetched,
+        "connections_changed": c.connections_changed + counts.changed,
+        "connections_deleted": c.connections_deleted + counts.deleted,
+        "connections_failed": c.connections_failed + counts.failed,
+        "permissions_granted": c.permissions_granted + counts.granted,
+        "permissions_revoked": c.permissions_revoked + counts.revoked,
+        "fields_nulled": c.fields_nulled + counts.nulled,
+    }
+
+
+@dataclass(frozen=True)
+class BatchWriter:
+    """Writes a run's batches: each in one transaction, with the run's counters and an optional checkpoint.
+
+    ``on_batch`` runs inside the transaction that completes a batch (a checkpoint, say).
+    """
+
+    engine: Engine
+    run_id: int
+    cadence: Cadence = DEFAULT_CADENCE
+    pass_started_at: dt.datetime | None = None
+    on_batch: Callable[[Connection, BatchCounts], None] | None = None
+
+    def write(self, outcomes: Sequence[Outcome]) -> BatchCounts:
+        """Store the batch. If the database refuses it, store its connections one by one instead,
+        so that only a connection whose rows are refused becomes a failed fetch (kind ``rejected``).
+        A database that is unreachable raises DatabaseError: nothing more is written.
+        """
+        try:
+            return self._transaction(outcomes, last=True)
+        except EtlError:
+            raise
+        except Exception as error:  # a refused row (driver error, out-of-range value, bad text)
+            log.warning("run %s: the database refused a batch of %d (%s); storing them one by one",
+                        self.run_id, len(outcomes), one_line(error))
+        counts = BatchCounts()
+        for outcome in _latest(outcomes):
+            try:
+                counts.add(self._transaction([outcome], last=False))
+            except EtlError:
+                raise
+            except Exception as error:
+                rejected = RowRejected(path=f"/connections/{outcome.connection_id}",
+                                       detail=f"the database refused it: {one_line(error)}")
+                log.warning("connection %s: %s", outcome.connection_id, rejected,
+                            extra={"run_id": self.run_id, "connection_id": outcome.connection_id})
+                failed = Failed(outcome.connection_id, outcome.observed_at, rejected)
+                counts.add(self._transaction([failed], last=False))
+        if self.on_batch is not None:
+            with translate_errors(self.engine), self.engine.begin() as conn:
+                self.on_batch(conn, counts)
+        return counts
+
+    def _transaction(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
+        with translate_errors(self.engine), self.engine.begin() as conn:
+            counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
+                                 pass_started_at=self.pass_started_at)
+            conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
+            if last and self.on_batch is not None:
+                self.on_batch(conn, counts)
+        return counts

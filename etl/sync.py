@@ -23,11 +23,11 @@ from etl.cadence import Cadence
 from etl.config import Config
 from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import connections, sync_runs
-from etl.errors import DatabaseError, FatalApiError, SyncAborted
+from etl.errors import DatabaseError, FatalApiError, SyncAborted, one_line
 from etl.fetch import PassState, fetch_outcomes, listing_outcomes
 from etl.lock import run_lock
 from etl.metrics import Metrics
-from etl.store import DEFAULT_CADENCE, BatchCounts, Failed, Outcome, store_batch
+from etl.store import DEFAULT_CADENCE, BatchCounts, BatchWriter, Failed, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,11 @@ class RunResult:
         c = self.counts
         waited = f" ({self.rate_limit_wait:.0f}s of it waiting for the rate limit)" \
             if self.rate_limit_wait >= 1 else ""
+        nulled = f"; {c.nulled} field(s) stored as NULL (see the warnings)" if c.nulled else ""
         return (f"run {self.run_id} {self.status}: {self.planned} planned, {c.fetched} fetched, "
                 f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
                 f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s"
-                f"{waited}")
+                f"{waited}{nulled}")
 
 
 def plan_ids(engine: Engine, *, now: dt.datetime, ignore_due: bool = False) -> list[str]:
@@ -107,18 +108,6 @@ def close_stale_runs(engine: Engine, *, now: Callable[[], dt.datetime]) -> int:
     return int(closed)
 
 
-def _count_into_run(counts: BatchCounts) -> dict[str, object]:
-    c = sync_runs.c
-    return {
-        "connections_fetched": c.connections_fetched + counts.fetched,
-        "connections_changed": c.connections_changed + counts.changed,
-        "connections_deleted": c.connections_deleted + counts.deleted,
-        "connections_failed": c.connections_failed + counts.failed,
-        "permissions_granted": c.permissions_granted + counts.granted,
-        "permissions_revoked": c.permissions_revoked + counts.revoked,
-    }
-
-
 def run_outcomes(
     engine: Engine,
     outcomes: Generator[Outcome, None, None],
@@ -154,20 +143,20 @@ def run_outcomes(
     run = RunResult(run_id=run_id, status="running", planned=state.planned or 0)
     batch: list[Outcome] = []
 
+    writer = BatchWriter(engine, run_id, cadence=cadence, pass_started_at=started_at, on_batch=on_batch)
+
     def flush() -> None:
-        with translate_errors(engine), engine.begin() as conn:
-            counts = store_batch(conn=conn, run_id=run.run_id, outcomes=batch, cadence=cadence,
-                                 pass_started_at=started_at)
-            conn.execute(update(sync_runs).where(sync_runs.c.id == run.run_id)
-                         .values(**_count_into_run(counts)))
-            if on_batch is not None:
-                on_batch(conn, counts)
+        counts = writer.write(batch)
+        log.debug("run %s: stored a batch of %d", run_id, len(batch))
         run.counts.add(counts)
         if metrics is not None:
-            metrics.batch(**counts.__dict__)
+            metrics.batch(counts)
         batch.clear()
 
     def end(status: str, error: str | None = None) -> None:
+        c = run.counts
+        done = c.fetched + c.deleted + c.failed
+        run.planned = done if state.planned is None else state.planned
         run.status = status
         run.requests = client.requests_sent - requests_before
         run.seconds = time.monotonic() - started
@@ -202,22 +191,22 @@ def run_outcomes(
         raise SyncAborted(run_id=run.run_id, cause=error) from error
     except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
         try:
-            end("aborted", f"{type(error).__name__}: {error}"[:500])
+            end("aborted", one_line(error, limit=500))
         except Exception:
             log.exception("could not record the end of run %s", run.run_id)
         raise
     c = run.counts
     done = c.fetched + c.deleted + c.failed
-    run.planned = done if state.planned is None else state.planned
+    planned = done if state.planned is None else state.planned
     problem = state.incomplete
-    if client.cancelled.is_set() and (done < run.planned or problem):
-        end("aborted", f"stopped on request after {done} of {run.planned or done} connections")
+    if client.cancelled.is_set() and (done < planned or problem):
+        end("aborted", f"stopped on request after {done} of {planned or done} connections")
     elif problem:
         end("partial" if done else "failed", problem)
     elif c.failed == 0:
         end("succeeded")
     else:
-        end("partial" if c.failed < run.planned else "failed")
+        end("partial" if c.failed < planned else "failed")
     log.info(run.summary(), extra={"run_id": run.run_id, "status": run.status,
                                    "duration_seconds": round(run.seconds, 3),
                                    "rate_limit_wait_seconds": round(run.rate_limit_wait, 3)})
@@ -303,7 +292,7 @@ def build_client(
         max_attempts=r.max_attempts, initial_backoff=r.initial_backoff_seconds,
         max_backoff=r.max_backoff_seconds, max_retry_after=r.max_retry_after_seconds,
         # By default a wait is cut short when the run is cancelled.
-        sleep=sleep or cancelled.wait,
+        sleep=sleep or cancelled.wait, deadline=config.api.retry_deadline_seconds,
     )
     http = make_http_client(timeout=config.api.timeout_seconds, concurrency=config.api.concurrency,
                             transport=transport)
@@ -311,7 +300,8 @@ def build_client(
     if limiter is None:
         limiter = shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=now,
-                          cancelled=cancelled, on_request=metrics.request if metrics else None, limiter=limiter)
+                          cancelled=cancelled, on_request=metrics.request if metrics else None, limiter=limiter,
+                          limits=config.api.read_limits())
 
 
 def sync(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Engine, func, select, update
 
@@ -15,31 +15,54 @@ from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import connections, permission_grants
 from etl.db.upsert import upsert
 from etl.errors import InvalidIdError
+from etl.files import open_bounded, read_lines
 
 
-def parse_ids(lines: Iterable[str], *, source: str, arguments: bool = False) -> list[str]:
-    """Canonical ids from lines (one id a line; blank lines and ``#`` comments skipped).
+def parse_ids(values: Iterable[tuple[str, str | None]]) -> list[str]:
+    """Canonical ids from (where, value) pairs; a None value stands for a line that is not UTF-8.
 
-    Every bad value is reported with its line number (or its position, for
-    command-line ``arguments``, where ``#`` is not a comment), and none is
+    The whole value must be a UUID (a trailing newline or space is not part of
+    one). Every bad value is reported with where it stood, and then none is
     returned, so nothing half-valid is stored or sent. Duplicates are kept
     once, in order.
     """
     ids: dict[str, None] = {}
-    bad: list[tuple[str, str]] = []
-    for number, line in enumerate(lines, start=1):
-        text = line if arguments else line.split("#", 1)[0]
-        text = text.strip()
-        if not text:
-            continue
-        canonical = canonical_id(text)
+    bad: list[tuple[str, str | None]] = []
+    count = 0
+    for where, value in values:
+        canonical = canonical_id(value)
         if canonical is None:
-            bad.append((f"argument {number}" if arguments else f"{source}, line {number}", text))
+            count += 1
+            if len(bad) < InvalidIdError.SHOWN:
+                bad.append((where, value[: InvalidIdError.CLIP * 4] if value is not None else None))
         else:
             ids[canonical] = None
     if bad:
-        raise InvalidIdError(bad)
+        raise InvalidIdError(bad, total=count)
     return list(ids)
+
+
+def ids_from_arguments(arguments: Iterable[str]) -> list[str]:
+    """Canonical ids from command-line arguments, each exactly a UUID."""
+    return parse_ids((f"argument {number}", value) for number, value in enumerate(arguments, start=1))
+
+
+def ids_from_file(name: str) -> list[str]:
+    """Canonical ids from a file (``-``: standard input): one a line, blank lines and ``#`` comments skipped.
+
+    The file is read within the size limit of ``etl.files``; a line that is not
+    UTF-8 is reported with its number, like an id that is not a UUID.
+    """
+    source = "stdin" if name == "-" else name
+
+    def values(file: BinaryIO) -> Iterator[tuple[str, str | None]]:
+        for number, line in read_lines(file, where=source):
+            text = line.split("#", 1)[0].strip() if line is not None else None
+            if text != "":
+                yield f"{source}, line {number}", text
+
+    with open_bounded(name, where=source, allow_stdin=True) as file:
+        return parse_ids(values(file))
 
 
 @dataclass(frozen=True)

@@ -76,22 +76,33 @@ def test_missing_vehicle_attributes_and_unknown_fields_are_accepted(change: Any)
     (lambda d: d.update(type="vehicle"), "data.type"),
     (lambda d: d["attributes"].pop("permissions"), "permissions is missing"),
     (lambda d: d["attributes"].update(permissions="read_odometer"), "not an array"),
-    (lambda d: d["attributes"].update(permissions=["read_vin", 3]), "holds 3"),
-    (lambda d: d["attributes"].update(permissions=["read_vin", ""]), "holds ''"),
+    (lambda d: d["attributes"].update(permissions=["read_vin", 3]), "holds a value that is int, expected a string"),
+    (lambda d: d["attributes"].update(permissions=["read_vin", ""]), "is not a permission name: ''"),
     (lambda d: d["relationships"].pop("user"), "relationships.user is missing"),
     (lambda d: d["relationships"]["vehicle"]["data"].update(id="abc"), "vehicle.data.id is not a UUID"),
     (lambda d: d["relationships"]["user"].update(data=None), "user.data is not an object"),
-    (lambda d: d["attributes"]["vehicle"].update(year="2020"), "year is '2020'"),
-    (lambda d: d["attributes"]["vehicle"].update(year=2020.0), "year is 2020.0"),
-    (lambda d: d["attributes"]["vehicle"].update(year=True), "year is True"),
-    (lambda d: d["attributes"]["vehicle"].update(make=7), "make is int"),
-    (lambda d: d["attributes"].update(vehicle=[]), "vehicle is not an object"),
-    (lambda d: d["meta"].update(updatedAt="yesterday"), "not an ISO-8601 time"),
-    (lambda d: d["meta"].update(updatedAt="2024-01-02T00:00:00"), "no time zone"),
 ])
 def test_malformed_documents_name_the_problem(change: Any, problem: str) -> None:
     with pytest.raises(MalformedDocumentError, match=problem.replace("(", r"\(").replace(".", r"\.")):
         parse_connection(doc(change), expected_id=CID, path="/p")
+
+
+@pytest.mark.parametrize("change, field, problem", [
+    (lambda d: d["attributes"]["vehicle"].update(year="2020"), "vehicle.year", "is '2020', expected a whole number"),
+    (lambda d: d["attributes"]["vehicle"].update(year=2020.0), "vehicle.year", "is 2020.0"),
+    (lambda d: d["attributes"]["vehicle"].update(year=True), "vehicle.year", "is True"),
+    (lambda d: d["attributes"]["vehicle"].update(make=7), "vehicle.make", "is int, expected a string"),
+    (lambda d: d["attributes"].update(vehicle=[]), "vehicle", "is not an object"),
+    (lambda d: d["meta"].update(updatedAt="yesterday"), "meta.updatedAt", "not an ISO-8601 time"),
+    (lambda d: d["meta"].update(updatedAt="2024-01-02T00:00:00"), "meta.updatedAt", "no time zone"),
+])
+def test_a_bad_descriptive_field_is_null_and_named_but_the_permissions_count(
+    change: Any, field: str, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = parse_connection(doc(change), expected_id=CID, path="/p")
+    assert record.nulled == (f"data.attributes.{field}" if "vehicle" in field else f"data.{field}",)
+    assert record.permissions == {"read_vehicle_info", "read_odometer"}
+    assert CID in caplog.text and problem in caplog.text and "stored as NULL" in caplog.text
 
 
 @pytest.mark.parametrize("body", [[], "text", {"errors": []}, {"data": None}, {"data": []}])

@@ -128,7 +128,7 @@ def test_untracked_and_unwanted_connections_are_left_alone(run_sync: Runner, eng
 def test_malformed_and_unreadable_items(run_sync: Runner, engine: Engine) -> None:
     fake = run_sync.fake
     ids = fake.populate(5, seed=7)
-    fake.connections[ids[0]].broken = "bad_year"
+    fake.connections[ids[0]].broken = "bad_permission"
     result = run_sync(strategy="list")
     assert (result.status, result.counts.fetched, result.counts.failed) == ("partial", 4, 1)
     assert statuses(engine)[ids[0]] == "pending"  # its row carries the error

@@ -88,7 +88,7 @@ def test_404_is_fetched_once(run_sync: Runner, engine: Engine) -> None:
 
 def test_malformed_document_is_a_failed_fetch_and_the_run_completes(run_sync: Runner, engine: Engine) -> None:
     ids = world(run_sync.fake, engine)
-    run_sync.fake.connections[ids[2]].broken = "bad_year"
+    run_sync.fake.connections[ids[2]].broken = "bad_permission"
     result = run_sync()
     assert (result.status, result.exit_code) == ("partial", 1)
     assert (result.counts.fetched, result.counts.failed) == (5, 1)
@@ -97,7 +97,7 @@ def test_malformed_document_is_a_failed_fetch_and_the_run_completes(run_sync: Ru
         row = conn.execute(select(connections).where(connections.c.id == ids[2])).one()
         assert conn.scalar(select(sync_runs.c.connections_failed)) == 1
     assert (error.connection_id, error.kind, error.run_id) == (ids[2], "malformed", result.run_id)
-    assert "year" in error.detail
+    assert "permissions" in error.detail and "control character" in error.detail
     assert row.status == "pending" and row.user_id is None and "malformed" in row.last_error
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -11,12 +11,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from etl.api.client import Unauthorized, classify, send
+from etl.api.client import ReadLimits, Unauthorized, classify, send
+from etl.api.documents import decode_json
 from etl.api.retry import RetryPolicy
 from etl.config import ApiConfig, Secret
 from etl.errors import ApiError, AuthenticationError, RetriableApiError
 
 DEFAULT_EXPIRES_IN = 3600
+MAX_TOKEN_LENGTH = 8192
+TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 RENEW_MARGIN_SECONDS = 60.0
 
 
@@ -29,6 +32,10 @@ class StaticToken:
     def token(self) -> str:
         """The token."""
         return self._token.get()
+
+    def secrets(self) -> list[str]:
+        """The token itself."""
+        return [self._token.get()]
 
     def renew(self, stale: str) -> str:
         """A refused ready token cannot be renewed: the run stops."""
@@ -51,7 +58,7 @@ class ClientCredentials:
         client_secret: Secret,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        margin: float = RENEW_MARGIN_SECONDS,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.http = http
         self.token_url = token_url
@@ -60,7 +67,8 @@ class ClientCredentials:
         self._secret = client_secret
         self.retry = retry or RetryPolicy()
         self.clock = clock
-        self.margin = margin
+        self.margin = RENEW_MARGIN_SECONDS
+        self.limits = limits or ReadLimits()
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -71,6 +79,10 @@ class ClientCredentials:
             if self._token is not None and self.clock() < self._expires_at - self.margin:
                 return self._token
             return self._fetch()
+
+    def secrets(self) -> list[str]:
+        """The client secret and the current token."""
+        return [self._secret.get()] + ([self._token] if self._token else [])
 
     def renew(self, stale: str) -> str:
         """Replace a token the API refused (once, even if several threads ask)."""
@@ -108,9 +120,9 @@ class ClientCredentials:
                 "client_secret": self._secret.get(),
             },
         )
-        response = send(self.http, request, path=self.path)
+        response = send(self.http, request, path=self.path, limits=self.limits)
         try:
-            classify(response, path=self.path)
+            classify(response, path=self.path, secrets=[self._secret.get()])
         except Unauthorized as error:  # at the token endpoint a 401 means bad credentials
             raise AuthenticationError(
                 path=self.path, status=401, reason=error.reason, code=error.code, detail=error.detail
@@ -118,14 +130,17 @@ class ClientCredentials:
         if response.status_code != 200:
             raise AuthenticationError(path=self.path, status=response.status_code, reason=response.reason_phrase)
         try:
-            body: Any = json.loads(response.content)
+            body: Any = decode_json(response.content)
         except ValueError:
             body = None
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthenticationError(path=self.path, status=200, detail="answer has no access_token")
+        if not TOKEN_RE.fullmatch(token):  # it goes into a header: printable ASCII, bounded
+            raise AuthenticationError(path=self.path, status=200, detail="answer's access_token is not a usable "
+                                      f"bearer token (printable ASCII, at most {MAX_TOKEN_LENGTH} characters)")
         expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN)
-        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in <= 86400:
             expires_in = DEFAULT_EXPIRES_IN
         return token, float(expires_in)
 
@@ -136,7 +151,7 @@ def token_source(api: ApiConfig, *, http: httpx.Client, retry: RetryPolicy) -> S
     if api.client_id and api.client_secret:
         return ClientCredentials(
             http=http, token_url=api.token_url, client_id=api.client_id,
-            client_secret=api.client_secret, retry=retry,
+            client_secret=api.client_secret, retry=retry, limits=api.read_limits(),
         )
     assert api.access_token is not None
     return StaticToken(api.access_token)

@@ -10,17 +10,26 @@ the API's error code and detail, never headers, tokens or query strings.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 import re
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import httpx
 
-from etl.api.documents import ConnectionRecord, canonical_id, parse_connection, parse_resource
+from etl.api.documents import (
+    UNSTORABLE_RE,
+    ConnectionRecord,
+    canonical_id,
+    decode_json,
+    parse_connection,
+    parse_resource,
+)
 from etl.api.ratelimit import TokenBucket
 from etl.api.retry import RetryPolicy, parse_retry_after
 from etl.errors import (
@@ -33,6 +42,7 @@ from etl.errors import (
 
 MAX_DETAIL = 200
 USER_AGENT = "smartcar-etl"
+log = logging.getLogger(__name__)
 
 
 class Unauthorized(AuthenticationError):
@@ -50,6 +60,10 @@ class TokenSource(Protocol):
 
     def renew(self, stale: str) -> str: ...
 
+    def secrets(self) -> list[str]:
+        """Every secret value this source knows (to redact from error texts)."""
+        ...
+
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware UTC."""
@@ -57,15 +71,22 @@ def utcnow() -> dt.datetime:
 
 
 def _clip(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(UNSTORABLE_RE.sub(" ", text).split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
+def _scalar_text(value: Any) -> str | None:
+    """A JSON scalar as clipped, printable text; None for nothing or a container."""
+    if not value or not isinstance(value, str | int | float):
+        return None
+    return _clip(str(value))
 
 
 def error_info(response: httpx.Response) -> tuple[str | None, str | None]:
     """(code, detail) from an error body: JSON:API ``errors``, the flat v2 object, OAuth, or text."""
     try:
-        body: Any = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        body: Any = decode_json(response.content)
+    except ValueError:
         body = None
     if isinstance(body, dict):
         errors = body.get("errors")
@@ -79,10 +100,7 @@ def error_info(response: httpx.Response) -> tuple[str | None, str | None]:
             kind, sub = body.get("type"), body.get("code")
             code = f"{kind}:{sub}" if kind and sub else kind or sub
             detail = body.get("description") or body.get("message")
-        return (
-            _clip(str(code)) if code else None,
-            _clip(str(detail)) if detail else None,
-        )
+        return _scalar_text(code), _scalar_text(detail)
     text = response.content[:2000].decode("utf-8", errors="replace")
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     if "html" in content_type or text.lstrip().startswith("<"):
@@ -91,35 +109,134 @@ def error_info(response: httpx.Response) -> tuple[str | None, str | None]:
     return None, _clip(text) if text.strip() else None
 
 
-def classify(response: httpx.Response, *, path: str, now: Callable[[], dt.datetime] = utcnow) -> None:
-    """Return for an answer (200, 404); raise the error class that decides what happens next."""
+def redact(text: str | None, secrets: Iterable[str]) -> str | None:
+    """``text`` with every secret the job knows (as sent: raw or form-encoded) replaced by ``[redacted]``."""
+    if not text:
+        return text
+    for secret in secrets:
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+            if len(form) >= 4:
+                text = text.replace(form, "[redacted]")
+    return text
+
+
+def classify(
+    response: httpx.Response,
+    *,
+    path: str,
+    now: Callable[[], dt.datetime] = utcnow,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Return for an answer (200, 404); raise the error class that decides what happens next.
+
+    The API's error code and detail go into the error with ``secrets`` redacted.
+    """
     status = response.status_code
     if status in (200, 404):
         return
     code, detail = error_info(response)
+    secrets = list(secrets)
     fields: dict[str, Any] = {
-        "path": path, "status": status, "reason": response.reason_phrase, "code": code, "detail": detail,
+        "path": path, "status": status, "reason": response.reason_phrase,
+        "code": redact(code, secrets), "detail": redact(detail, secrets),
     }
     if status == 401:
         raise Unauthorized(**fields)
     if status in (403, 430):
         raise FatalApiError(kind="billing" if status == 430 else "forbidden", **fields)
-    if status == 429:
+    if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
-        raise RetriableApiError(retry_after=retry_after, kind="rate_limited", **fields)
-    if status >= 500:
-        raise RetriableApiError(kind="server", **fields)
+        raise RetriableApiError(retry_after=retry_after, kind="rate_limited" if status == 429 else "server",
+                                **fields)
     raise ApiError(**fields)
 
 
-def send(http: httpx.Client, request: httpx.Request, *, path: str) -> httpx.Response:
-    """Send one request; timeouts and network failures become RetriableApiError."""
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on one request: its whole duration and the decoded size of its answer."""
+
+    deadline: float = 330.0
+    max_bytes: int = 8 * 1024 * 1024
+
+
+_ENCODING_HEADERS = {b"content-encoding", b"content-length", b"transfer-encoding"}
+
+
+def _decoder(encoding: str, *, path: str) -> Any:
+    """A zlib decompressor for the answer's Content-Encoding; None for identity."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise ApiError(path=path, kind="http", detail=f"answer in an unsupported content-encoding {encoding[:20]!r}")
+
+
+def _read_body(response: httpx.Response, *, path: str, limits: ReadLimits, deadline: float) -> bytes:
+    """The answer's decoded body, read as a stream: never more than ``limits.max_bytes`` nor past ``deadline``."""
+    decoder = _decoder(response.headers.get("content-encoding", ""), path=path)
+    parts: list[bytes] = []
+    size = 0
+    # The raw stream, as the transport gives it (httpcore: at most 64 KiB a chunk). Not iter_raw():
+    # a response that a MockTransport handler built from bytes counts as already read.
+    for chunk in cast(httpx.SyncByteStream, response.stream):
+        if time.monotonic() > deadline:
+            raise RetriableApiError(path=path, kind="timeout",
+                                    detail=f"no complete answer within api.request_deadline ({limits.deadline:g}s)")
+        while chunk:
+            if decoder is None:
+                out, chunk = chunk, b""
+            else:
+                try:
+                    out = decoder.decompress(chunk, limits.max_bytes - size + 1)
+                except zlib.error:
+                    raise ApiError(path=path, kind="http", detail="answer is not valid compressed data") from None
+                chunk = decoder.unconsumed_tail
+            size += len(out)
+            if size > limits.max_bytes:
+                raise ApiError(path=path, status=response.status_code, kind="too_large",
+                               detail=f"answer larger than api.max_response_bytes ({limits.max_bytes} bytes)")
+            parts.append(out)
+    return b"".join(parts)
+
+
+def send(
+    http: httpx.Client, request: httpx.Request, *, path: str, limits: ReadLimits | None = None
+) -> httpx.Response:
+    """Send one request and read its answer within ``limits``; timeouts and network failures are retriable.
+
+    No wait for bytes lasts longer than the client's timeout or what is left of
+    the deadline; the deadline is checked whenever bytes arrive, so a server that
+    trickles cannot hold a request past it. The response returned is fully read
+    and already decoded.
+    """
+    limits = limits or ReadLimits()
+    deadline = time.monotonic() + limits.deadline
+    configured = http.timeout
+    request.extensions["timeout"] = httpx.Timeout(
+        connect=min(configured.connect or limits.deadline, limits.deadline),
+        read=min(configured.read or limits.deadline, limits.deadline),
+        write=min(configured.write or limits.deadline, limits.deadline),
+        pool=min(configured.pool or limits.deadline, limits.deadline),
+    ).as_dict()
     try:
-        return http.send(request)
+        response = http.send(request, stream=True)
+        try:
+            body = _read_body(response, path=path, limits=limits, deadline=deadline)
+        finally:
+            response.close()
     except httpx.TimeoutException as exc:
         raise RetriableApiError(path=path, kind="timeout", detail=type(exc).__name__) from exc
     except httpx.TransportError as exc:
         raise RetriableApiError(path=path, kind="network", detail=_clip(f"{type(exc).__name__}: {exc}")) from exc
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _ENCODING_HEADERS]
+    log.debug("%s %s: HTTP %d, %d bytes in %.3fs", request.method, path, response.status_code, len(body),
+              limits.deadline - (deadline - time.monotonic()))
+    extensions = {k: v for k, v in response.extensions.items() if k == "reason_phrase"}
+    return httpx.Response(response.status_code, headers=headers, content=body, request=request,
+                          extensions=extensions)
 
 
 def make_http_client(
@@ -131,7 +248,7 @@ def make_http_client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
         limits=limits,
         transport=transport,
-        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "gzip, deflate"},
         follow_redirects=False,
     )
 
@@ -150,8 +267,10 @@ class SmartcarClient:
         cancelled: threading.Event | None = None,
         on_request: Callable[[str, int | None], None] | None = None,
         limiter: TokenBucket | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.limits = limits or ReadLimits()
         self.auth = auth
         self.http = http
         self.retry = retry or RetryPolicy()
@@ -174,14 +293,19 @@ class SmartcarClient:
         if response.status_code == 404:
             return None
         try:
-            body = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedDocumentError(path=path, status=200, detail="body is not JSON") from exc
+            body = decode_json(response.content)
+        except ValueError as exc:
+            raise MalformedDocumentError(path=path, status=200, detail=str(exc)) from None
         return parse_connection(body, expected_id=connection_id, path=path)
 
     def get(self, path: str, params: dict[str, str | int] | None = None) -> httpx.Response:
-        """GET an API path with retries; renew the token once on a 401."""
+        """GET an API path with retries; renew the token once on a 401.
+
+        Each attempt ends within ``limits.deadline``, and all of them within the
+        retry policy's deadline.
+        """
         used: list[str] = []
+        started = self.retry.clock()
 
         def once() -> httpx.Response:
             if self.cancelled.is_set():
@@ -195,9 +319,12 @@ class SmartcarClient:
             )
             with self._count_lock:
                 self._sent_total += 1
+            budget = min(self.limits.deadline, self.retry.remaining(started))
             try:
-                response = send(self.http, request, path=path)
-                classify(response, path=path, now=self.now)
+                if budget <= 0:
+                    raise RetriableApiError(path=path, kind="timeout", detail="the retry deadline has passed")
+                response = send(self.http, request, path=path, limits=replace(self.limits, deadline=budget))
+                classify(response, path=path, now=self.now, secrets=[token, *self.auth.secrets()])
             except ApiError as error:
                 if self.on_request is not None:
                     self.on_request(error.kind, error.status)
@@ -207,11 +334,11 @@ class SmartcarClient:
             return response
 
         try:
-            return self.retry.call(once)
+            return self.retry.call(once, started=started)
         except Unauthorized:
             self.auth.renew(used[-1])
         try:
-            return self.retry.call(once)
+            return self.retry.call(once, started=started)
         except Unauthorized as error:
             raise AuthenticationError(
                 path=path, status=401, reason=error.reason, code=error.code,
@@ -223,9 +350,9 @@ class SmartcarClient:
         path = "/connections"
         response = self.get(path, params={"page[number]": number, "page[size]": size})
         try:
-            body = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: body is not JSON") from exc
+            body = decode_json(response.content)
+        except ValueError as exc:
+            raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: {exc}") from None
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: data is not an array")
         page = ListingPage(number=number, body=body)

@@ -1,31 +1,82 @@
 """JSON:API connection documents -> validated ``ConnectionRecord``s.
 
 A document is valid when ``data.id`` is the id that was asked for, ``data.type``
-is ``connection``, ``attributes.permissions`` is an array of strings, and
-``relationships.user.data.id`` and ``relationships.vehicle.data.id`` are UUIDs.
-Vehicle attributes may be missing or null; ``year``, when present, is an integer.
-Unknown fields are ignored. Anything else raises ``MalformedDocumentError``:
-nothing is coerced into something that merely looks right.
+is ``connection``, ``attributes.permissions`` is an array of permission names,
+and ``relationships.user.data.id`` and ``relationships.vehicle.data.id`` are UUIDs.
+Unknown fields are ignored. Validation rejects what SQLite, PostgreSQL and
+MariaDB cannot all hold, and gives the same verdict whatever the database:
+
+- **Critical** (ids, type, permissions): a bad value raises
+  ``MalformedDocumentError``; the fetch of that one connection fails.
+- **Descriptive** (vehicle attributes, ``meta.createdAt``/``updatedAt``): a bad
+  value is stored as NULL; the record names the field in ``nulled`` and a
+  warning names the connection and the field. The permissions still count.
+
+Nothing is coerced into something that merely looks right. The limits are the
+constants below (documented in the README's failure-handling section).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from etl.errors import MalformedDocumentError
 
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+log = logging.getLogger(__name__)
+
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# C0 and C1 control characters (NUL, newline, tab...) and lone surrogates (not encodable as UTF-8).
+UNSTORABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAX_PERMISSION_LENGTH = 100
+MAX_PERMISSIONS = 1000  # entries in attributes.permissions, duplicates included
+MAX_TEXT_LENGTH = 200  # make, model, mode, powertrainType
+YEARS = range(1886, 10_000)  # vehicle year: from the first car to four digits
+TIMESTAMP_YEARS = range(1000, 10_000)  # in UTC: what MariaDB's DATETIME(6) and every other database hold
+MAX_NUMBER_DIGITS = 30  # longer integers are not read as numbers at all (see decode_json)
 
 
 def canonical_id(value: object) -> str | None:
-    """The lower-case canonical form of a UUID string, or None if it is not one."""
-    if isinstance(value, str) and UUID_RE.match(value):
+    """The lower-case canonical form of a UUID string, or None if the whole value is not one."""
+    if isinstance(value, str) and UUID_RE.fullmatch(value):
         return value.lower()
     return None
+
+
+class OutOfRange:
+    """A JSON number no column can hold: NaN, Infinity, or an integer of more than MAX_NUMBER_DIGITS digits."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text if len(text) <= 24 else f"{text[:10]}…({len(text)} characters)"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _bounded_int(text: str) -> int | OutOfRange:
+    return int(text) if len(text.lstrip("-")) <= MAX_NUMBER_DIGITS else OutOfRange(text)
+
+
+def decode_json(content: bytes) -> Any:
+    """Parse a JSON body; ValueError (with a reason) if it is not JSON or is nested too deeply.
+
+    Absurd numbers do not make the whole body unreadable: they become ``OutOfRange``
+    values, which validation then refuses where they stand.
+    """
+    try:
+        return json.loads(content, parse_int=_bounded_int, parse_constant=OutOfRange)
+    except RecursionError:
+        msg = "body is nested too deeply"
+        raise ValueError(msg) from None
+    except (ValueError, UnicodeDecodeError):
+        msg = "body is not JSON"
+        raise ValueError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -41,7 +92,10 @@ class VehicleAttributes:
 
 @dataclass(frozen=True)
 class ConnectionRecord:
-    """One connection as the API returned it, validated and canonical."""
+    """One connection as the API returned it, validated and canonical.
+
+    ``nulled`` names the descriptive fields whose value could not be stored (they are None here).
+    """
 
     connection_id: str
     user_id: str
@@ -50,6 +104,7 @@ class ConnectionRecord:
     vehicle: VehicleAttributes
     source_created_at: dt.datetime | None = None
     source_updated_at: dt.datetime | None = None
+    nulled: tuple[str, ...] = ()
 
 
 class _Problem(Exception):
@@ -58,6 +113,23 @@ class _Problem(Exception):
 
 def _bad(problem: str) -> NoReturn:
     raise _Problem(problem)
+
+
+def _show(value: Any) -> str:
+    """A short, printable rendering of a bad value for messages (containers by their type only)."""
+    text = repr(value) if isinstance(value, str | int | float | OutOfRange) or value is None else type(value).__name__
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _text_problem(value: Any, max_length: int) -> str | None:
+    """Why ``value`` is not a storable string, or None if it is one."""
+    if not isinstance(value, str):
+        return f"is {type(value).__name__}, expected a string"
+    if len(value) > max_length:
+        return f"is {len(value)} characters long, more than {max_length}"
+    if UNSTORABLE_RE.search(value):
+        return f"has a control character: {_show(value)}"
+    return None
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -73,34 +145,88 @@ def _get(obj: Any, *keys: str) -> Any:
     return obj
 
 
-def _optional_string(attrs: dict[str, Any], key: str) -> str | None:
-    value = attrs.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    _bad(f"data.attributes.vehicle.{key} is {type(value).__name__}, expected a string")
-
-
-def _timestamp(meta: Any, key: str) -> dt.datetime | None:
-    if not isinstance(meta, dict) or meta.get(key) is None:
-        return None
-    value = meta[key]
-    if not isinstance(value, str):
-        _bad(f"data.meta.{key} is not a string")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        _bad(f"data.meta.{key} is not an ISO-8601 time: {value[:40]!r}")
-    if parsed.tzinfo is None:
-        _bad(f"data.meta.{key} has no time zone: {value[:40]!r}")
-    return parsed.astimezone(dt.UTC)
-
-
 def _uuid(data: Any, *keys: str) -> str:
     value = _get(data, *keys)
     canonical = canonical_id(value)
     if canonical is None:
-        _bad(f"data.{'.'.join(keys)} is not a UUID")
+        _bad(f"data.{'.'.join(keys)} is not a UUID: {_show(value)}")
     return canonical
+
+
+def _permissions(data: Any) -> frozenset[str]:
+    permissions = _get(data, "attributes", "permissions")
+    if not isinstance(permissions, list):
+        _bad("data.attributes.permissions is not an array")
+    if len(permissions) > MAX_PERMISSIONS:
+        _bad(f"data.attributes.permissions has {len(permissions)} entries, more than {MAX_PERMISSIONS}")
+    for permission in permissions:
+        problem = _text_problem(permission, MAX_PERMISSION_LENGTH)
+        if problem is None and (not permission.strip() or permission != permission.strip()):
+            problem = f"is not a permission name: {_show(permission)}"
+        if problem is not None:
+            _bad(f"data.attributes.permissions holds a value that {problem}")
+    return frozenset(permissions)
+
+
+class _Descriptive:
+    """Reads descriptive fields; a bad one becomes None and is remembered in ``nulled``."""
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        self.nulled: list[str] = []
+
+    def reject(self, field: str, problem: str) -> None:
+        """Remember and warn that ``field`` is stored as NULL; returns None (the value stored)."""
+        self.nulled.append(field)
+        log.warning("connection %s: %s %s; stored as NULL", self.connection_id, field, problem,
+                    extra={"connection_id": self.connection_id, "field": field})
+
+    def text(self, vehicle: dict[str, Any], key: str) -> str | None:
+        value = vehicle.get(key)
+        if value is None:
+            return None
+        problem = _text_problem(value, MAX_TEXT_LENGTH)
+        if problem is not None:
+            self.reject(f"data.attributes.vehicle.{key}", problem)
+            return None
+        return str(value)
+
+    def year(self, vehicle: dict[str, Any]) -> int | None:
+        value = vehicle.get("year")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.reject("data.attributes.vehicle.year", f"is {_show(value)}, expected a whole number")
+            return None
+        if value not in YEARS:
+            self.reject("data.attributes.vehicle.year", f"is {value}, outside {YEARS.start}-{YEARS.stop - 1}")
+            return None
+        return value
+
+    def timestamp(self, meta: Any, key: str) -> dt.datetime | None:
+        if not isinstance(meta, dict) or meta.get(key) is None:
+            return None
+        value, field = meta[key], f"data.meta.{key}"
+        if not isinstance(value, str) or len(value) > 64:
+            self.reject(field, f"is {_show(value)}, expected an ISO-8601 time")
+            return None
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            self.reject(field, f"is not an ISO-8601 time: {_show(value)}")
+            return None
+        if parsed.tzinfo is None:
+            self.reject(field, f"has no time zone: {_show(value)}")
+            return None
+        try:
+            utc = parsed.astimezone(dt.UTC)
+        except OverflowError:
+            utc = None
+        if utc is None or utc.year not in TIMESTAMP_YEARS:
+            self.reject(field, f"is outside the years {TIMESTAMP_YEARS.start}-{TIMESTAMP_YEARS.stop - 1} "
+                               f"in UTC: {_show(value)}")
+            return None
+        return utc
 
 
 def parse_resource(data: Any, *, expected_id: str | None, path: str) -> ConnectionRecord:
@@ -110,45 +236,37 @@ def parse_resource(data: Any, *, expected_id: str | None, path: str) -> Connecti
             _bad("data is not an object")
         connection_id = canonical_id(data.get("id"))
         if connection_id is None:
-            _bad("data.id is not a UUID")
+            _bad(f"data.id is not a UUID: {_show(data.get('id'))}")
         if expected_id is not None and connection_id != expected_id:
             _bad(f"data.id is {connection_id}, not the id that was asked for")
         if data.get("type") != "connection":
-            _bad(f"data.type is {data.get('type')!r}, expected 'connection'")
-        permissions = _get(data, "attributes", "permissions")
-        if not isinstance(permissions, list):
-            _bad("data.attributes.permissions is not an array")
-        for permission in permissions:
-            if not isinstance(permission, str) or not permission.strip():
-                _bad(f"data.attributes.permissions holds {permission!r}, not a permission name")
-            if len(permission) > MAX_PERMISSION_LENGTH or permission != permission.strip():
-                _bad(f"data.attributes.permissions holds {permission[:40]!r}, not a permission name")
-        vehicle = data["attributes"].get("vehicle")
-        if vehicle is None:
-            vehicle = {}
-        if not isinstance(vehicle, dict):
-            _bad("data.attributes.vehicle is not an object")
-        year = vehicle.get("year")
-        if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
-            _bad(f"data.attributes.vehicle.year is {year!r}, expected an integer")
-        meta = data.get("meta")
-        return ConnectionRecord(
-            connection_id=connection_id,
-            user_id=_uuid(data, "relationships", "user", "data", "id"),
-            vehicle_id=_uuid(data, "relationships", "vehicle", "data", "id"),
-            permissions=frozenset(permissions),
-            vehicle=VehicleAttributes(
-                make=_optional_string(vehicle, "make"),
-                model=_optional_string(vehicle, "model"),
-                year=year,
-                mode=_optional_string(vehicle, "mode"),
-                powertrain_type=_optional_string(vehicle, "powertrainType"),
-            ),
-            source_created_at=_timestamp(meta, "createdAt"),
-            source_updated_at=_timestamp(meta, "updatedAt"),
-        )
+            _bad(f"data.type is {_show(data.get('type'))}, expected 'connection'")
+        permissions = _permissions(data)
+        user_id = _uuid(data, "relationships", "user", "data", "id")
+        vehicle_id = _uuid(data, "relationships", "vehicle", "data", "id")
     except _Problem as problem:
         raise MalformedDocumentError(path=path, status=200, detail=str(problem)) from None
+    fields = _Descriptive(connection_id)
+    vehicle = data["attributes"].get("vehicle")
+    if vehicle is not None and not isinstance(vehicle, dict):
+        fields.reject("data.attributes.vehicle", "is not an object")
+    vehicle = vehicle if isinstance(vehicle, dict) else {}
+    return ConnectionRecord(
+        connection_id=connection_id,
+        user_id=user_id,
+        vehicle_id=vehicle_id,
+        permissions=permissions,
+        vehicle=VehicleAttributes(
+            make=fields.text(vehicle, "make"),
+            model=fields.text(vehicle, "model"),
+            year=fields.year(vehicle),
+            mode=fields.text(vehicle, "mode"),
+            powertrain_type=fields.text(vehicle, "powertrainType"),
+        ),
+        source_created_at=fields.timestamp(data.get("meta"), "createdAt"),
+        source_updated_at=fields.timestamp(data.get("meta"), "updatedAt"),
+        nulled=tuple(fields.nulled),
+    )
 
 
 def parse_connection(body: Any, *, expected_id: str, path: str) -> ConnectionRecord:

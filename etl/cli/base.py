@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,21 +21,43 @@ from sqlalchemy import Engine
 
 from etl import __version__
 from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
-from etl.errors import EtlError
+from etl.errors import EtlError, one_line
 from etl.output import FORMATS
 
 log = logging.getLogger("etl")
 
 
+_CLICK_OWN = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
 class EtlGroup(click.Group):
-    """A click group that turns EtlError into its message on stderr and its exit code."""
+    """A click group that turns every error into one line on stderr and an exit code, never a traceback.
+
+    EtlError: its message and exit code. A closed stdout (``status | head``): exit 0, quietly.
+    Anything else is an internal error: one line here, the traceback only inside
+    the log's JSON record (field ``traceback``), exit 3.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         except EtlError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except BrokenPipeError:
+            # The reader went away; send whatever Python still flushes at exit to /dev/null.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except _CLICK_OWN:
+            raise
+        except Exception as error:
+            log.error("internal error: %s", one_line(error), extra={"traceback": traceback.format_exc()})
+            click.echo(f"Error: internal error ({one_line(error)}); the run, if any, is recorded as aborted",
+                       err=True)
+            ctx.exit(3)
 
 
 @dataclass
@@ -57,10 +82,11 @@ class State:
             setup_logging(self._config.logging.level, self._config.logging.format)
         return self._config
 
-    def engine(self) -> Engine:
+    def engine(self, *, create: bool = False) -> Engine:
+        """An engine on the configured database; only ``create`` makes a missing SQLite file."""
         from etl.db.engine import make_engine
 
-        engine = make_engine(self.config.database_url)
+        engine = make_engine(self.config.database_url, create=create)
         self._engines.append(engine)
         return engine
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
@@ -31,7 +31,7 @@ def db_upgrade(state: State) -> None:
     """
     from etl.db.engine import safe_url, upgrade
 
-    before, after = upgrade(state.engine())
+    before, after = upgrade(state.engine(create=True))
     where = safe_url(state.config.database_url)
     if before == after:
         click.echo(f"{where}: already at revision {after}")
@@ -81,29 +81,28 @@ def connections_add(state: State, ids: tuple[str, ...]) -> None:
     Example:
         smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
     """
-    from etl.tracking import parse_ids, track
+    from etl.tracking import ids_from_arguments, track
 
-    parsed = parse_ids(ids, source="arguments", arguments=True)
-    _report_tracked(track(state.engine(), parsed))
+    _report_tracked(track(state.engine(), ids_from_arguments(ids)))
 
 
 @connections.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", metavar="FILE")
 @pass_state
-def connections_import(state: State, file: TextIO) -> None:
+def connections_import(state: State, file: str) -> None:
     """Track the ids in FILE (- for stdin): one a line, blank lines and # comments ignored.
 
     Every invalid id is reported with its line number, and then nothing is stored.
+    The file is UTF-8 (a byte-order mark is ignored), at most 256 MiB.
 
     \b
     Example:
         smartcar-etl connections import ids.txt
         psql -Atc 'select connection_id from app.cars' | smartcar-etl connections import -
     """
-    from etl.tracking import parse_ids, track
+    from etl.tracking import ids_from_file, track
 
-    parsed = parse_ids(file, source=file.name if file.name != "<stdin>" else "stdin")
-    _report_tracked(track(state.engine(), parsed))
+    _report_tracked(track(state.engine(), ids_from_file(file)))
 
 
 @connections.command("list")
@@ -133,10 +132,9 @@ def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
     Example:
         smartcar-etl connections untrack 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
     """
-    from etl.tracking import parse_ids, untrack
+    from etl.tracking import ids_from_arguments, untrack
 
-    parsed = parse_ids(ids, source="arguments", arguments=True)
-    changed, unknown = untrack(state.engine(), parsed)
+    changed, unknown = untrack(state.engine(), ids_from_arguments(ids))
     for connection_id in unknown:
         click.echo(f"Warning: {connection_id} is not a known connection", err=True)
     click.echo(f"{changed} untracked")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 import click
 from sqlalchemy import Engine
@@ -95,14 +95,14 @@ class _Bar:
 
 
 @cli.command("backfill")
-@click.option("--ids-file", type=click.File("r", encoding="utf-8"),
+@click.option("--ids-file", metavar="FILE",
               help="Connection ids to fetch, one a line (- for stdin); they become tracked.")
 @click.option("--all", "from_listing", is_flag=True, help="Every connection of the full listing.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted backfill of the same ids (or listing).")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched and how long the rate limit makes "
               "it take; fetch and write nothing (--all sends one listing request to count).")
 @click.pass_context
-def backfill_command(ctx: click.Context, ids_file: TextIO | None, from_listing: bool, resume: bool,
+def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool,
                      dry_run: bool) -> None:
     """A large one-off fetch, with a progress bar on a terminal; resumable.
 
@@ -117,15 +117,14 @@ def backfill_command(ctx: click.Context, ids_file: TextIO | None, from_listing: 
     """
     from etl.backfill import Source, backfill
     from etl.backfill import dry_run as describe
-    from etl.tracking import parse_ids
+    from etl.tracking import ids_from_file
 
     if (ids_file is None) == (not from_listing):
         msg = "give exactly one of --ids-file FILE and --all"
         raise click.UsageError(msg)
     state: State = ctx.obj
     if ids_file is not None:
-        name = ids_file.name if ids_file.name != "<stdin>" else "stdin"
-        source = Source(name=name, ids=parse_ids(ids_file, source=name))
+        source = Source(name="stdin" if ids_file == "-" else ids_file, ids=ids_from_file(ids_file))
     else:
         source = Source(name="the full listing")
     engine = state.engine()
@@ -158,7 +157,7 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
     """
     from dataclasses import replace
 
-    from etl.config import parse_duration
+    from etl.config import parse_setting
     from etl.scheduler import Daemon
 
     state: State = ctx.obj
@@ -167,10 +166,7 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
         msg = "--interval and --cron exclude each other"
         raise click.UsageError(msg)
     if interval is not None:
-        seconds = parse_duration(interval)
-        if seconds is None:
-            msg = f"{interval!r} is not a duration like 90s, 15m or 1h"
-            raise click.BadParameter(msg, param_hint="--interval")
+        seconds = parse_setting("schedule.interval", interval, where="--interval")
         config = replace(config, schedule=replace(config.schedule, interval_seconds=seconds, cron=None))
     if cron is not None:
         from apscheduler.triggers.cron import CronTrigger

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from etl.errors import DatabaseError, NotMigratedError
+from etl.db.dialects import is_unreachable
+from etl.errors import DatabaseError, NoDatabaseError, NotMigratedError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +31,36 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout on every connection."""
+def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+
+    Without ``create``, a SQLite file that does not exist is an error (exit 2,
+    naming ``db upgrade``) instead of being created empty.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            parent = Path(database).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise DatabaseError(url=safe_url(url), reason=f"folder {parent} does not exist")
+            path = Path(database).expanduser().resolve()
+            if not path.parent.is_dir():
+                raise DatabaseError(url=safe_url(url), reason=f"folder {path.parent} does not exist")
+            if not create and not path.exists():
+                raise NoDatabaseError(url=safe_url(url))
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys = ON")
-            if database not in ("", ":memory:"):
-                cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.close()
+            try:
+                cursor.execute("PRAGMA foreign_keys = ON")
+                if database not in ("", ":memory:"):
+                    # WAL stays set in the file once set; a read-only file keeps the mode it has.
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                cursor.close()
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -56,14 +69,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 @contextmanager
 def translate_errors(engine: Engine) -> Iterator[None]:
-    """Turn 'cannot connect' errors from the driver into DatabaseError (exit 3)."""
+    """Turn errors of the database itself (cannot connect, not a database) into DatabaseError (exit 3)."""
     try:
         yield
-    except exc.OperationalError as error:
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    except exc.DBAPIError as error:
+        if not is_unreachable(error):
+            raise  # one statement's data was refused: the caller decides what that costs
+        reason = one_line(error).split(": ", 1)[-1] or type(error).__name__
         raise DatabaseError(url=safe_url(engine.url.render_as_string()), reason=reason) from error
-    except exc.InterfaceError as error:
-        raise DatabaseError(url=safe_url(engine.url.render_as_string()), reason=str(error.orig)) from error
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -99,7 +112,8 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 def require_migrated(engine: Engine) -> None:
     """Raise NotMigratedError unless the database is at the newest revision."""
-    current = current_revision(engine)
+    with translate_errors(engine):
+        current = current_revision(engine)
     head = head_revision()
     if current != head:
         raise NotMigratedError(url=safe_url(engine.url.render_as_string()), current=current, head=head)

@@ -206,6 +206,8 @@ class SyncRun(Base):
     permissions_granted: Mapped[int] = mapped_column(Integer, server_default="0")
     permissions_revoked: Mapped[int] = mapped_column(Integer, server_default="0")
     requests: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Descriptive fields (vehicle attributes, source times) stored as NULL: the API sent a value no column holds.
+    fields_nulled: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]
