@@ -62,6 +62,8 @@ class FakeConnection:
     created_at: str = "2026-01-01T00:00:00Z"
     updated_at: str = "2026-01-01T00:00:00Z"
     broken: str | None = None  # one of BREAKAGES: served as a malformed document
+    raw: bytes | None = None  # served verbatim as the GET answer's body (a hostile document), with raw_headers
+    raw_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -353,6 +355,9 @@ class FakeApi:
             conn = self.connections.get(connection_id)
         if conn is None:
             return self.error(404, code="not_found", detail="Connection not found.")
+        if conn.raw is not None:  # as a stream: httpx would otherwise decode a gzip body right here
+            headers = {"content-type": "application/json", "content-length": str(len(conn.raw)), **conn.raw_headers}
+            return httpx.Response(200, headers=headers, stream=httpx.ByteStream(conn.raw))
         if conn.broken:
             return self._broken(conn)
         return httpx.Response(200, json={"data": self.document(conn)})
@@ -438,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         except httpx.TransportError:
             self.close_connection = True  # a scripted network failure: hang up without answering
             return
-        content = response.read()
+        content = response.content if response.is_stream_consumed else b"".join(response.iter_raw())
         self.send_response(response.status_code, REASONS.get(response.status_code))
         for name, value in response.headers.items():
             if name.lower() not in ("content-length", "transfer-encoding", "connection"):

@@ -40,10 +40,11 @@ def open_bounded(name: str, *, where: str, allow_stdin: bool = False) -> Iterato
         fd = os.open(os.path.expanduser(name), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise _refuse(where, f"cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refuse(where, "is not a regular file")
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _refuse(where, "is not a regular file")
-        os.set_blocking(fd, True)
         yield file
 
 

@@ -226,6 +226,7 @@ def pass_outcomes(
     """The outcomes of one pass: ``auto`` chooses first, then the listing or one GET per due id."""
     first_page = None
     if state.strategy == "auto":
+        state.planned = len(due)  # until the listing is chosen: then as many as it shows
         try:
             state.strategy, first_page = choose_strategy(engine, client=client, due=due,
                                                          page_size=config.sync.page_size)
@@ -234,6 +235,7 @@ def pass_outcomes(
             return
     window = config.sync.batch_size + config.api.concurrency
     if state.strategy == "list":
+        state.planned = None
         log.info("run %s: the full listing, %d a page", run_id, config.sync.page_size,
                  extra={"run_id": run_id, "strategy": "list"})
         yield from listing_outcomes(engine, client=client, page_size=config.sync.page_size,
