@@ -41,9 +41,9 @@ def record(cid: str, *, vehicle_id: str | None = None, created: dt.datetime | No
                             source_created_at=created, source_updated_at=updated)
 
 
-def store(engine: Engine, *outcomes: Any, cadence: Cadence = Cadence(), started: dt.datetime | None = None) -> Any:
+def store(engine: Engine, *outcomes: Any, started: dt.datetime | None = None) -> Any:
     with engine.begin() as conn:
-        return store_batch(conn=conn, run_id=None, outcomes=list(outcomes), cadence=cadence,
+        return store_batch(conn=conn, run_id=None, outcomes=list(outcomes), cadence=Cadence(),
                            pass_started_at=started)
 
 
