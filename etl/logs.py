@@ -28,12 +28,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger: message`` in UTC."""
+    """``time level logger: message`` in UTC, one line a record.
+
+    A traceback is never printed as lines of its own: the message names the
+    error, and the JSON format keeps the traceback in its ``exception`` field.
+    """
 
     converter = staticmethod(lambda secs: dt.datetime.fromtimestamp(secs or 0, dt.UTC).timetuple())
 
     def __init__(self) -> None:
         super().__init__("%(asctime)sZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                            "stack_info": None})
+        return super().format(record)
 
 
 class _EtlHandler(logging.StreamHandler):  # type: ignore[type-arg]

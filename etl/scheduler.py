@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import threading
-import traceback
 from collections.abc import Callable
 
 import httpx
@@ -105,7 +104,7 @@ class Daemon:
         except EtlError as error:
             log.error("pass failed: %s", error)
         except Exception as error:  # the daemon goes on; the traceback only inside a JSON log record
-            log.error("pass failed unexpectedly: %s", one_line(error), extra={"traceback": traceback.format_exc()})
+            log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True)
         finally:
             with self._lock:
                 self._cancel = None

@@ -192,8 +192,8 @@ def run_outcomes(
     except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
         try:
             end("aborted", one_line(error, limit=500))
-        except Exception:
-            log.exception("could not record the end of run %s", run.run_id)
+        except Exception as failure:
+            log.error("could not record the end of run %s: %s", run.run_id, one_line(failure), exc_info=True)
         raise
     c = run.counts
     done = c.fetched + c.deleted + c.failed

@@ -34,7 +34,7 @@ def invoke(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = 
     """The CLI as a user runs it: exceptions are not caught by the runner, so a traceback would fail the test."""
     result = CliRunner().invoke(cli, list(args), env={"SMARTCAR_ETL_CONFIG": "", **(env or {})},
                                 input=io.BytesIO(stdin) if stdin is not None else None, catch_exceptions=False)
-    # A traceback may only stand inside a JSON log record (its "traceback" field), never as lines of its own.
+    # A traceback may only stand inside a JSON log record (its "exception" field), never as lines of its own.
     plain = [line for line in result.output.splitlines() if not line.startswith("{")]
     assert not any("Traceback" in line for line in plain), result.output
     return result
@@ -236,7 +236,9 @@ def test_an_internal_error_is_one_line_exit_3_and_a_json_log_record(
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert [line for line in lines if not line.startswith("{")] == [
         "Error: internal error (KeyError: 'a bug'); the run, if any, is recorded as aborted"]
-    assert records[-1]["level"] == "ERROR" and "KeyError" in records[-1]["traceback"]
+    assert records[-1]["level"] == "ERROR" and "KeyError" in records[-1]["exception"]
+    text = invoke("connections", "add", GOOD, env=sqlite_cli.env)  # text logs: no traceback lines either
+    assert text.exit_code == 3 and len(text.stderr.strip().splitlines()) == 2 and "Traceback" not in text.stderr
 
 
 def test_a_read_only_database_can_still_be_read(sqlite_cli: Cli, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import os
 import sys
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ class EtlGroup(click.Group):
 
     EtlError: its message and exit code. A closed stdout (``status | head``): exit 0, quietly.
     Anything else is an internal error: one line here, the traceback only inside
-    the log's JSON record (field ``traceback``), exit 3.
+    the log's JSON record (field ``exception``), exit 3.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -54,7 +53,7 @@ class EtlGroup(click.Group):
         except _CLICK_OWN:
             raise
         except Exception as error:
-            log.error("internal error: %s", one_line(error), extra={"traceback": traceback.format_exc()})
+            log.error("internal error: %s", one_line(error), exc_info=True)
             click.echo(f"Error: internal error ({one_line(error)}); the run, if any, is recorded as aborted",
                        err=True)
             ctx.exit(3)
