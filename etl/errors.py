@@ -12,6 +12,7 @@ into a message on stderr and the exit code named on its class::
     ├── ApiError                  exit 1  one request failed; the connection is a failed fetch
     │   ├── RetriableApiError             429, 5xx, timeout, network: worth another try
     │   ├── MalformedDocumentError        a 200 whose body is not a valid document
+    │   ├── RowRejected                   the database refused a connection's rows (past validation)
     │   └── FatalApiError         exit 3  the run cannot go on: 401 after renewal, 403, 430
     │       └── AuthenticationError       credentials refused or token unobtainable
     └── SyncError                 exit 1  a run finished with failures
@@ -166,6 +167,15 @@ class MalformedDocumentError(ApiError):
     """A 200 answer whose body is not a valid connection document."""
 
     kind = "malformed"
+
+
+class RowRejected(ApiError):
+    """The database refused what a connection's document would write, although it passed validation.
+
+    Only that connection fails; it is recorded like any failed fetch.
+    """
+
+    kind = "rejected"
 
 
 class FatalApiError(ApiError):

@@ -27,7 +27,7 @@ from etl.db.models import (
     vehicles,
 )
 from etl.db.upsert import upsert
-from etl.errors import ApiError, EtlError, one_line
+from etl.errors import ApiError, EtlError, RowRejected, one_line
 from etl.history import Observation, diff
 
 MAX_ERROR_TEXT = 500
@@ -257,12 +257,6 @@ def _upsert_entities(
                 "consecutive_failures", "next_due_at"],
         keep_existing=["first_seen_at"],
     )
-
-
-class RowRejected(ApiError):
-    """The database refused what a connection's document would write (it got past validation)."""
-
-    kind = "rejected"
 
 
 def _count_into_run(counts: BatchCounts) -> dict[str, object]:
