@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut) of the permission history, the document validation, the retry policy,
+# the response sorting (classify and the reading of error bodies) and the batch store, against the
+# SQLite tests of those areas. Not part of CI: it takes about 15 minutes on 2 cores.
+# Builds .venv-mutation (mutmut kept out of the project's own environment), runs, prints a score per
+# area with the equivalent mutants (scripts/mutation-equivalent.txt, each with its reason) set aside.
+# Extra arguments replace the default set of mutant names (globs), e.g. 'etl.history.*'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv-mutation
+.venv-mutation/bin/python -m pip install --quiet --disable-pip-version-check 'mutmut==3.8.1' -e '.[test]'
+rm -rf mutants
+areas=("etl.history.*" "etl.api.documents.*" "etl.api.retry.*" "etl.api.client.x_classify*"
+       "etl.api.client.x_error_info*" "etl.api.client.x__scalar_text*" "etl.api.client.x__clip*"
+       "etl.api.client.x_redact*" "etl.store.*")
+[ "$#" -gt 0 ] && areas=("$@")
+.venv-mutation/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${areas[@]}" > mutants.log 2>&1 || true
+exec .venv-mutation/bin/python scripts/mutation_score.py "${areas[@]}"

@@ -1,0 +1,59 @@
+"""Print the mutation score per area from mutmut's results (mutants/**/*.meta).
+
+Equivalent mutants (a change no test can observe) are listed, each with its
+reason, in scripts/mutation-equivalent.txt and set aside. Exit 1 when an area
+kills less than 95 % of the rest, naming the survivors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+AREAS = {
+    "permission history": ["etl.history.*"],
+    "document validation": ["etl.api.documents.*"],
+    "retry policy": ["etl.api.retry.*"],
+    "response sorting": ["etl.api.client.x_classify*", "etl.api.client.x_error_info*",
+                         "etl.api.client.x__scalar_text*", "etl.api.client.x__clip*", "etl.api.client.x_redact*"],
+    "batch store": ["etl.store.*"],
+}
+TARGET = 0.95
+
+
+def main(patterns: list[str]) -> int:
+    equivalent = {}
+    for line in Path("scripts/mutation-equivalent.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.partition(" ")
+            equivalent[name] = reason.strip()
+    results: dict[str, int | None] = {}
+    for meta in Path("mutants").glob("**/*.meta"):
+        results.update(json.loads(meta.read_text())["exit_code_by_key"])
+    failed = False
+    for area, globs in AREAS.items():
+        names = [n for n in results if any(fnmatch.fnmatch(n, g) for g in globs)
+                 and any(fnmatch.fnmatch(n, p) for p in patterns)]
+        if not names:
+            continue
+        counts: dict[str, list[str]] = defaultdict(list)
+        for name in names:
+            code = results[name]
+            kind = ("equivalent" if name in equivalent else "not run" if code is None
+                    else "survived" if code == 0 else "killed")
+            counts[kind].append(name)
+        judged = len(counts["killed"]) + len(counts["survived"])
+        score = len(counts["killed"]) / judged if judged else 1.0
+        print(f"{area:20} {score:6.1%} killed {len(counts['killed'])} of {judged} "
+              f"({len(counts['equivalent'])} equivalent, {len(counts['not run'])} not run)")
+        for name in sorted(counts["survived"]):
+            print(f"    survived: {name}")
+        failed |= score < TARGET
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["*"]))
