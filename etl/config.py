@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from etl.db.dialects import normalise_url
+from etl.db.dialects import SUPPORTED_URLS, normalise_url
 from etl.errors import ConfigError
 from etl.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text
 
@@ -176,17 +176,14 @@ LOG_FORMATS = ("text", "json")
 _Parser = Callable[[str, Any, list[str]], Any]
 
 
-def _number(low: float, high: float, *, whole: bool = False, above: bool = False) -> _Parser:
-    """A parser for a finite number in [low, high] (``above``: greater than low); ``whole``: an integer."""
+def _number(low: float, high: float, *, whole: bool = False) -> _Parser:
+    """A parser for a finite number in [low, high]; ``whole``: an integer."""
     kind = "a whole number" if whole else "a number"
-    bound = f"greater than {low:g}" if above else f"at least {low:g}"
 
     def parse(path: str, value: Any, errors: list[str]) -> float | int | None:
         ok = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
-        if ok and not (math.isfinite(value) and (value > low if above else value >= low) and value <= high):
-            ok = False
-        if not ok:
-            errors.append(f"{path}: expected {kind} {bound} and at most {high:g}, got {_show(value)}")
+        if not ok or not (math.isfinite(value) and low <= value <= high):
+            errors.append(f"{path}: expected {kind} from {low:g} to {high:g}, got {_show(value)}")
             return None
         return int(value) if whole else float(value)
 
@@ -357,11 +354,12 @@ def _api_url(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def _database_url(path: str, value: Any, errors: list[str]) -> str | None:
-    text = _string(path, value, errors)
-    if text is None:
+    if not isinstance(value, str) or not value.strip() or UNPRINTABLE_RE.search(value.strip()):
+        # Not echoed: a URL may carry a password.
+        errors.append(f"{path}: expected a database URL ({SUPPORTED_URLS})")
         return None
     try:
-        return normalise_url(text)
+        return normalise_url(value.strip())
     except ValueError as exc:
         errors.append(f"{path}: {exc}")
         return None

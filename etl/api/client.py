@@ -213,7 +213,8 @@ def send(
     and already decoded.
     """
     limits = limits or ReadLimits()
-    deadline = time.monotonic() + limits.deadline
+    started = time.monotonic()
+    deadline = started + limits.deadline
     configured = http.timeout
     request.extensions["timeout"] = httpx.Timeout(
         connect=min(configured.connect or limits.deadline, limits.deadline),
@@ -233,7 +234,7 @@ def send(
         raise RetriableApiError(path=path, kind="network", detail=_clip(f"{type(exc).__name__}: {exc}")) from exc
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _ENCODING_HEADERS]
     log.debug("%s %s: HTTP %d, %d bytes in %.3fs", request.method, path, response.status_code, len(body),
-              limits.deadline - (deadline - time.monotonic()))
+              time.monotonic() - started)
     extensions = {k: v for k, v in response.extensions.items() if k == "reason_phrase"}
     return httpx.Response(response.status_code, headers=headers, content=body, request=request,
                           extensions=extensions)
