@@ -20,7 +20,9 @@ from pathlib import Path
 from bench_sync import free_port  # type: ignore[import-not-found]
 
 from etl.config import ApiConfig, Config, RateLimitConfig, Secret, SyncConfig
-from etl.db.engine import make_engine, upgrade
+from etl.context import Seams
+from etl.db.engine import make_engine
+from etl.db.store import Store
 from etl.fakeapi import FakeApi, urls
 from etl.metrics import Metrics
 from etl.sync import sync
@@ -57,13 +59,13 @@ def main() -> None:
                 rate_limit=RateLimitConfig(capacity=args.capacity, per_minute=args.per_minute),
                 sync=SyncConfig(strategy="ids"),
             )
-            engine = make_engine(url)
-            upgrade(engine)
-            track(engine, ids)
+            store = Store(make_engine(url))
+            store.upgrade()
+            track(store, ids)
             started = time.perf_counter()
-            result = sync(config, engine, metrics=metrics)
+            result = sync(config, store, seams=Seams(metrics=metrics))
             elapsed = time.perf_counter() - started
-            engine.dispose()
+            store.engine.dispose()
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -34,10 +34,14 @@ from sqlalchemy.engine import make_url
 
 from etl.api.documents import parse_connection
 from etl.config import ApiConfig, Config, RateLimitConfig, Secret, SyncConfig
-from etl.db.engine import make_engine, upgrade
+from etl.context import build_client
+from etl.db.batch import store_batch
+from etl.db.engine import make_engine
+from etl.db.store import Store
 from etl.fakeapi import FakeApi, urls
-from etl.store import Fetched, store_batch
-from etl.sync import build_client, fetch_outcomes, start_run, sync
+from etl.fetch import fetch_outcomes
+from etl.outcomes import Fetched
+from etl.sync import sync
 from etl.tracking import track
 
 T = TypeVar("T")
@@ -74,41 +78,41 @@ def raw_fetch(config: Config, ids: list[str]) -> float:
 
 
 def sync_rate(config: Config, url: str, ids: list[str]) -> tuple[float, float]:
-    engine = make_engine(url)
+    store = Store(make_engine(url))
     try:
-        upgrade(engine)
-        track(engine, ids)
+        store.upgrade()
+        track(store, ids)
         rates = []
         for _ in range(2):
             started = time.perf_counter()
-            result = sync(config, engine, ignore_due=True)  # the second pass refetches everything
+            result = sync(config, store, ignore_due=True)  # the second pass refetches everything
             rates.append(len(ids) / (time.perf_counter() - started))
             assert result.counts.fetched == len(ids), result.summary()
         return rates[0], rates[1]
     finally:
-        engine.dispose()
+        store.engine.dispose()
 
 
 def store_rate(url: str, fake: FakeApi, ids: list[str], batch_size: int) -> tuple[float, float]:
     """Connections/s of the store alone: parsed records written in batches, first and unchanged pass."""
     records = [parse_connection({"data": fake.document(fake.connections[i])}, expected_id=i, path="-")
                for i in ids]
-    engine = make_engine(url)
+    store = Store(make_engine(url))
     rates = []
     try:
-        upgrade(engine)
-        track(engine, ids)
+        store.upgrade()
+        track(store, ids)
         for n in range(2):
             at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=n)
-            run_id = start_run(engine, trigger="sync", planned=len(ids), now=lambda at=at: at)
+            run_id, _ = store.start_run(trigger="sync", planned=len(ids), at=at)
             started = time.perf_counter()
             for start in range(0, len(records), batch_size):
-                with engine.begin() as conn:
+                with store.engine.begin() as conn:
                     store_batch(conn=conn, run_id=run_id, outcomes=[
                         Fetched(r.connection_id, at, r) for r in records[start:start + batch_size]])
             rates.append(len(ids) / (time.perf_counter() - started))
     finally:
-        engine.dispose()
+        store.engine.dispose()
     return rates[0], rates[1]
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, select
-
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret
-from etl.db.engine import make_engine, upgrade
-from etl.db.models import connections, permission_changes, permission_grants, vehicles
+from etl.db.engine import make_engine
+from etl.db.store import Store, sqlite_run_triggers
 from etl.errors import ConfigError
 from etl.fakeapi import FakeApi, serve, urls
 from etl.output import render
+from etl.reports import changes_after_first_fetch, permissions_by_vehicle
 from etl.sync import sync
 from etl.tracking import track
 
@@ -23,12 +21,8 @@ UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
 def _is_demo_database(path: Path) -> bool:
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            triggers = {t for (t,) in db.execute("SELECT DISTINCT trigger FROM sync_runs")}
-    except sqlite3.Error:
-        return False
-    return triggers <= {DEMO_TRIGGER}
+    triggers = sqlite_run_triggers(path)
+    return triggers is not None and triggers <= {DEMO_TRIGGER}
 
 
 def prepare_database(path: Path) -> None:
@@ -50,9 +44,9 @@ def run_demo(
     prepare_database(database)
     fake = FakeApi(client_id="demo-client", client_secret="demo-secret-not-real")
     ids = fake.populate(connections_count, seed=seed)
-    engine = make_engine(f"sqlite:///{database}")
+    store = Store(make_engine(f"sqlite:///{database}"))
     try:
-        upgrade(engine)
+        store.upgrade()
         with serve(fake) as root:
             config = Config(
                 database_url=f"sqlite:///{database}",
@@ -63,7 +57,7 @@ def run_demo(
                 rate_limit=RateLimitConfig(capacity=10_000, per_minute=600_000),  # the fake has no limit
             )
             out(f"Fake Smartcar API on {root}; database {database}")
-            track(engine, ids + [UNKNOWN_ID])
+            track(store, ids + [UNKNOWN_ID])
             out(f"Tracking {len(ids) + 1} connection ids (one of them unknown to the API).\n")
             for number in range(1, passes + 1):
                 if number > 1:
@@ -72,30 +66,18 @@ def run_demo(
                 if number == 2:
                     fake.fail_next(503, times=2)
                     out("  world: the API will answer 503 twice (the job retries)")
-                result = sync(config, engine, trigger=DEMO_TRIGGER, ignore_due=True)
+                result = sync(config, store, trigger=DEMO_TRIGGER, ignore_due=True)
                 out(f"pass {number}: {result.summary()}\n")
-        out(_report(engine))
+        out(_report(store))
     finally:
-        engine.dispose()
+        store.engine.dispose()
     out(f"\nQuery it yourself: sqlite3 {database} 'SELECT * FROM permission_changes'")
 
 
-def _report(engine: Engine) -> str:
-    c, v, pc, g = connections.c, vehicles.c, permission_changes.c, permission_grants.c
-    with engine.connect() as conn:
-        changes = conn.execute(
-            select(pc.observed_at, pc.change, pc.permission, v.make, v.model, pc.connection_id)
-            .join(connections, c.id == pc.connection_id).join(vehicles, v.id == c.vehicle_id)
-            .where(pc.previous_observed_at.is_not(None))
-            .order_by(pc.observed_at, pc.connection_id, pc.permission)
-        ).mappings().all()
-        held = conn.execute(
-            select(v.make, v.model, v.id, g.permission)
-            .join(connections, c.vehicle_id == v.id).join(permission_grants, g.connection_id == c.id)
-            .where(g.valid_to.is_(None)).order_by(v.make, v.model, v.id, g.permission)
-        ).all()
+def _report(store: Store) -> str:
+    changes = changes_after_first_fetch(store.engine)
     per_vehicle: dict[tuple[str, str, str], list[str]] = {}
-    for make, model, vehicle_id, permission in held:
+    for make, model, vehicle_id, permission in permissions_by_vehicle(store.engine):
         per_vehicle.setdefault((make, model, vehicle_id), []).append(permission)
     rows = [{"vehicle": f"{make} {model}", "vehicle_id": vid[:8], "permissions": ", ".join(p)}
             for (make, model, vid), p in per_vehicle.items()]

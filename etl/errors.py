@@ -15,8 +15,9 @@ into a message on stderr and the exit code named on its class::
     │   ├── RowRejected                   the database refused a connection's rows (past validation)
     │   └── FatalApiError         exit 3  the run cannot go on: 401 after renewal, 403, 430
     │       └── AuthenticationError       credentials refused or token unobtainable
-    └── SyncError                 exit 1  a run finished with failures
-        └── SyncAborted           exit 3  a run stopped early and stored nothing further
+    ├── SyncError                 exit 1  a run finished with failures
+    │   └── SyncAborted           exit 3  a run stopped early and stored nothing further
+    └── LockHeld                  exit 4  another run holds the database's run lock
 
 Messages are built from structured fields, never from request headers, tokens
 or secrets, so they are safe to print and to store in ``fetch_errors``.
@@ -206,3 +207,13 @@ class SyncAborted(SyncError):
         self.cause = cause
         where = f"run {run_id}" if run_id is not None else "run"
         super().__init__(f"{where} aborted: {cause}")
+
+
+class LockHeld(EtlError):
+    """Another run holds this database's run lock."""
+
+    exit_code = 4
+
+    def __init__(self, *, url: str, holder: str) -> None:
+        self.holder = holder
+        super().__init__(f"another run holds the lock on {url}: {holder}")

@@ -1,7 +1,9 @@
-"""Fetching: tracked ids one by one, or the full listing, as a stream of outcomes.
+"""Where a pass's outcomes come from: tracked ids one by one, the full listing, or whichever is cheaper.
 
-Both are generators of ``Fetched`` / ``Gone`` / ``Failed`` that the run loop in
-``etl.sync`` stores in batches while fetching goes on.
+Each source is an object that owns its state (how many it plans, why it is
+incomplete, the listing page it is on) and yields ``Fetched`` / ``Gone`` /
+``Failed`` outcomes that the run loop in ``etl.sync`` stores in batches while
+fetching goes on.
 """
 
 from __future__ import annotations
@@ -11,17 +13,27 @@ import logging
 import queue
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Protocol
 
-from sqlalchemy import Engine, or_, select
-
-from etl.api.client import Cancelled, ListingPage, Paginator, SmartcarClient, utcnow
-from etl.db.engine import translate_errors
-from etl.db.models import connections
+from etl.api.client import Cancelled, ListingPage, Paginator, SmartcarClient
+from etl.clock import utcnow
+from etl.context import Pass
 from etl.errors import ApiError, FatalApiError
-from etl.store import Failed, Fetched, Gone, Outcome
+from etl.outcomes import Failed, Fetched, Gone, Outcome
 
 log = logging.getLogger(__name__)
+
+
+class OutcomeSource(Protocol):
+    """A stream of outcomes, with how many it plans (None: as many as come) and why it is incomplete."""
+
+    @property
+    def planned(self) -> int | None: ...
+
+    @property
+    def incomplete(self) -> str | None: ...
+
+    def outcomes(self) -> Generator[Outcome, None, None]: ...
 
 
 def fetch_outcomes(
@@ -82,96 +94,158 @@ def fetch_outcomes(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass
-class PassState:
-    """What a pass decided and saw: its strategy, how many it planned, and why it is incomplete if it is."""
+class ByIds:
+    """One GET per id."""
 
-    strategy: str = "ids"
-    planned: int | None = None
-    seen: set[str] = field(default_factory=set)
-    page: int = 0  # the listing page being read
-    total: int | None = None  # the listing's totalCount, once known
-    incomplete: str | None = None
+    def __init__(self, ctx: Pass, ids: Sequence[str]) -> None:
+        self.ctx = ctx
+        self.ids = ids
+        self.planned: int | None = len(ids)
+        self.incomplete: str | None = None
+
+    def outcomes(self) -> Generator[Outcome, None, None]:
+        """Every id's outcome, as requests complete."""
+        return fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
+                              window=self.ctx.window, now=self.ctx.now)
 
 
-def listing_outcomes(
-    engine: Engine,
-    *,
-    client: SmartcarClient,
-    page_size: int,
-    concurrency: int,
-    window: int,
-    state: PassState,
-    first_page: ListingPage | None = None,
-    start_page: int = 1,
-    track_new: bool = True,
-    since: dt.datetime | None = None,
-    now: Callable[[], dt.datetime] = utcnow,
-) -> Generator[Outcome, None, None]:
+class Listing:
     """Every connection of the listing, then a direct GET of each tracked one it did not show.
 
     Connections the user untracked are skipped, and so are new ones unless
-    ``track_new``. A connection seen twice across pages counts once. Only a complete listing
-    leads to confirmations: if a page fails (after retries) or the paging goes
-    wrong, ``state.incomplete`` says why and nothing is confirmed, so nothing is
-    marked deleted. A missing connection is only marked deleted if its own GET
-    answers 404 (page-number paging can skip rows when the set changes under it).
-    A listing resumed at ``start_page`` passes ``since`` (when it first started):
-    connections attempted since then were seen by the earlier part.
+    ``sync.track_listed``. A connection seen twice across pages counts once. Only
+    a complete listing leads to confirmations: if a page fails (after retries)
+    or the paging goes wrong, ``incomplete`` says why and nothing is confirmed,
+    so nothing is marked deleted. A missing connection is only marked deleted if
+    its own GET answers 404 (page-number paging can skip rows when the set
+    changes under it). A listing resumed at ``start_page`` passes ``since``
+    (when it first started): connections attempted since then were seen by the
+    earlier part.
     """
-    with translate_errors(engine), engine.connect() as conn:
-        tracked = dict(conn.execute(select(connections.c.id, connections.c.tracked)).all())
 
-    def wanted(connection_id: str) -> bool:
-        if connection_id in state.seen:
-            return False
-        state.seen.add(connection_id)
-        return bool(tracked.get(connection_id, track_new))
+    def __init__(
+        self,
+        ctx: Pass,
+        *,
+        first_page: ListingPage | None = None,
+        start_page: int = 1,
+        since: dt.datetime | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.first_page = first_page
+        self.start_page = start_page
+        self.since = since
+        self.planned: int | None = None  # as many as the listing shows
+        self.incomplete: str | None = None
+        self.page = 0  # the page being read
+        self.total: int | None = None  # the listing's totalCount, once known
+        self.seen: set[str] = set()
 
-    paginator = Paginator(size=page_size, start=start_page)
-    page = first_page
-    while True:
-        if client.cancelled.is_set():
-            state.incomplete = "stopped on request"
+    def outcomes(self) -> Generator[Outcome, None, None]:
+        """The listing's outcomes, then the confirmations of what it missed."""
+        ctx = self.ctx
+        page_size = ctx.config.sync.page_size
+        log.info("the full listing, %d a page", page_size, extra={"strategy": "list"})
+        tracked = ctx.store.tracked_flags()
+        track_new = ctx.config.sync.track_listed
+
+        def wanted(connection_id: str) -> bool:
+            if connection_id in self.seen:
+                return False
+            self.seen.add(connection_id)
+            return tracked.get(connection_id, track_new)
+
+        paginator = Paginator(size=page_size, start=self.start_page)
+        page = self.first_page
+        while True:
+            if ctx.cancelled.is_set():
+                self.incomplete = "stopped on request"
+                return
+            try:
+                self.page = paginator.number
+                if page is None:
+                    page = ctx.client.list_page(paginator.number, page_size)
+                yield from self._items(page, wanted)
+                more = paginator.advance(page)
+                self.total = paginator.total
+            except FatalApiError:
+                raise
+            except Cancelled:
+                self.incomplete = "stopped on request"
+                return
+            except ApiError as error:
+                self.incomplete = f"listing stopped at page {paginator.number}: {error}"
+                log.error("%s; nothing will be marked deleted this run", self.incomplete)
+                return
+            if not more:
+                break
+            page = None
+        yield from self._confirm_missing()
+
+    def _items(self, page: ListingPage, wanted: Callable[[str], bool]) -> Generator[Outcome, None, None]:
+        at = self.ctx.now()
+        for record in page.records:
+            if wanted(record.connection_id):
+                yield Fetched(record.connection_id, at, record)
+        for connection_id, error in page.malformed:
+            if wanted(connection_id):
+                yield Failed(connection_id, at, error)
+        if page.unreadable:
+            # An item without a readable id might be any tracked connection: confirm none.
+            self.incomplete = f"page {page.number}: {len(page.unreadable)} item(s) without a readable id"
+
+    def _confirm_missing(self) -> Generator[Outcome, None, None]:
+        if self.incomplete:
+            log.warning("%s; nothing will be marked deleted this run", self.incomplete)
             return
+        missing = self.ctx.store.missing_from(self.seen, since=self.since)
+        if missing:
+            log.info("%d tracked connection(s) missing from the listing; confirming each with a GET", len(missing))
+            yield from ByIds(self.ctx, missing).outcomes()
+
+
+class Cheapest:
+    """``auto``: the listing when it needs fewer requests than one GET per due id, else the ids.
+
+    The listing costs one request per ``page_size`` connections of the whole
+    application. The database gives a lower bound of that size; only when the
+    listing could still win is page 1 fetched to read ``totalCount`` (and then
+    reused as the listing's first page if the listing wins).
+    """
+
+    def __init__(self, ctx: Pass, due: Sequence[str]) -> None:
+        self.ctx = ctx
+        self.due = due
+        self.chosen: ByIds | Listing | None = None
+        self._incomplete: str | None = None
+
+    @property
+    def planned(self) -> int | None:
+        """The due ids until the listing is chosen; then as many as it shows."""
+        return len(self.due) if self.chosen is None else self.chosen.planned
+
+    @property
+    def incomplete(self) -> str | None:
+        """Why the chosen source could not see everything, if it could not."""
+        return self._incomplete if self.chosen is None else self.chosen.incomplete
+
+    def outcomes(self) -> Generator[Outcome, None, None]:
+        """Choose, then the chosen source's outcomes."""
         try:
-            state.page = paginator.number
-            if page is None:
-                page = client.list_page(paginator.number, page_size)
-            at = now()
-            for record in page.records:
-                if wanted(record.connection_id):
-                    yield Fetched(record.connection_id, at, record)
-            for connection_id, error in page.malformed:
-                if wanted(connection_id):
-                    yield Failed(connection_id, at, error)
-            if page.unreadable:
-                # An item without a readable id might be any tracked connection: confirm none.
-                state.incomplete = f"page {page.number}: {len(page.unreadable)} item(s) without a readable id"
-            more = paginator.advance(page)
-            state.total = paginator.total
-        except FatalApiError:
-            raise
+            self.chosen = self._choose()
         except Cancelled:
-            state.incomplete = "stopped on request"
+            self._incomplete = "stopped on request"
             return
-        except ApiError as error:
-            state.incomplete = f"listing stopped at page {paginator.number}: {error}"
-            log.error("%s; nothing will be marked deleted this run", state.incomplete)
-            return
-        if not more:
-            break
-        page = None
-    if state.incomplete:
-        log.warning("%s; nothing will be marked deleted this run", state.incomplete)
-        return
-    with translate_errors(engine), engine.connect() as conn:
-        query = select(connections.c.id).where(
-            connections.c.tracked.is_(True), connections.c.status.in_(["pending", "active"]))
-        if since is not None:
-            query = query.where(or_(connections.c.last_attempt_at.is_(None), connections.c.last_attempt_at < since))
-        known = conn.scalars(query)
-        missing = sorted(set(known) - state.seen)
-    if missing:
-        log.info("%d tracked connection(s) missing from the listing; confirming each with a GET", len(missing))
-        yield from fetch_outcomes(missing, client=client, concurrency=concurrency, window=window, now=now)
+        yield from self.chosen.outcomes()
+
+    def _choose(self) -> ByIds | Listing:
+        page_size = self.ctx.config.sync.page_size
+        known = self.ctx.store.known_connections()
+        if len(self.due) <= max(1, -(-known // page_size)):
+            return ByIds(self.ctx, self.due)
+        first = self.ctx.client.list_page(1, page_size)
+        size = first.total_count if first.total_count is not None else known
+        pages = max(1, -(-size // page_size))
+        log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(self.due), pages,
+                 size)
+        return Listing(self.ctx, first_page=first) if pages < len(self.due) else ByIds(self.ctx, self.due)

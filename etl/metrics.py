@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
-from sqlalchemy import Engine, func, select
 
-from etl.db.models import sync_runs
+if TYPE_CHECKING:
+    from etl.db.store import Store
 
 
 class Metrics:
@@ -60,10 +60,9 @@ class Metrics:
         if status == "succeeded":
             self.last_success.set(finished_at.timestamp())
 
-    def load_last_success(self, engine: Engine) -> None:
+    def load_last_success(self, store: Store) -> None:
         """Start the last-success gauge from the database, so a restart does not reset it."""
-        with engine.connect() as conn:
-            last = conn.scalar(select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded"))
+        last = store.last_success_at()
         if last is not None:
             self.last_success.set(last.timestamp())
 

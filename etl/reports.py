@@ -76,3 +76,26 @@ def fleet(engine: Engine) -> list[dict[str, Any]]:
     )
     with translate_errors(engine), engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def changes_after_first_fetch(engine: Engine) -> list[Any]:
+    """Every change that a later fetch found (not the first grants), with the vehicle's make and model."""
+    c, v, pc = connections.c, vehicles.c, permission_changes.c
+    with translate_errors(engine), engine.connect() as conn:
+        return list(conn.execute(
+            select(pc.observed_at, pc.change, pc.permission, v.make, v.model, pc.connection_id)
+            .join(connections, c.id == pc.connection_id).join(vehicles, v.id == c.vehicle_id)
+            .where(pc.previous_observed_at.is_not(None))
+            .order_by(pc.observed_at, pc.connection_id, pc.permission)
+        ).mappings().all())
+
+
+def permissions_by_vehicle(engine: Engine) -> list[Any]:
+    """(make, model, vehicle id, permission) for every permission held now."""
+    c, v, g = connections.c, vehicles.c, permission_grants.c
+    with translate_errors(engine), engine.connect() as conn:
+        return list(conn.execute(
+            select(v.make, v.model, v.id, g.permission)
+            .join(connections, c.vehicle_id == v.id).join(permission_grants, g.connection_id == c.id)
+            .where(g.valid_to.is_(None)).order_by(v.make, v.model, v.id, g.permission)
+        ).all())

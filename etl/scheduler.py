@@ -21,19 +21,17 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
-import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Engine, update
 
-from etl.api.client import utcnow
+from etl.clock import utcnow
 from etl.config import Config
-from etl.db.engine import require_migrated
-from etl.db.models import sync_runs
-from etl.errors import ConfigError, EtlError, one_line
-from etl.lock import LockHeld
+from etl.context import Seams
+from etl.db.store import Store
+from etl.errors import ConfigError, EtlError, LockHeld, one_line
 from etl.metrics import Metrics
 from etl.sync import RunResult, sync
 
@@ -68,20 +66,13 @@ def build_scheduler(config: Config, job: Callable[[], object], *, now: Callable[
 class Daemon:
     """Runs passes and stops cleanly; ``run_pass`` is the scheduler's job."""
 
-    def __init__(
-        self,
-        config: Config,
-        engine: Engine,
-        *,
-        metrics: Metrics | None = None,
-        transport: httpx.BaseTransport | None = None,
-        now: Callable[[], dt.datetime] = utcnow,
-    ) -> None:
+    def __init__(self, config: Config, store: Store, *, seams: Seams = Seams()) -> None:  # noqa: B008 - immutable
+        """``seams`` as for ``sync``; each pass gets its own cancellation, and the daemon's metrics."""
         self.config = config
-        self.engine = engine
-        self.metrics = metrics or Metrics()
-        self.transport = transport
-        self.now = now
+        self.store = store
+        self.metrics = seams.metrics or Metrics()
+        self.seams = replace(seams, metrics=self.metrics)
+        self.now = seams.now
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
@@ -96,8 +87,7 @@ class Daemon:
             self._cancel = threading.Event()
             self.idle.clear()
         try:
-            return sync(self.config, self.engine, trigger="daemon", transport=self.transport, now=self.now,
-                        cancelled=self._cancel, metrics=self.metrics)
+            return sync(self.config, self.store, seams=replace(self.seams, cancelled=self._cancel), trigger="daemon")
         except LockHeld as error:
             self.metrics.lock_skips.inc()
             log.warning("skipping this pass: %s", error)
@@ -123,8 +113,8 @@ class Daemon:
 
     def serve(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code (0)."""
-        require_migrated(self.engine)
-        self.metrics.load_last_success(self.engine)
+        self.store.require_migrated()
+        self.metrics.load_last_success(self.store)
         listen = self.config.daemon.metrics_listen
         if listen:
             try:
@@ -156,12 +146,8 @@ class Daemon:
         """The pass did not finish within stop_timeout: record it and leave without waiting."""
         timeout = self.config.daemon.stop_timeout_seconds
         log.error("a pass was still running %gs after the stop request; recording it as aborted", timeout)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(sync_runs).where(sync_runs.c.status == "running", sync_runs.c.pid == os.getpid())
-                .values(status="aborted", finished_at=self.now(),
-                        error=f"daemon stopped; requests still in flight after {timeout:g}s were abandoned")
-            )
+        self.store.abandon_runs_of_this_process(
+            at=self.now(), error=f"daemon stopped; requests still in flight after {timeout:g}s were abandoned")
         logging.shutdown()
         os._exit(0)  # worker threads are blocked in requests; the database rolls back their open work
 

@@ -1,21 +1,19 @@
-"""Which connection ids are tracked: add, import, list, untrack."""
+"""Which connection ids are tracked: read ids (arguments, files), add, list, untrack."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
-from sqlalchemy import Engine, func, select, update
-
-from etl.api.client import utcnow
 from etl.api.documents import canonical_id
-from etl.db.engine import require_migrated, translate_errors
-from etl.db.models import connections, permission_grants
-from etl.db.upsert import upsert
+from etl.clock import utcnow
+from etl.db.store import Store, TrackResult
 from etl.errors import InvalidIdError
 from etl.files import open_bounded, read_lines
+
+__all__ = ["LIST_COLUMNS", "TrackResult", "ids_from_arguments", "ids_from_file", "list_connections", "parse_ids",
+           "track", "untrack"]
 
 
 def parse_ids(values: Iterable[tuple[str, str | None]]) -> list[str]:
@@ -65,90 +63,23 @@ def ids_from_file(name: str) -> list[str]:
         return parse_ids(values(file))
 
 
-@dataclass(frozen=True)
-class TrackResult:
-    """How many ids were new, tracked again, or already tracked."""
-
-    added: int
-    retracked: int
-    unchanged: int
-
-
-CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
-
-
-def _chunks(ids: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start:start + CHUNK]
-
-
-def track(engine: Engine, ids: list[str], *, now: Callable[[], dt.datetime] = utcnow) -> TrackResult:
+def track(store: Store, ids: Sequence[str], *, now: Callable[[], dt.datetime] = utcnow) -> TrackResult:
     """Start tracking ``ids`` (already canonical); untracked ones are tracked again. One transaction."""
-    require_migrated(engine)
-    at = now()
-    added = retracked = 0
-    with translate_errors(engine), engine.begin() as conn:
-        for chunk in _chunks(ids):
-            known = dict(conn.execute(
-                select(connections.c.id, connections.c.tracked).where(connections.c.id.in_(chunk))
-            ).all())
-            new = [{"id": i, "status": "pending", "tracked": True, "tracked_at": at}
-                   for i in chunk if i not in known]
-            upsert(conn=conn, table=connections, key=["id"], update=[], rows=new)
-            again = [i for i, tracked in known.items() if not tracked]
-            if again:
-                conn.execute(update(connections).where(connections.c.id.in_(again))
-                             .values(tracked=True, tracked_at=at))
-            added += len(new)
-            retracked += len(again)
-    return TrackResult(added=added, retracked=retracked, unchanged=len(ids) - added - retracked)
+    store.require_migrated()
+    return store.track(ids, at=now())
 
 
-def untrack(engine: Engine, ids: list[str]) -> tuple[int, list[str]]:
+def untrack(store: Store, ids: Sequence[str]) -> tuple[int, list[str]]:
     """Stop polling ``ids``; rows and history stay. Returns (untracked count, ids that were unknown)."""
-    require_migrated(engine)
-    changed = 0
-    unknown: list[str] = []
-    with translate_errors(engine), engine.begin() as conn:
-        for chunk in _chunks(ids):
-            known = set(conn.scalars(select(connections.c.id).where(connections.c.id.in_(chunk))))
-            unknown += [i for i in chunk if i not in known]
-            changed += conn.execute(
-                update(connections).where(connections.c.id.in_(known), connections.c.tracked.is_(True))
-                .values(tracked=False)
-            ).rowcount
-    return changed, unknown
+    store.require_migrated()
+    return store.untrack(ids)
 
 
 LIST_COLUMNS = ("connection_id", "status", "tracked", "user_id", "vehicle_id", "permissions",
                 "last_success_at", "last_attempt_at", "last_error")
 
 
-def list_connections(engine: Engine, *, include_untracked: bool = False) -> list[dict[str, Any]]:
+def list_connections(store: Store, *, include_untracked: bool = False) -> list[dict[str, Any]]:
     """Connections with status, open permission count, last success and last error."""
-    require_migrated(engine)
-    c = connections.c
-    held = (
-        select(permission_grants.c.connection_id, func.count().label("n"))
-        .where(permission_grants.c.valid_to.is_(None))
-        .group_by(permission_grants.c.connection_id)
-        .subquery()
-    )
-    query = (
-        select(c.id, c.status, c.tracked, c.user_id, c.vehicle_id, func.coalesce(held.c.n, 0).label("n"),
-               c.last_success_at, c.last_attempt_at, c.last_error)
-        .outerjoin_from(connections, held, held.c.connection_id == c.id)
-        .order_by(c.id)
-    )
-    if not include_untracked:
-        query = query.where(c.tracked.is_(True))
-    with translate_errors(engine), engine.connect() as conn:
-        return [
-            {
-                "connection_id": row.id, "status": row.status, "tracked": bool(row.tracked),
-                "user_id": row.user_id, "vehicle_id": row.vehicle_id, "permissions": row.n,
-                "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
-                "last_error": row.last_error,
-            }
-            for row in conn.execute(query)
-        ]
+    store.require_migrated()
+    return store.connection_rows(include_untracked=include_untracked)

@@ -23,7 +23,9 @@ from sqlalchemy.engine import make_url
 
 from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
+from etl.context import Seams
 from etl.db.engine import make_engine, upgrade
+from etl.db.store import Store
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
 
@@ -169,10 +171,15 @@ class Runner:
         self.config = make_config(fake, engine.url.render_as_string(hide_password=False))
 
     def __call__(self, *, advance: dt.timedelta = dt.timedelta(minutes=15), **kwargs: Any) -> RunResult:
-        """One pass, ``advance`` (default: one schedule interval) after the previous one, as cron would."""
+        """One pass, ``advance`` (default: one schedule interval) after the previous one, as cron would.
+
+        ``cancelled``, ``metrics`` and ``limiter`` go into the pass's seams; the rest to ``sync``.
+        """
         self.clock.advance(seconds=advance.total_seconds())
-        return sync(self.config, self.engine, transport=httpx.MockTransport(self.fake.handle),
-                    sleep=self.sleeps.append, now=self.clock, **kwargs)
+        seams = {k: kwargs.pop(k) for k in ("cancelled", "metrics", "limiter") if k in kwargs}
+        return sync(self.config, Store(self.engine), seams=Seams(
+            transport=httpx.MockTransport(self.fake.handle), sleep=self.sleeps.append, now=self.clock, **seams),
+            **kwargs)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, func, select
 
 from etl.db.engine import make_engine, upgrade
 from etl.db.models import backfills, connections, permission_changes, permission_grants, sync_runs, users, vehicles
+from etl.db.store import Store
 from etl.fakeapi import FakeApi
-from etl.lock import run_lock
 from tests.conftest import PG_URL, create_pg_database, drop_pg_database
 
 CONFIG = ("api:\n  concurrency: 2\nsync:\n  batch_size: 10\n  page_size: 10\n"
@@ -160,7 +160,7 @@ def test_backfill_exits_4_when_another_run_holds_the_lock(
 ) -> None:
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(fake_api.populate(2, seed=24)))
-    with run_lock(engine):
+    with Store(engine).lock():
         done = etl(env_for(engine, api_server, fake_api, tmp_path), "backfill", "--ids-file", str(ids_file),
                    cwd=tmp_path)
     assert done.returncode == 4 and "another run holds the lock" in done.stderr

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from etl.api.documents import ConnectionRecord, VehicleAttributes
+from etl.db.batch import store_batch
 from etl.db.models import connections, fetch_errors, permission_changes, permission_grants, users, vehicles
+from etl.db.store import Store
 from etl.errors import RetriableApiError
-from etl.store import Failed, Fetched, Gone, Outcome, store_batch
-from etl.sync import start_run
+from etl.outcomes import Failed, Fetched, Gone, Outcome
 from etl.tracking import track
 from tests.conftest import T0
 
@@ -65,7 +66,7 @@ def held_at(engine: Engine, cid: str, when: dt.datetime) -> set[str]:
 @pytest.fixture
 def cid(engine: Engine) -> str:
     new = str(uuid.uuid4())
-    track(engine, [new], now=lambda: T0)
+    track(Store(engine), [new], now=lambda: T0)
     return new
 
 
@@ -170,9 +171,9 @@ def test_history_matches_observations_on_random_sequences(engine: Engine, histor
     - repeating an observation writes nothing.
     """
     ids = [str(uuid.uuid4()) for _ in histories]
-    track(engine, ids, now=lambda: T0)
+    track(Store(engine), ids, now=lambda: T0)
     # A real run row, so that failures also write fetch_errors.
-    run_id = start_run(engine, trigger="sync", planned=len(ids), now=lambda: T0)
+    run_id = Store(engine).start_run(trigger="sync", planned=len(ids), at=T0)[0]
     truth: dict[str, list[tuple[dt.datetime, frozenset[str]]]] = {i: [] for i in ids}
     error = RetriableApiError(path="/connections/x", status=500, kind="server")
     for tick in range(max(len(h) for h in histories)):
@@ -239,7 +240,7 @@ def _assert_intervals_match_changes(engine: Engine, cid: str) -> None:
 
 
 def test_fetch_errors_rows_belong_to_the_run(engine: Engine, cid: str) -> None:
-    run_id = start_run(engine, trigger="sync", planned=1, now=lambda: T0)
+    run_id = Store(engine).start_run(trigger="sync", planned=1, at=T0)[0]
     error = RetriableApiError(path=f"/connections/{cid}", status=502, kind="server")
     with engine.begin() as conn:
         store_batch(conn=conn, run_id=run_id, outcomes=[Failed(cid, at(1), error)])

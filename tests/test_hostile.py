@@ -27,7 +27,9 @@ from etl.api.client import ReadLimits, SmartcarClient, classify, make_http_clien
 from etl.api.documents import OutOfRange, canonical_id, decode_json, parse_connection
 from etl.api.retry import RetryPolicy, parse_retry_after
 from etl.config import ApiConfig, Secret
+from etl.context import Seams
 from etl.db.models import connections, fetch_errors, permission_grants, sync_runs, vehicles
+from etl.db.store import Store
 from etl.errors import ApiError, AuthenticationError, MalformedDocumentError, RetriableApiError
 from etl.fakeapi import FakeApi
 from etl.sync import sync
@@ -56,7 +58,8 @@ def _held(engine: Engine, cid: str) -> set[str]:
 def _sync(fake: FakeApi, engine: Engine, clock: Clock, **api: Any) -> Any:
     config = make_config(fake, engine.url.render_as_string(hide_password=False), **api)
     clock.advance(minutes=15)
-    return sync(config, engine, transport=httpx.MockTransport(fake.handle), sleep=lambda s: None, now=clock)
+    return sync(config, Store(engine),
+                seams=Seams(transport=httpx.MockTransport(fake.handle), sleep=lambda s: None, now=clock))
 
 
 # -- ids -------------------------------------------------------------------
@@ -179,7 +182,7 @@ def _hostile_world(fake: FakeApi, engine: Engine) -> dict[str, Any]:
     failed["surrogate_permission"].raw = surrogate.replace('"permissions": [', '"permissions": ["\\ud83d", ').encode()
     failed["deep"].raw = b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     everything = good + list(nulled.values()) + list(failed.values())
-    track(engine, [c.id for c in everything])
+    track(Store(engine), [c.id for c in everything])
     return {"good": good, "nulled": nulled, "failed": failed}
 
 
@@ -224,7 +227,7 @@ def test_a_row_the_database_refuses_costs_only_its_connection(fake_api: FakeApi,
             conn.execute(text("ALTER TABLE vehicles ADD CONSTRAINT refuse_poison CHECK (make <> 'Poison')"))
     good = [fake_api.add(permissions=["read_vin"]) for _ in range(5)]
     poison = fake_api.add(vehicle={"make": "Poison", "year": 2020})
-    track(engine, [c.id for c in good] + [poison.id])
+    track(Store(engine), [c.id for c in good] + [poison.id])
     result = _sync(fake_api, engine, clock)
     assert (result.status, result.counts.fetched, result.counts.failed) == ("partial", 5, 1)
     assert all(_held(engine, c.id) == {"read_vin"} for c in good)
@@ -242,10 +245,11 @@ def test_a_listing_item_with_a_newline_in_its_id_is_never_tracked(
 ) -> None:
     good = [fake_api.add() for _ in range(3)]
     fake_api.add(connection_id=GOOD + "\n")
-    track(engine, [c.id for c in good])
+    track(Store(engine), [c.id for c in good])
     config = make_config(fake_api, engine.url.render_as_string(hide_password=False))
     config = replace(config, sync=replace(config.sync, strategy="list"))
-    result = sync(config, engine, transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None, now=clock)
+    result = sync(config, Store(engine),
+                  seams=Seams(transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None, now=clock))
     assert result.counts.fetched == 3 and result.status == "partial"  # incomplete listing: nothing confirmed
     with engine.connect() as conn:
         ids = set(conn.scalars(select(connections.c.id)))
@@ -298,11 +302,11 @@ def test_arbitrary_json_never_stops_a_run(fake_api: FakeApi, engine: Engine, clo
             except (KeyError, IndexError, TypeError, ValueError):
                 continue  # the path no longer exists after an earlier change
         hostile.raw = json.dumps(whole if whole is not None else body).encode("utf-8", "surrogatepass")
-        track(engine, [c.id for c in good] + [hostile.id])
+        track(Store(engine), [c.id for c in good] + [hostile.id])
         config = make_config(fake_api, engine.url.render_as_string(hide_password=False))
         clock.advance(minutes=15)
-        result = sync(config, engine, transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None,
-                      now=clock)
+        result = sync(config, Store(engine),
+                      seams=Seams(transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None, now=clock))
         assert result.exit_code in (0, 1)
         assert all(_held(engine, c.id) == {"read_vin"} for c in good)
         assert _record(engine, hostile.id).status in ("pending", "active")
@@ -481,7 +485,7 @@ def test_an_error_body_that_echoes_the_token_or_secret_is_redacted(
     fake_api: FakeApi, engine: Engine, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn = fake_api.add()
-    track(engine, [conn.id])
+    track(Store(engine), [conn.id])
 
     def echo(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/v3/connections/"):
@@ -491,7 +495,8 @@ def test_an_error_body_that_echoes_the_token_or_secret_is_redacted(
         return fake_api.handle(request)
 
     config = make_config(fake_api, engine.url.render_as_string(hide_password=False))
-    result = sync(config, engine, transport=httpx.MockTransport(echo), sleep=lambda s: None, now=clock)
+    result = sync(config, Store(engine),
+                  seams=Seams(transport=httpx.MockTransport(echo), sleep=lambda s: None, now=clock))
     assert result.counts.failed == 1
     row = _record(engine, conn.id)
     assert "[redacted]" in row.last_error

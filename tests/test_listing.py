@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from etl.api.client import ListingPage, Paginator
+from etl.context import Seams
 from etl.db.models import connections, sync_runs
+from etl.db.store import Store
 from etl.errors import MalformedDocumentError
 from etl.fakeapi import FakeApi
 from etl.sync import sync
@@ -49,7 +51,7 @@ def test_listing_variants(run_sync: Runner, engine: Engine, page_key: str, next_
 def test_a_connection_removed_between_two_pages_causes_no_false_deletion(run_sync: Runner, engine: Engine) -> None:
     fake = run_sync.fake
     ids = fake.populate(250, seed=2)
-    track(engine, ids)
+    track(Store(engine), ids)
     on_page_1, first_of_page_2 = ids[10], ids[100]
 
     def remove_after_page_1(request: httpx.Request) -> None:
@@ -86,7 +88,7 @@ def test_a_connection_seen_twice_across_pages_counts_once(run_sync: Runner, engi
 def test_a_listing_that_fails_on_page_3_deletes_nothing(run_sync: Runner, engine: Engine) -> None:
     fake = run_sync.fake
     ids = fake.populate(450, seed=4)
-    track(engine, ids)
+    track(Store(engine), ids)
     run_sync(strategy="list")
     for gone in ids[300:310]:  # really gone, but the listing will not get that far
         fake.remove(gone)
@@ -106,7 +108,7 @@ def test_a_tracked_connection_missing_from_a_complete_listing_is_confirmed_then_
     fake = run_sync.fake
     fake.populate(20, seed=5)
     unknown = "00000000-0000-4000-8000-0000000000ff"
-    track(engine, [unknown])
+    track(Store(engine), [unknown])
     result = run_sync(strategy="list")
     assert fake.count("GET", f"{LISTING}/{unknown}") == 1 and gets(fake) == 1
     assert statuses(engine)[unknown] == "deleted" and result.counts.deleted == 1 and result.planned == 21
@@ -115,10 +117,10 @@ def test_a_tracked_connection_missing_from_a_complete_listing_is_confirmed_then_
 def test_untracked_and_unwanted_connections_are_left_alone(run_sync: Runner, engine: Engine, clock: Clock) -> None:
     fake = run_sync.fake
     ids = fake.populate(5, seed=6)
-    track(engine, ids[:2])
+    track(Store(engine), ids[:2])
     from etl.tracking import untrack
 
-    untrack(engine, [ids[1]])
+    untrack(Store(engine), [ids[1]])
     run_sync.config = replace(run_sync.config, sync=replace(run_sync.config.sync, track_listed=False))
     result = run_sync(strategy="list")
     assert result.counts.fetched == 1
@@ -184,7 +186,7 @@ def test_list_strategy_on_1000_connections_makes_at_most_10_listing_requests(
 ) -> None:
     fake = run_sync.fake
     ids = fake.populate(1000, seed=8)
-    track(engine, ids + ["00000000-0000-4000-8000-0000000000aa"])  # one the API does not know
+    track(Store(engine), ids + ["00000000-0000-4000-8000-0000000000aa"])  # one the API does not know
     result = run_sync(strategy="list")
     assert listing_requests(fake) <= 10 and gets(fake) == 1  # one GET per confirmation
     assert (result.counts.fetched, result.counts.deleted, result.requests) == (1000, 1, 11)
@@ -196,11 +198,11 @@ def test_auto_picks_the_listing_for_1000_and_per_id_for_5_of_1000(
     ids = fake_api.populate(1000, seed=9)
     runner = Runner(fake_api, engine, clock)
     runner.config = replace(runner.config, sync=replace(runner.config.sync, strategy="auto"))
-    track(engine, ids[:5])
+    track(Store(engine), ids[:5])
     result = runner()
     assert gets(fake_api) == 5 and listing_requests(fake_api) == 1  # one probe for totalCount
     assert result.counts.fetched == 5
-    track(engine, ids[5:])
+    track(Store(engine), ids[5:])
     result = runner(ignore_due=True)
     assert result.counts.fetched == 1000
     assert gets(fake_api) == 5 and listing_requests(fake_api) == 1 + 10  # the probe was page 1
@@ -208,10 +210,10 @@ def test_auto_picks_the_listing_for_1000_and_per_id_for_5_of_1000(
 
 def test_auto_with_few_known_connections_does_not_probe(fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
     ids = fake_api.populate(3, seed=10)
-    track(engine, ids[:1])
+    track(Store(engine), ids[:1])
     base = Runner(fake_api, engine, clock).config
     config = replace(base, sync=replace(base.sync, strategy="auto"))
-    sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=clock)
+    sync(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=clock))
     assert listing_requests(fake_api) == 0 and gets(fake_api) == 1
 
 

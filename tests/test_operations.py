@@ -25,9 +25,11 @@ from sqlalchemy import Engine, insert, select
 
 from etl.cli import cli
 from etl.config import Config, ScheduleConfig
+from etl.context import Seams
 from etl.db.models import connections, sync_runs
+from etl.db.store import Store
+from etl.errors import LockHeld
 from etl.fakeapi import FakeApi
-from etl.lock import LockHeld, run_lock
 from etl.metrics import Metrics
 from etl.scheduler import JOB_ID, Daemon, build_scheduler
 from etl.status import status_report
@@ -91,7 +93,7 @@ def procs(engine: Engine, api_server: dict[str, str], fake_api: FakeApi, tmp_pat
 
 def tracked_world(fake: FakeApi, engine: Engine, count: int) -> list[str]:
     ids = fake.populate(count, seed=11)
-    track(engine, ids)
+    track(Store(engine), ids)
     return ids
 
 
@@ -194,7 +196,7 @@ def test_a_holder_killed_with_sigkill_does_not_block_the_next_run(
 
 def test_lock_is_exclusive_in_process_and_names_the_holder(run_sync: Runner, engine: Engine) -> None:
     tracked_world(run_sync.fake, engine, 2)
-    with run_lock(engine):
+    with Store(engine).lock():
         with engine.begin() as conn:
             conn.execute(insert(sync_runs).values(trigger="daemon", started_at=T0, status="running",
                                                   pid=4242, host="etl-1"))
@@ -294,7 +296,7 @@ def test_status_reports_runs_connections_and_failures(run_sync: Runner, engine: 
     run_sync.fake.connections[ids[0]].broken = "wrong_type"
     run_sync.fake.remove(ids[1])
     run_sync()
-    report = status_report(engine)
+    report = status_report(Store(engine))
     [run] = report["runs"]
     assert (run["trigger"], run["status"], run["planned"], run["failed"], run["deleted"]) == (
         "sync", "partial", 4, 1, 1)
@@ -336,7 +338,8 @@ def test_metrics_endpoint_counters_move_after_a_pass(fake_api: FakeApi, engine: 
     metrics = Metrics()
     _, port = metrics.serve("127.0.0.1:0")
     try:
-        daemon = Daemon(config, engine, metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock)
+        daemon = Daemon(config, Store(engine),
+                        seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
         before = scrape(port)
         assert before.get('smartcar_etl_connections_total{result="fetched"}', 0) == 0
         assert daemon.run_pass() is not None
@@ -354,9 +357,9 @@ def test_metrics_endpoint_counters_move_after_a_pass(fake_api: FakeApi, engine: 
 def test_daemon_pass_skips_when_the_lock_is_held(fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
     tracked_world(fake_api, engine, 1)
     metrics = Metrics()
-    daemon = Daemon(make_config(fake_api, "unused"), engine, metrics=metrics,
-                    transport=httpx.MockTransport(fake_api.handle), now=clock)
-    with run_lock(engine):
+    daemon = Daemon(make_config(fake_api, "unused"), Store(engine),
+                    seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
+    with Store(engine).lock():
         assert daemon.run_pass() is None
     assert metrics.lock_skips._value.get() == 1 and fake_api.count("GET", "/v3/") == 0
     assert daemon.run_pass() is not None

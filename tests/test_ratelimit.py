@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from etl.api.ratelimit import TokenBucket, shared_bucket
+from etl.db.store import Store
 
 
 class FakeTime:
@@ -87,7 +88,7 @@ def test_a_run_reports_how_long_it_waited_for_the_rate_limit(run_sync, engine) -
     from etl.tracking import track
 
     ids = run_sync.fake.populate(6, seed=2)
-    track(engine, ids)
+    track(Store(engine), ids)
     t = FakeTime()
     bucket = TokenBucket(capacity=2, per_second=0.5, clock=t.clock, sleep=t.sleep)  # 2 at once, then one per 2 s
     result = run_sync(limiter=bucket)

@@ -19,8 +19,10 @@ from sqlalchemy import Engine, text
 from etl.api.documents import ConnectionRecord, VehicleAttributes
 from etl.check import check_history
 from etl.cli import cli
+from etl.db.batch import store_batch
+from etl.db.store import Store
+from etl.outcomes import Failed, Fetched, Gone, Outcome
 from etl.reports import changes_between, fleet, permissions_at
-from etl.store import Failed, Fetched, Gone, Outcome, store_batch
 from etl.tracking import track
 from tests.conftest import T0, Runner
 
@@ -63,7 +65,7 @@ def history(run_sync: Runner, engine: Engine) -> History:
         ("c5", "u4", "v5", ["read_vin"], vehicle("BMW", "i3", "BEV", "simulated")),
     ]:
         fake.add(connection_id=ids[conn], user_id=ids[user], vehicle_id=ids[veh], permissions=perms, vehicle=attrs)
-    track(engine, [ids[f"c{i}"] for i in range(1, 6)], now=lambda: when(-1))
+    track(Store(engine), [ids[f"c{i}"] for i in range(1, 6)], now=lambda: when(-1))
 
     def sync_at(at: dt.datetime) -> None:
         run_sync.clock.now = at
@@ -219,7 +221,7 @@ step = st.one_of(
        probes=st.lists(st.integers(min_value=0, max_value=9_000), min_size=1, max_size=6))
 def test_point_in_time_agrees_with_a_replay(engine: Engine, histories: list[Any], probes: list[int]) -> None:
     ids = [str(uuid.uuid4()) for _ in histories]
-    track(engine, ids, now=lambda: T0)
+    track(Store(engine), ids, now=lambda: T0)
     observed: dict[str, list[tuple[dt.datetime, frozenset[str]]]] = {i: [] for i in ids}
     from etl.errors import RetriableApiError
 

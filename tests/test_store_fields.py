@@ -17,9 +17,11 @@ from sqlalchemy import Engine, select
 from etl.api.client import classify
 from etl.api.documents import ConnectionRecord, VehicleAttributes
 from etl.cadence import Cadence
+from etl.db.batch import MAX_ERROR_TEXT, error_text, store_batch
 from etl.db.models import connections, users, vehicles
+from etl.db.store import Store
 from etl.errors import ApiError, FatalApiError, MalformedDocumentError, RetriableApiError
-from etl.store import MAX_ERROR_TEXT, Failed, Fetched, Gone, error_text, store_batch
+from etl.outcomes import Failed, Fetched, Gone
 from etl.tracking import track
 from tests.conftest import T0
 
@@ -78,7 +80,7 @@ def test_200_and_404_are_answers(status: int) -> None:
 
 def test_connection_source_and_seen_fields_are_written(engine: Engine) -> None:
     cid = new_id()
-    track(engine, [cid], now=lambda: T0)
+    track(Store(engine), [cid], now=lambda: T0)
     created, updated = at(-86400), at(-3600)
     store(engine, Fetched(cid, at(1), record(cid, created=created, updated=updated, model="Model 3")), started=at(0))
     first = row(engine, cid)
@@ -99,7 +101,7 @@ def test_connection_source_and_seen_fields_are_written(engine: Engine) -> None:
 
 def test_a_404_after_failures_clears_the_error_and_the_failure_count(engine: Engine) -> None:
     cid = new_id()
-    track(engine, [cid], now=lambda: T0)
+    track(Store(engine), [cid], now=lambda: T0)
     store(engine, Fetched(cid, at(1), record(cid)))
     error = RetriableApiError(path="/p", status=503, kind="server")
     store(engine, Failed(cid, at(2), error))
@@ -115,7 +117,7 @@ def test_a_404_after_failures_clears_the_error_and_the_failure_count(engine: Eng
 
 def test_long_error_texts_are_clipped_when_stored(engine: Engine) -> None:
     cid = new_id()
-    track(engine, [cid], now=lambda: T0)
+    track(Store(engine), [cid], now=lambda: T0)
     error = MalformedDocumentError(path="/p", status=200, detail="x" * 2000)
     assert len(error_text(error)) == MAX_ERROR_TEXT and error_text(error).endswith("…")
     short = MalformedDocumentError(path="/p", status=200, detail="short")
@@ -126,7 +128,7 @@ def test_long_error_texts_are_clipped_when_stored(engine: Engine) -> None:
 
 def test_an_observation_at_exactly_the_previous_success_is_moved_after_it(engine: Engine) -> None:
     cid = new_id()
-    track(engine, [cid], now=lambda: T0)
+    track(Store(engine), [cid], now=lambda: T0)
     store(engine, Fetched(cid, at(5), record(cid)))
     vehicle_id = row(engine, cid).vehicle_id
     store(engine, Fetched(cid, at(5), record(cid, vehicle_id=vehicle_id)))  # the same instant: the clock stood still
@@ -146,7 +148,7 @@ def test_a_malformed_listing_item_first_seen_is_pending_with_its_failure_counted
 
 def test_one_user_two_vehicles_in_one_batch_each_vehicle_has_its_own_first_seen(engine: Engine) -> None:
     first_id, second_id = new_id(), new_id()
-    track(engine, [first_id, second_id], now=lambda: T0)
+    track(Store(engine), [first_id, second_id], now=lambda: T0)
     v1, v2 = new_id(), new_id()
     store(engine, Fetched(first_id, at(1), record(first_id, vehicle_id=v1)),
           Fetched(second_id, at(2), record(second_id, vehicle_id=v2)))

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from etl.context import Seams
 from etl.db.models import Base, connections, fetch_errors, permission_changes, sync_runs
+from etl.db.store import Store
 from etl.errors import ConfigError, NotMigratedError, SyncAborted
 from etl.fakeapi import FakeApi
 from etl.sync import sync
@@ -27,7 +29,7 @@ def snapshot(engine: Engine, *, skip: tuple[str, ...] = ("sync_runs",)) -> dict[
 
 def world(fake: FakeApi, engine: Engine, count: int = 6) -> list[str]:
     ids = fake.populate(count, seed=3)
-    track(engine, ids)
+    track(Store(engine), ids)
     return ids
 
 
@@ -80,7 +82,7 @@ def test_all_rechecks_deleted_connections_and_notices_a_return(run_sync: Runner,
 
 def test_404_is_fetched_once(run_sync: Runner, engine: Engine) -> None:
     missing = "00000000-0000-4000-8000-00000000000a"
-    track(engine, [missing])
+    track(Store(engine), [missing])
     result = run_sync()
     assert (result.exit_code, result.counts.deleted) == (0, 1)
     assert run_sync.fake.count("GET", f"/v3/connections/{missing}") == 1 and run_sync.sleeps == []
@@ -155,7 +157,8 @@ def test_abort_mid_run_keeps_earlier_batches_and_stops(fake_api: FakeApi, engine
     import httpx
 
     with pytest.raises(SyncAborted):
-        sync(config, engine, transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None, now=clock)
+        sync(config, Store(engine),
+             seams=Seams(transport=httpx.MockTransport(fake_api.handle), sleep=lambda s: None, now=clock))
     with engine.connect() as conn:
         active = conn.scalar(select(func.count()).where(connections.c.status == "active"))
         run = conn.execute(select(sync_runs)).one()
@@ -166,14 +169,14 @@ def test_abort_mid_run_keeps_earlier_batches_and_stops(fake_api: FakeApi, engine
 def test_sync_refuses_an_unmigrated_database(fake_api: FakeApi, empty_engine: Engine) -> None:
     config = make_config(fake_api, empty_engine.url.render_as_string(hide_password=False))
     with pytest.raises(NotMigratedError, match="db upgrade") as caught:
-        sync(config, empty_engine)
+        sync(config, Store(empty_engine))
     assert caught.value.exit_code == 2
 
 
 def test_sync_without_credentials_is_a_config_error(fake_api: FakeApi, engine: Engine) -> None:
     config = make_config(fake_api, "sqlite://", client_id=None, client_secret=None)
     with pytest.raises(ConfigError, match="SMARTCAR_CLIENT_ID"):
-        sync(config, engine)
+        sync(config, Store(engine))
 
 
 def test_many_connections_in_several_batches(fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
@@ -182,7 +185,7 @@ def test_many_connections_in_several_batches(fake_api: FakeApi, engine: Engine, 
     ids = world(fake_api, engine, count=250)
     config = make_config(fake_api, "unused")
     config = replace(config, sync=replace(config.sync, batch_size=64))
-    result = sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=clock)
+    result = sync(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=clock))
     assert result.counts.fetched == 250
     with engine.connect() as conn:
         held = conn.execute(text(
@@ -207,7 +210,7 @@ def test_an_unexpected_error_closes_the_run_as_aborted_and_propagates(
 
     config = make_config(fake_api, "unused")
     with pytest.raises(RuntimeError, match="boom"):
-        sync(config, engine, transport=httpx.MockTransport(fake_api.handle), now=failing_clock)
+        sync(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=failing_clock))
     with engine.connect() as conn:
         run = conn.execute(select(sync_runs)).one()
     assert (run.status, run.error) == ("aborted", "RuntimeError: boom")

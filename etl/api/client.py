@@ -32,6 +32,7 @@ from etl.api.documents import (
 )
 from etl.api.ratelimit import TokenBucket
 from etl.api.retry import RetryPolicy, parse_retry_after
+from etl.clock import utcnow
 from etl.errors import (
     ApiError,
     AuthenticationError,
@@ -63,11 +64,6 @@ class TokenSource(Protocol):
     def secrets(self) -> list[str]:
         """Every secret value this source knows (to redact from error texts)."""
         ...
-
-
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware UTC."""
-    return dt.datetime.now(dt.UTC)
 
 
 def _clip(text: str) -> str:

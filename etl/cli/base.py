@@ -13,10 +13,12 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from etl.db.store import Store
 
 from etl import __version__
 from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
@@ -67,7 +69,7 @@ class State:
     log_level: str | None
     log_format: str | None
     _config: Config | None = None
-    _engines: list[Engine] = field(default_factory=list)
+    _stores: list[Store] = field(default_factory=list)
 
     @property
     def config(self) -> Config:
@@ -81,17 +83,18 @@ class State:
             setup_logging(self._config.logging.level, self._config.logging.format)
         return self._config
 
-    def engine(self, *, create: bool = False) -> Engine:
-        """An engine on the configured database; only ``create`` makes a missing SQLite file."""
+    def store(self, *, create: bool = False) -> Store:
+        """The configured database; only ``create`` makes a missing SQLite file."""
         from etl.db.engine import make_engine
+        from etl.db.store import Store
 
-        engine = make_engine(self.config.database_url, create=create)
-        self._engines.append(engine)
-        return engine
+        store = Store(make_engine(self.config.database_url, create=create))
+        self._stores.append(store)
+        return store
 
     def close(self) -> None:
-        for engine in self._engines:
-            engine.dispose()
+        for store in self._stores:
+            store.engine.dispose()
 
 
 pass_state = click.make_pass_decorator(State)

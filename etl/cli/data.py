@@ -29,9 +29,9 @@ def db_upgrade(state: State) -> None:
     Example:
         SMARTCAR_ETL_DATABASE_URL=postgresql+psycopg://etl@db/etl smartcar-etl db upgrade
     """
-    from etl.db.engine import safe_url, upgrade
+    from etl.db.engine import safe_url
 
-    before, after = upgrade(state.engine(create=True))
+    before, after = state.store(create=True).upgrade()
     where = safe_url(state.config.database_url)
     if before == after:
         click.echo(f"{where}: already at revision {after}")
@@ -48,9 +48,9 @@ def db_current(state: State) -> None:
     Example:
         smartcar-etl db current
     """
-    from etl.db.engine import current_revision, head_revision
+    from etl.db.engine import head_revision
 
-    current, head = current_revision(state.engine()), head_revision()
+    current, head = state.store().current_revision(), head_revision()
     if current is None:
         click.echo(f"none (empty database; latest is {head})")
     else:
@@ -83,7 +83,7 @@ def connections_add(state: State, ids: tuple[str, ...]) -> None:
     """
     from etl.tracking import ids_from_arguments, track
 
-    _report_tracked(track(state.engine(), ids_from_arguments(ids)))
+    _report_tracked(track(state.store(), ids_from_arguments(ids)))
 
 
 @connections.command("import")
@@ -102,7 +102,7 @@ def connections_import(state: State, file: str) -> None:
     """
     from etl.tracking import ids_from_file, track
 
-    _report_tracked(track(state.engine(), ids_from_file(file)))
+    _report_tracked(track(state.store(), ids_from_file(file)))
 
 
 @connections.command("list")
@@ -118,7 +118,7 @@ def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
     """
     from etl.tracking import LIST_COLUMNS, list_connections
 
-    rows = list_connections(state.engine(), include_untracked=include_untracked)
+    rows = list_connections(state.store(), include_untracked=include_untracked)
     click.echo(render(rows, LIST_COLUMNS, fmt))
 
 
@@ -134,7 +134,7 @@ def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
     """
     from etl.tracking import ids_from_arguments, untrack
 
-    changed, unknown = untrack(state.engine(), ids_from_arguments(ids))
+    changed, unknown = untrack(state.store(), ids_from_arguments(ids))
     for connection_id in unknown:
         click.echo(f"Warning: {connection_id} is not a known connection", err=True)
     click.echo(f"{changed} untracked")

@@ -34,7 +34,7 @@ def report_permissions(state: State, as_of: dt.datetime, permission: str | None,
     """
     from etl.reports import PERMISSIONS_COLUMNS, permissions_at
 
-    click.echo(render(permissions_at(state.engine(), as_of, permission=permission), PERMISSIONS_COLUMNS, fmt))
+    click.echo(render(permissions_at(state.store().engine, as_of, permission=permission), PERMISSIONS_COLUMNS, fmt))
 
 
 @report.command("changes")
@@ -56,7 +56,7 @@ def report_changes(state: State, since: dt.datetime, until: dt.datetime | None, 
     if until is not None and until <= since:
         msg = "--until must be later than --since"
         raise click.BadParameter(msg, param_hint="--until")
-    click.echo(render(changes_between(state.engine(), since, until, permission=permission), CHANGES_COLUMNS, fmt))
+    click.echo(render(changes_between(state.store().engine, since, until, permission=permission), CHANGES_COLUMNS, fmt))
 
 
 @report.command("fleet")
@@ -71,7 +71,7 @@ def report_fleet(state: State, fmt: str) -> None:
     """
     from etl.reports import FLEET_COLUMNS, fleet
 
-    click.echo(render(fleet(state.engine()), FLEET_COLUMNS, fmt))
+    click.echo(render(fleet(state.store().engine), FLEET_COLUMNS, fmt))
 
 
 @cli.command("check")
@@ -86,7 +86,7 @@ def check_command(ctx: click.Context) -> None:
     from etl.check import check_history
 
     state: State = ctx.obj
-    result = check_history(state.engine())
+    result = check_history(state.store().engine)
     for violation in result.violations:
         click.echo(violation)
     if result.ok:

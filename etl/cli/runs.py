@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import click
-from sqlalchemy import Engine
 
 from etl.cli.base import State, cli, log, pass_state
 from etl.output import render
@@ -39,31 +38,32 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, met
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
         smartcar-etl sync --strategy list   # every connection of the application
     """
-    from etl.lock import LockHeld
+    from etl.context import Seams
+    from etl.errors import LockHeld
     from etl.metrics import Metrics
     from etl.sync import sync
 
     state: State = ctx.obj
     textfile = metrics_file or state.config.metrics.textfile
     metrics = Metrics() if textfile else None
-    engine = state.engine()
+    store = state.store()
     try:
-        result = sync(state.config, engine, ignore_due=ignore_due, strategy=strategy, metrics=metrics)
+        result = sync(state.config, store, seams=Seams(metrics=metrics), ignore_due=ignore_due, strategy=strategy)
     except LockHeld:
         if metrics is not None:
             metrics.lock_skips.inc()
         raise
     finally:
         if metrics is not None and textfile:
-            _write_metrics(metrics, engine, textfile)
+            _write_metrics(metrics, store, textfile)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
 
 
-def _write_metrics(metrics: Any, engine: Engine, path: str) -> None:
+def _write_metrics(metrics: Any, store: Any, path: str) -> None:
     """Write the metrics file even after a failed run: that is when it matters most."""
     try:
-        metrics.load_last_success(engine)
+        metrics.load_last_success(store)
         metrics.write_textfile(path)
     except Exception as error:  # never let metrics hide the run's own outcome
         log.warning("could not write metrics to %s: %s", path, error)
@@ -127,12 +127,12 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         source = Source(name="stdin" if ids_file == "-" else ids_file, ids=ids_from_file(ids_file))
     else:
         source = Source(name="the full listing")
-    engine = state.engine()
+    store = state.store()
     if dry_run:
-        click.echo(describe(state.config, engine, source, resume=resume).describe())
+        click.echo(describe(state.config, store, source, resume=resume).describe())
         return
     progress = _Bar() if sys.stderr.isatty() else None
-    result = backfill(state.config, engine, source, resume=resume, progress=progress)
+    result = backfill(state.config, store, source, resume=resume, progress=progress)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
 
@@ -177,7 +177,7 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
             msg = f"{cron!r} is not a crontab expression: {error}"
             raise click.BadParameter(msg, param_hint="--cron") from None
         config = replace(config, schedule=replace(config.schedule, cron=cron))
-    ctx.exit(Daemon(config, state.engine()).serve())
+    ctx.exit(Daemon(config, state.store()).serve())
 
 
 @cli.command("status")
@@ -195,7 +195,7 @@ def status_command(state: State, as_json: bool, runs: int) -> None:
 
     from etl.status import FAILING_COLUMNS, RUN_COLUMNS, status_report
 
-    report = status_report(state.engine(), runs=runs)
+    report = status_report(state.store(), runs=runs)
     if as_json:
         click.echo(json.dumps(report, default=lambda v: v.isoformat(), indent=2))
         return

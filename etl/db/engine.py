@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
+import importlib.resources
 import logging
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from etl.db.dialects import is_unreachable
+from etl.db import dialects
 from etl.errors import DatabaseError, NoDatabaseError, NotMigratedError, one_line
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+def migrations_path() -> str:
+    """Where the migrations are: the package ``etl.migrations`` (the top-level ``migrations/`` of a checkout)."""
+    return str(importlib.resources.files("etl.migrations"))
 
 
 def safe_url(url: str) -> str:
@@ -32,39 +33,21 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout on every connection.
+    """Create an engine set up for its database (``etl.db.dialects.configure``).
 
     Without ``create``, a SQLite file that does not exist is an error (exit 2,
     naming ``db upgrade``) instead of being created empty.
     """
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser().resolve()
-            if not path.parent.is_dir():
-                raise DatabaseError(url=safe_url(url), reason=f"folder {path.parent} does not exist")
-            if not create and not path.exists():
-                raise NoDatabaseError(url=safe_url(url))
-        kwargs.setdefault("connect_args", {"timeout": 30})
-        engine = create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute("PRAGMA foreign_keys = ON")
-                if database not in ("", ":memory:"):
-                    # WAL stays set in the file once set; a read-only file keeps the mode it has.
-                    with contextlib.suppress(sqlite3.OperationalError):
-                        cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
-            finally:
-                cursor.close()
-
-        return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    path = dialects.sqlite_file(parsed)
+    if path is not None:
+        if not path.parent.is_dir():
+            raise DatabaseError(url=safe_url(url), reason=f"folder {path.parent} does not exist")
+        if not create and not path.exists():
+            raise NoDatabaseError(url=safe_url(url))
+    engine = create_engine(url, **{**dialects.engine_options(parsed), **kwargs})
+    dialects.configure(engine)
+    return engine
 
 
 @contextmanager
@@ -73,7 +56,7 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     try:
         yield
     except exc.DBAPIError as error:
-        if not is_unreachable(error):
+        if not dialects.is_unreachable(error):
             raise  # one statement's data was refused: the caller decides what that costs
         reason = one_line(error).split(": ", 1)[-1] or type(error).__name__
         raise DatabaseError(url=safe_url(engine.url.render_as_string()), reason=reason) from error
@@ -82,7 +65,7 @@ def translate_errors(engine: Engine) -> Iterator[None]:
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     """An Alembic config pointing at the bundled migrations, optionally bound to a connection."""
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", migrations_path())
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg

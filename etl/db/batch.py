@@ -1,4 +1,4 @@
-"""Store one batch of fetch outcomes in one transaction, with set-based statements.
+"""Store one batch of fetch outcomes, with set-based statements (the caller owns the transaction).
 
 For a batch: two SELECTs (prior connection state, open grants), one upsert per
 table (users, vehicles, connections), one executemany each for deletions,
@@ -9,77 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from etl.api.documents import ConnectionRecord
 from etl.cadence import Cadence
-from etl.db.engine import translate_errors
+from etl.db.dialects import upsert
 from etl.db.models import (
     connections,
     fetch_errors,
     permission_changes,
     permission_grants,
-    sync_runs,
     users,
     vehicles,
 )
-from etl.db.upsert import upsert
-from etl.errors import ApiError, EtlError, RowRejected, one_line
+from etl.errors import ApiError
 from etl.history import Observation, diff
+from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Outcome
 
 MAX_ERROR_TEXT = 500
 DEFAULT_CADENCE = Cadence()
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """The API returned the connection."""
-
-    connection_id: str
-    observed_at: dt.datetime
-    record: ConnectionRecord
-
-
-@dataclass(frozen=True)
-class Gone:
-    """The API answered 404: the connection no longer exists."""
-
-    connection_id: str
-    observed_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The fetch failed (retries exhausted, malformed document, other 4xx)."""
-
-    connection_id: str
-    observed_at: dt.datetime
-    error: ApiError
-
-
-Outcome = Fetched | Gone | Failed
-
-
-@dataclass
-class BatchCounts:
-    """What a batch (or a run) stored."""
-
-    fetched: int = 0
-    changed: int = 0
-    deleted: int = 0
-    failed: int = 0
-    granted: int = 0
-    revoked: int = 0
-    nulled: int = 0  # descriptive fields stored as NULL (a value no column can hold)
-
-    def add(self, other: BatchCounts) -> None:
-        """Add another batch's counts to these."""
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def error_text(error: ApiError) -> str:
@@ -88,7 +39,7 @@ def error_text(error: ApiError) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 1] + "…"
 
 
-def _latest(outcomes: Iterable[Outcome]) -> list[Outcome]:
+def one_per_connection(outcomes: Iterable[Outcome]) -> list[Outcome]:
     """One outcome per connection (the last), so that no statement touches a row twice."""
     return list({o.connection_id: o for o in outcomes}.values())
 
@@ -119,7 +70,7 @@ def store_batch(
     ``cadence`` and ``pass_started_at`` set when each connection is due again.
     A connection not seen before (from a listing) is stored as tracked.
     """
-    outcomes = _latest(outcomes)
+    outcomes = one_per_connection(outcomes)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
 
     previous: dict[str, dt.datetime | None] = {}
@@ -257,69 +208,3 @@ def _upsert_entities(
                 "consecutive_failures", "next_due_at"],
         keep_existing=["first_seen_at"],
     )
-
-
-def _count_into_run(counts: BatchCounts) -> dict[str, object]:
-    c = sync_runs.c
-    return {
-        "connections_fetched": c.connections_fetched + counts.fetched,
-        "connections_changed": c.connections_changed + counts.changed,
-        "connections_deleted": c.connections_deleted + counts.deleted,
-        "connections_failed": c.connections_failed + counts.failed,
-        "permissions_granted": c.permissions_granted + counts.granted,
-        "permissions_revoked": c.permissions_revoked + counts.revoked,
-        "fields_nulled": c.fields_nulled + counts.nulled,
-    }
-
-
-@dataclass(frozen=True)
-class BatchWriter:
-    """Writes a run's batches: each in one transaction, with the run's counters and an optional checkpoint.
-
-    ``on_batch`` runs inside the transaction that completes a batch (a checkpoint, say).
-    """
-
-    engine: Engine
-    run_id: int
-    cadence: Cadence = DEFAULT_CADENCE
-    pass_started_at: dt.datetime | None = None
-    on_batch: Callable[[Connection, BatchCounts], None] | None = None
-
-    def write(self, outcomes: Sequence[Outcome]) -> BatchCounts:
-        """Store the batch. If the database refuses it, store its connections one by one instead,
-        so that only a connection whose rows are refused becomes a failed fetch (kind ``rejected``).
-        A database that is unreachable raises DatabaseError: nothing more is written.
-        """
-        try:
-            return self._transaction(outcomes, last=True)
-        except EtlError:
-            raise
-        except Exception as error:  # a refused row (driver error, out-of-range value, bad text)
-            log.warning("run %s: the database refused a batch of %d (%s); storing them one by one",
-                        self.run_id, len(outcomes), one_line(error))
-        counts = BatchCounts()
-        for outcome in _latest(outcomes):
-            try:
-                counts.add(self._transaction([outcome], last=False))
-            except EtlError:
-                raise
-            except Exception as error:
-                rejected = RowRejected(path=f"/connections/{outcome.connection_id}",
-                                       detail=f"the database refused it: {one_line(error)}")
-                log.warning("connection %s: %s", outcome.connection_id, rejected,
-                            extra={"run_id": self.run_id, "connection_id": outcome.connection_id})
-                failed = Failed(outcome.connection_id, outcome.observed_at, rejected)
-                counts.add(self._transaction([failed], last=False))
-        if self.on_batch is not None:
-            with translate_errors(self.engine), self.engine.begin() as conn:
-                self.on_batch(conn, counts)
-        return counts
-
-    def _transaction(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
-        with translate_errors(self.engine), self.engine.begin() as conn:
-            counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
-                                 pass_started_at=self.pass_started_at)
-            conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
-            if last and self.on_batch is not None:
-                self.on_batch(conn, counts)
-        return counts

@@ -1,0 +1,99 @@
+"""A run is an object: ``Pass`` holds what one pass needs, built once from the config.
+
+``Seams`` are the external dependencies (transport, sleep, clock, cancellation,
+metrics, rate limiter): production defaults, fakes in tests. A ``Pass`` is
+built from a config, a Store and the seams, and handed down to the sources and
+the run loop instead of a dozen arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from etl.api.auth import token_source
+from etl.api.client import SmartcarClient, make_http_client
+from etl.api.ratelimit import TokenBucket, shared_bucket
+from etl.api.retry import RetryPolicy
+from etl.cadence import Cadence
+from etl.clock import utcnow
+from etl.config import Config
+from etl.db.store import Store
+from etl.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Seams:
+    """Everything external a pass touches; each default is production's, each can be a fake."""
+
+    transport: httpx.BaseTransport | None = None
+    sleep: Callable[[float], object] | None = None  # retry waits; default: a wait that a cancel cuts short
+    now: Callable[[], dt.datetime] = utcnow
+    cancelled: threading.Event | None = None
+    metrics: Metrics | None = None
+    limiter: TokenBucket | None = None  # default: one bucket per rate-limit setting, shared by the process
+
+
+def build_client(config: Config, seams: Seams = Seams()) -> SmartcarClient:  # noqa: B008 - frozen, immutable
+    """A client from the config and the seams."""
+    cancelled = seams.cancelled or threading.Event()
+    r = config.retry
+    retry = RetryPolicy(
+        max_attempts=r.max_attempts, initial_backoff=r.initial_backoff_seconds,
+        max_backoff=r.max_backoff_seconds, max_retry_after=r.max_retry_after_seconds,
+        sleep=seams.sleep or cancelled.wait, deadline=config.api.retry_deadline_seconds,
+    )
+    http = make_http_client(timeout=config.api.timeout_seconds, concurrency=config.api.concurrency,
+                            transport=seams.transport)
+    auth = token_source(config.api, http=http, retry=retry)
+    limiter = seams.limiter or shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
+    return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=seams.now,
+                          cancelled=cancelled, on_request=seams.metrics.request if seams.metrics else None,
+                          limiter=limiter, limits=config.api.read_limits())
+
+
+@dataclass
+class Pass:
+    """One run's context: config, store, client, clock, metrics and the cadence that sets due times."""
+
+    config: Config
+    store: Store
+    client: SmartcarClient
+    now: Callable[[], dt.datetime] = utcnow
+    metrics: Metrics | None = None
+
+    @classmethod
+    def open(cls, config: Config, store: Store, seams: Seams = Seams()) -> Pass:  # noqa: B008 - immutable
+        """Build the pass (its client included); the database must be migrated."""
+        store.require_migrated()
+        return cls(config, store, build_client(config, seams), seams.now, seams.metrics)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set from outside (a daemon stopping) to stop sending requests."""
+        return self.client.cancelled
+
+    @property
+    def cadence(self) -> Cadence:
+        """When fetched, failed and deleted connections are due again."""
+        return Cadence.from_config(self.config.schedule)
+
+    @property
+    def window(self) -> int:
+        """How many fetched results may wait to be stored: a batch, plus what is in flight."""
+        return self.config.sync.batch_size + self.config.api.concurrency
+
+    @contextmanager
+    def locked(self) -> Iterator[Pass]:
+        """Hold the run lock (LockHeld, exit 4, if another run has it), close stale runs; close the client after."""
+        try:
+            with self.store.lock():
+                self.store.close_stale_runs(at=self.now())
+                yield self
+        finally:
+            self.client.http.close()

@@ -1,0 +1,465 @@
+"""The Store: one object that owns the engine and every statement the job runs (reports and ``check`` aside).
+
+Callers ask for what they want by name (``due_ids``, ``start_run``,
+``write_batch``, ``track``...). Each verb is one short transaction through one
+helper that translates the driver's errors: the database unreachable is
+``DatabaseError`` (exit 3); a refused row is left to the verb (``write_batch``
+turns it into a failed fetch of that one connection). What differs between
+databases is in ``etl.db.dialects``. Compare APScheduler 3's
+``SQLAlchemyJobStore``: the engine, the tables and every query in one class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+
+from etl.cadence import Cadence
+from etl.db import dialects
+from etl.db.batch import DEFAULT_CADENCE, one_per_connection, store_batch
+from etl.db.engine import current_revision, require_migrated, safe_url, translate_errors, upgrade
+from etl.db.models import backfills, connections, permission_grants, sync_runs
+from etl.errors import ConfigError, EtlError, RowRejected, one_line
+from etl.outcomes import BatchCounts, Failed, Outcome
+
+log = logging.getLogger(__name__)
+CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
+
+
+class FinishedRun(Protocol):
+    """What ``finish_run`` records of a run."""
+
+    run_id: int
+    status: str
+    planned: int
+    requests: int
+
+
+class BackfillSource(Protocol):
+    """What identifies a backfill: its kind (``ids`` or ``all``), a fingerprint of its ids, a name."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def total(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class OpenBackfill:
+    """The backfill a run works on: new, or the interrupted one it resumes."""
+
+    id: int
+    started_at: dt.datetime
+    next_page: int
+    set_aside: dt.datetime | None = None  # start of an interrupted backfill this new one replaces
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """How many ids were new, tracked again, or already tracked."""
+
+    added: int
+    retracked: int
+    unchanged: int
+
+
+def sqlite_run_triggers(path: Path) -> set[str] | None:
+    """The triggers of the runs recorded in a SQLite file, read-only; None if it is not such a database."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return {t for (t,) in db.execute("SELECT DISTINCT trigger FROM sync_runs")}
+    except sqlite3.Error:
+        return None
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start:start + CHUNK]
+
+
+class Store:
+    """The database of one job: its engine, and a verb for everything the job reads or writes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = safe_url(engine.url.render_as_string())
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reading; driver errors of the database itself become DatabaseError."""
+        with translate_errors(self.engine), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite: the write lock from the start)."""
+        with translate_errors(self.engine), self.engine.connect() as conn:
+            conn.execution_options(**{dialects.IMMEDIATE: True})
+            with conn.begin():
+                yield conn
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Apply every migration; (revision before, revision after)."""
+        return upgrade(self.engine)
+
+    def current_revision(self) -> str | None:
+        """The database's migration revision, or None for an empty database."""
+        return current_revision(self.engine)
+
+    def require_migrated(self) -> None:
+        """NotMigratedError (exit 2) unless the schema is at the newest revision."""
+        require_migrated(self.engine)
+
+    # -- the run lock ------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this database's run lock, or raise LockHeld (exit 4) naming the run that has it."""
+        with translate_errors(self.engine), dialects.run_lock(self.engine, url=self.url, holder=self.lock_holder):
+            yield
+
+    def lock_holder(self) -> str:
+        """The run that holds the lock, as its ``running`` row tells (best effort)."""
+        r = sync_runs.c
+        try:
+            with self.read() as conn:
+                row = conn.execute(select(r.id, r.trigger, r.started_at, r.pid, r.host)
+                                   .where(r.status == "running").order_by(r.id.desc()).limit(1)).first()
+        except EtlError:  # the description must never hide the LockHeld itself
+            row = None
+        if row is None:
+            return "a run that has not recorded itself yet"
+        where = f", pid {row.pid}" + (f" on {row.host}" if row.host else "") if row.pid else ""
+        return f"run {row.id} ({row.trigger}, started {row.started_at:%Y-%m-%d %H:%M:%S} UTC{where})"
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def start_run(self, *, trigger: str, planned: int, at: dt.datetime) -> tuple[int, dt.datetime]:
+        """Insert the ``sync_runs`` row (running, with this process's pid and host); (its id, its start)."""
+        with self._write() as conn:
+            run_id = conn.execute(
+                insert(sync_runs)
+                .values(trigger=trigger, started_at=at, status="running", connections_planned=planned,
+                        pid=os.getpid(), host=socket.gethostname())
+                .returning(sync_runs.c.id)
+            ).scalar_one()
+        return int(run_id), at
+
+    def finish_run(self, run: FinishedRun, *, at: dt.datetime, error: str | None = None) -> None:
+        """Close the run row with its final status, request count and error text."""
+        with self._write() as conn:
+            conn.execute(
+                update(sync_runs).where(sync_runs.c.id == run.run_id, sync_runs.c.status == "running")
+                .values(status=run.status, finished_at=at, requests=run.requests, error=error,
+                        connections_planned=run.planned)
+            )
+
+    def close_stale_runs(self, *, at: dt.datetime) -> int:
+        """Mark ``running`` rows as aborted: called with the lock held, so their processes have ended."""
+        with self._write() as conn:
+            closed = conn.execute(
+                update(sync_runs).where(sync_runs.c.status == "running")
+                .values(status="aborted", finished_at=at,
+                        error="the process running it ended before finishing (found by the next run)")
+            ).rowcount
+        if closed:
+            log.warning("closed %d run(s) left running by a process that ended", closed)
+        return int(closed)
+
+    def abandon_runs_of_this_process(self, *, at: dt.datetime, error: str) -> None:
+        """Record this process's running run as aborted (a daemon leaving without waiting for it)."""
+        with self._write() as conn:
+            conn.execute(update(sync_runs).where(sync_runs.c.status == "running", sync_runs.c.pid == os.getpid())
+                         .values(status="aborted", finished_at=at, error=error))
+
+    def last_success_at(self) -> dt.datetime | None:
+        """When the last run that succeeded finished."""
+        with self.read() as conn:
+            last: dt.datetime | None = conn.scalar(
+                select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded"))
+        return last
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def batch_writer(
+        self,
+        run_id: int,
+        *,
+        cadence: Cadence = DEFAULT_CADENCE,
+        pass_started_at: dt.datetime | None = None,
+        checkpoint: Callable[[], tuple[int, int | None]] | None = None,
+    ) -> BatchWriter:
+        """A writer of the run's batches; ``checkpoint`` gives (backfill id, next page) to record with each."""
+        return BatchWriter(self, run_id, cadence, pass_started_at, checkpoint)
+
+    # -- which connections ------------------------------------------------------------------------
+
+    def due_ids(self, *, at: dt.datetime, ignore_due: bool = False) -> list[str]:
+        """Tracked connection ids that are due at ``at`` (every tracked one with ``ignore_due``)."""
+        c = connections.c
+        query = select(c.id).where(c.tracked.is_(True)).order_by(c.id)
+        if not ignore_due:
+            query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= at))
+        with self.read() as conn:
+            return list(conn.scalars(query))
+
+    def known_connections(self) -> int:
+        """How many connections the database knows that are not deleted: a lower bound of the application's size."""
+        with self.read() as conn:
+            return conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+
+    def tracked_flags(self) -> dict[str, bool]:
+        """Every known connection id and whether it is tracked."""
+        with self.read() as conn:
+            return {row.id: bool(row.tracked) for row in conn.execute(select(connections.c.id, connections.c.tracked))}
+
+    def missing_from(self, seen: set[str], *, since: dt.datetime | None = None) -> list[str]:
+        """Tracked pending or active connections not in ``seen`` (and, with ``since``, not attempted since then)."""
+        c = connections.c
+        query = select(c.id).where(c.tracked.is_(True), c.status.in_(["pending", "active"]))
+        if since is not None:
+            query = query.where(or_(c.last_attempt_at.is_(None), c.last_attempt_at < since))
+        with self.read() as conn:
+            return sorted(set(conn.scalars(query)) - seen)
+
+    def not_attempted_since(self, ids: Sequence[str], since: dt.datetime | None) -> list[str]:
+        """The ids not attempted since ``since`` (all of them when ``since`` is None), in their order."""
+        if since is None:
+            return list(ids)
+        done: set[str] = set()
+        with self.read() as conn:
+            for chunk in _chunks(ids):
+                done.update(conn.scalars(select(connections.c.id).where(
+                    connections.c.id.in_(chunk), connections.c.last_attempt_at >= since)))
+        return [i for i in ids if i not in done]
+
+    # -- tracking -------------------------------------------------------------------------------
+
+    def track(self, ids: Sequence[str], *, at: dt.datetime) -> TrackResult:
+        """Start tracking ``ids`` (already canonical); untracked ones are tracked again. One transaction."""
+        added = retracked = 0
+        with self._write() as conn:
+            for chunk in _chunks(ids):
+                known = dict(conn.execute(
+                    select(connections.c.id, connections.c.tracked).where(connections.c.id.in_(chunk))).all())
+                new = [{"id": i, "status": "pending", "tracked": True, "tracked_at": at}
+                       for i in chunk if i not in known]
+                dialects.upsert(conn=conn, table=connections, key=["id"], update=[], rows=new)
+                again = [i for i, tracked in known.items() if not tracked]
+                if again:
+                    conn.execute(update(connections).where(connections.c.id.in_(again))
+                                 .values(tracked=True, tracked_at=at))
+                added += len(new)
+                retracked += len(again)
+        return TrackResult(added=added, retracked=retracked, unchanged=len(ids) - added - retracked)
+
+    def untrack(self, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Stop polling ``ids``; rows and history stay. (How many were untracked, the ids that were unknown.)"""
+        changed = 0
+        unknown: list[str] = []
+        with self._write() as conn:
+            for chunk in _chunks(ids):
+                known = set(conn.scalars(select(connections.c.id).where(connections.c.id.in_(chunk))))
+                unknown += [i for i in chunk if i not in known]
+                changed += conn.execute(
+                    update(connections).where(connections.c.id.in_(known), connections.c.tracked.is_(True))
+                    .values(tracked=False)
+                ).rowcount
+        return changed, unknown
+
+    def connection_rows(self, *, include_untracked: bool = False) -> list[dict[str, Any]]:
+        """Connections with status, open permission count, last success and last error."""
+        c = connections.c
+        held = (
+            select(permission_grants.c.connection_id, func.count().label("n"))
+            .where(permission_grants.c.valid_to.is_(None))
+            .group_by(permission_grants.c.connection_id)
+            .subquery()
+        )
+        query = (
+            select(c.id, c.status, c.tracked, c.user_id, c.vehicle_id, func.coalesce(held.c.n, 0).label("n"),
+                   c.last_success_at, c.last_attempt_at, c.last_error)
+            .outerjoin_from(connections, held, held.c.connection_id == c.id)
+            .order_by(c.id)
+        )
+        if not include_untracked:
+            query = query.where(c.tracked.is_(True))
+        with self.read() as conn:
+            return [
+                {"connection_id": row.id, "status": row.status, "tracked": bool(row.tracked),
+                 "user_id": row.user_id, "vehicle_id": row.vehicle_id, "permissions": row.n,
+                 "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
+                 "last_error": row.last_error}
+                for row in conn.execute(query)
+            ]
+
+    # -- backfills --------------------------------------------------------------------------------
+
+    def _interrupted(self, conn: Connection, source: BackfillSource, *, required: bool) -> Any:
+        b = backfills.c
+        row = conn.execute(
+            select(backfills).where(b.kind == source.kind, b.fingerprint == source.fingerprint, b.status == "running")
+            .order_by(b.id.desc()).limit(1)
+        ).first()
+        if required and row is None:
+            msg = f"--resume: no interrupted backfill of {source.name} to resume"
+            raise ConfigError(msg)
+        return row
+
+    def interrupted_backfill(self, source: BackfillSource) -> OpenBackfill:
+        """The newest unfinished backfill of ``source``; ConfigError (exit 2) if there is none."""
+        with self.read() as conn:
+            row = self._interrupted(conn, source, required=True)
+        return OpenBackfill(int(row.id), row.started_at, row.next_page or 1)
+
+    def open_backfill(self, source: BackfillSource, *, resume: bool, at: dt.datetime) -> OpenBackfill:
+        """The backfill to run: the interrupted one with ``resume``, else a new one (setting aside an old one)."""
+        with self._write() as conn:
+            row = self._interrupted(conn, source, required=resume)
+            if resume:
+                return OpenBackfill(int(row.id), row.started_at, row.next_page or 1)
+            if row is not None:
+                conn.execute(update(backfills).where(backfills.c.id == row.id).values(status="abandoned"))
+            new_id = conn.execute(insert(backfills).values(
+                kind=source.kind, source=source.name, fingerprint=source.fingerprint, total=source.total,
+                started_at=at, status="running",
+            ).returning(backfills.c.id)).scalar_one()
+        return OpenBackfill(int(new_id), at, 1, set_aside=row.started_at if row is not None else None)
+
+    def finish_backfill(self, backfill_id: int, *, run_id: int, at: dt.datetime) -> None:
+        """Mark the backfill done."""
+        with self._write() as conn:
+            conn.execute(update(backfills).where(backfills.c.id == backfill_id)
+                         .values(status="done", finished_at=at, last_run_id=run_id))
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def recent_runs(self, limit: int) -> list[Any]:
+        """The newest ``limit`` rows of ``sync_runs``, newest first."""
+        with self.read() as conn:
+            return list(conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)))
+
+    def connections_by_status(self) -> tuple[dict[str, int], int]:
+        """Tracked connections by status, and how many are untracked."""
+        c = connections.c
+        by_status = {"pending": 0, "active": 0, "deleted": 0}
+        untracked = 0
+        with self.read() as conn:
+            for status, tracked, count in conn.execute(
+                    select(c.status, c.tracked, func.count()).group_by(c.status, c.tracked)):
+                if tracked:
+                    by_status[status] = count
+                else:
+                    untracked += count
+        return by_status, untracked
+
+    def failing(self, limit: int) -> tuple[list[Any], int]:
+        """The tracked connections whose last fetch failed (most failures in a row first), and how many in all."""
+        c = connections.c
+        failing = (c.tracked.is_(True), c.last_error.is_not(None))
+        with self.read() as conn:
+            rows = list(conn.execute(select(connections).where(*failing)
+                                     .order_by(c.consecutive_failures.desc(), c.last_attempt_at.desc(), c.id)
+                                     .limit(limit)))
+            total = conn.scalar(select(func.count()).where(*failing)) or 0
+        return rows, total
+
+
+class BatchWriter:
+    """Writes a run's batches: each in one transaction, with the run's counters and the backfill checkpoint."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: int,
+        cadence: Cadence,
+        pass_started_at: dt.datetime | None,
+        checkpoint: Callable[[], tuple[int, int | None]] | None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.cadence = cadence
+        self.pass_started_at = pass_started_at
+        self.checkpoint = checkpoint
+
+    def write(self, outcomes: Sequence[Outcome]) -> BatchCounts:
+        """Store the batch. If the database refuses it, store its connections one by one instead,
+        so that only a connection whose rows are refused becomes a failed fetch (kind ``rejected``).
+        A database that is unreachable raises DatabaseError: nothing more is written.
+        """
+        try:
+            return self._transaction(outcomes, last=True)
+        except EtlError:
+            raise
+        except Exception as error:  # a refused row (driver error, out-of-range value, bad text)
+            log.warning("run %s: the database refused a batch of %d (%s); storing them one by one",
+                        self.run_id, len(outcomes), one_line(error))
+        counts = BatchCounts()
+        for outcome in one_per_connection(outcomes):
+            counts.add(self._one(outcome))
+        if self.checkpoint is not None:
+            with self.store._write() as conn:
+                self._record_checkpoint(conn)
+        return counts
+
+    def _one(self, outcome: Outcome) -> BatchCounts:
+        try:
+            return self._transaction([outcome], last=False)
+        except EtlError:
+            raise
+        except Exception as error:
+            rejected = RowRejected(path=f"/connections/{outcome.connection_id}",
+                                   detail=f"the database refused it: {one_line(error)}")
+            log.warning("connection %s: %s", outcome.connection_id, rejected,
+                        extra={"run_id": self.run_id, "connection_id": outcome.connection_id})
+            return self._transaction([Failed(outcome.connection_id, outcome.observed_at, rejected)], last=False)
+
+    def _transaction(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
+        with self.store._write() as conn:
+            counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
+                                 pass_started_at=self.pass_started_at)
+            conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
+            if last and self.checkpoint is not None:
+                self._record_checkpoint(conn)
+        return counts
+
+    def _record_checkpoint(self, conn: Connection) -> None:
+        assert self.checkpoint is not None
+        backfill_id, next_page = self.checkpoint()
+        conn.execute(update(backfills).where(backfills.c.id == backfill_id)
+                     .values(last_run_id=self.run_id, next_page=next_page))
+
+
+def _count_into_run(counts: BatchCounts) -> dict[str, object]:
+    c = sync_runs.c
+    return {
+        "connections_fetched": c.connections_fetched + counts.fetched,
+        "connections_changed": c.connections_changed + counts.changed,
+        "connections_deleted": c.connections_deleted + counts.deleted,
+        "connections_failed": c.connections_failed + counts.failed,
+        "permissions_granted": c.permissions_granted + counts.granted,
+        "permissions_revoked": c.permissions_revoked + counts.revoked,
+        "fields_nulled": c.fields_nulled + counts.nulled,
+    }
+
