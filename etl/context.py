@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from etl.api.auth import token_source
-from etl.api.client import SmartcarClient, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient, make_http_client
 from etl.api.ratelimit import TokenBucket, shared_bucket
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
@@ -52,9 +52,9 @@ def build_client(config: Config, seams: Seams = Seams()) -> SmartcarClient:  # n
                             transport=seams.transport)
     auth = token_source(config.api, http=http, retry=retry)
     limiter = seams.limiter or shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
-    return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, now=seams.now,
-                          cancelled=cancelled, on_request=seams.metrics.request if seams.metrics else None,
-                          limiter=limiter, limits=config.api.read_limits())
+    options = ClientOptions(now=seams.now, cancelled=cancelled, limiter=limiter, limits=config.api.read_limits(),
+                            on_request=seams.metrics.request if seams.metrics else None)
+    return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, options=options)
 
 
 @dataclass

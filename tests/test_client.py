@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from etl.api.auth import ClientCredentials, StaticToken
-from etl.api.client import SmartcarClient, classify, error_info, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient, classify, error_info, make_http_client
 from etl.api.retry import RetryPolicy
 from etl.config import Secret
 from etl.errors import (
@@ -36,7 +36,7 @@ class Harness:
             http=http, token_url="https://auth.test/oauth2/token", client_id=fake.client_id,
             client_secret=Secret(fake.client_secret), retry=retry, clock=lambda: self.monotonic)
         self.client = SmartcarClient(base_url="https://api.test/v3", auth=self.auth, http=http,
-                                     retry=retry, now=lambda: NOW)
+                                     retry=retry, options=ClientOptions(now=lambda: NOW))
 
     def gets(self, cid: str) -> int:
         return self.fake.count("GET", f"/v3/connections/{cid}")

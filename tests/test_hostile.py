@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
-from etl.api.client import ReadLimits, SmartcarClient, classify, make_http_client, send
+from etl.api.client import ClientOptions, ReadLimits, SmartcarClient, classify, make_http_client, send
 from etl.api.documents import OutOfRange, canonical_id, decode_json, parse_connection
 from etl.api.retry import RetryPolicy, parse_retry_after
 from etl.config import ApiConfig, Secret
@@ -326,7 +326,8 @@ def _client_over(http: httpx.Client, *, max_bytes: int = 1024 * 1024, deadline: 
     from etl.api.auth import StaticToken
 
     return SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("ready-token-value")), http=http,
-                          retry=RetryPolicy(max_attempts=1), limits=ReadLimits(deadline=deadline, max_bytes=max_bytes))
+                          retry=RetryPolicy(max_attempts=1),
+                          options=ClientOptions(limits=ReadLimits(deadline=deadline, max_bytes=max_bytes)))
 
 
 def _gzip_bomb(megabytes: int) -> bytes:

@@ -58,7 +58,7 @@ def test_shared_bucket_is_one_per_setting() -> None:
 def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
 
     from etl.api.auth import ClientCredentials
-    from etl.api.client import SmartcarClient, make_http_client
+    from etl.api.client import ClientOptions, SmartcarClient, make_http_client
     from etl.api.ratelimit import client_bucket
     from etl.api.retry import RetryPolicy
     from etl.config import Secret
@@ -74,7 +74,7 @@ def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
         auth = ClientCredentials(http=http, token_url=u["token_url"], client_id=fake.client_id,
                                  client_secret=Secret(fake.client_secret), retry=retry)
         client = SmartcarClient(base_url=u["base_url"], auth=auth, http=http, retry=retry,
-                                limiter=client_bucket(10, 200 * 60))
+                                options=ClientOptions(limiter=client_bucket(10, 200 * 60)))
         try:
             outcomes = list(fetch_outcomes(ids, client=client, concurrency=8, window=16))
         finally:

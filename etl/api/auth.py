@@ -58,7 +58,6 @@ class ClientCredentials:
         client_secret: Secret,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        limits: ReadLimits | None = None,
     ) -> None:
         self.http = http
         self.token_url = token_url
@@ -68,7 +67,7 @@ class ClientCredentials:
         self.retry = retry or RetryPolicy()
         self.clock = clock
         self.margin = RENEW_MARGIN_SECONDS
-        self.limits = limits or ReadLimits()
+        self.limits = ReadLimits()  # bounds on each token request; ``token_source`` sets the configured ones
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -149,9 +148,10 @@ def token_source(api: ApiConfig, *, http: httpx.Client, retry: RetryPolicy) -> S
     """Client credentials when configured, else the ready token; ConfigError if neither."""
     api.require_credentials()
     if api.client_id and api.client_secret:
-        return ClientCredentials(
-            http=http, token_url=api.token_url, client_id=api.client_id,
-            client_secret=api.client_secret, retry=retry, limits=api.read_limits(),
+        source = ClientCredentials(
+            http=http, token_url=api.token_url, client_id=api.client_id, client_secret=api.client_secret, retry=retry,
         )
+        source.limits = api.read_limits()
+        return source
     assert api.access_token is not None
     return StaticToken(api.access_token)

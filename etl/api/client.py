@@ -250,6 +250,17 @@ def make_http_client(
     )
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a client behaves around its requests: clock, cancellation, metrics hook, rate limiter, read bounds."""
+
+    now: Callable[[], dt.datetime] = utcnow
+    cancelled: threading.Event | None = None
+    on_request: Callable[[str, int | None], None] | None = None  # (outcome, status) of every request, for metrics
+    limiter: TokenBucket | None = None
+    limits: ReadLimits = ReadLimits()
+
+
 class SmartcarClient:
     """The connections endpoints, with authentication and retries; safe to share between threads."""
 
@@ -260,21 +271,17 @@ class SmartcarClient:
         auth: TokenSource,
         http: httpx.Client,
         retry: RetryPolicy | None = None,
-        now: Callable[[], dt.datetime] = utcnow,
-        cancelled: threading.Event | None = None,
-        on_request: Callable[[str, int | None], None] | None = None,
-        limiter: TokenBucket | None = None,
-        limits: ReadLimits | None = None,
+        options: ClientOptions = ClientOptions(),  # noqa: B008 - frozen, immutable
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.limits = limits or ReadLimits()
         self.auth = auth
         self.http = http
         self.retry = retry or RetryPolicy()
-        self.now = now
-        self.cancelled = cancelled or threading.Event()
-        self.on_request = on_request  # (outcome, status) of every request sent, for metrics
-        self.limiter = limiter
+        self.now = options.now
+        self.cancelled = options.cancelled or threading.Event()
+        self.on_request = options.on_request
+        self.limiter = options.limiter
+        self.limits = options.limits
         self._sent_total = 0
         self._count_lock = threading.Lock()
 
