@@ -7,12 +7,12 @@
 # Extra arguments replace the default set of mutant names (globs), e.g. 'etl.history.*'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv-mutation
+[ -x .venv-mutation/bin/mutmut ] || python3 -m venv .venv-mutation
 .venv-mutation/bin/python -m pip install --quiet --disable-pip-version-check 'mutmut==3.8.1' -e '.[test]'
 rm -rf mutants
 areas=("etl.history.*" "etl.api.documents.*" "etl.api.retry.*" "etl.api.client.x_classify*"
        "etl.api.client.x_error_info*" "etl.api.client.x__scalar_text*" "etl.api.client.x__clip*"
-       "etl.api.client.x_redact*" "etl.store.*")
+       "etl.api.client.x_redact*" "etl.db.batch.*" "etl.db.store.xǁBatchWriterǁ*" "etl.db.store.x__count_into_run*")
 [ "$#" -gt 0 ] && areas=("$@")
 .venv-mutation/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${areas[@]}" > mutants.log 2>&1 || true
 exec .venv-mutation/bin/python scripts/mutation_score.py "${areas[@]}"

@@ -24,6 +24,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from etl.db.dialects import partial_index_where
+
 UTC = dt.UTC
 
 
@@ -164,14 +166,8 @@ class PermissionGrant(Base):
     __tablename__ = "permission_grants"
     __table_args__ = (
         # At most one open interval per connection and permission.
-        Index(
-            "uq_permission_grants_open",
-            "connection_id",
-            "permission",
-            unique=True,
-            sqlite_where=text("valid_to IS NULL"),
-            postgresql_where=text("valid_to IS NULL"),
-        ),
+        Index("uq_permission_grants_open", "connection_id", "permission", unique=True,
+              **partial_index_where("valid_to IS NULL")),
         Index(None, "permission", "valid_from"),
         CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="interval"),
     )
