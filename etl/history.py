@@ -1,6 +1,6 @@
 """Permission history: compare what the API shows with the open grants, derive the changes.
 
-Pure functions over plain data; ``etl.store`` loads the open grants and writes
+Pure functions over plain data; ``etl.db.batch`` loads the open grants and writes
 the result in the same transaction as the upsert. The rules (CONTRACT.md):
 
 - a first fetch grants every permission it shows;
