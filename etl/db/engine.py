@@ -6,6 +6,7 @@ import importlib.resources
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -23,8 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def migrations_path() -> str:
-    """Where the migrations are: the package ``etl.migrations`` (the top-level ``migrations/`` of a checkout)."""
-    return str(importlib.resources.files("etl.migrations"))
+    """Where the migrations are: the package ``etl.migrations`` (the top-level ``migrations/`` of a checkout).
+
+    A source tree used without installing (``PYTHONPATH=.``) has no such package:
+    then ``migrations/`` beside ``etl/``.
+    """
+    try:
+        return str(importlib.resources.files("etl.migrations"))
+    except ModuleNotFoundError:
+        return str(Path(__file__).resolve().parents[2] / "migrations")
 
 
 def safe_url(url: str) -> str:
