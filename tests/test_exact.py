@@ -25,7 +25,7 @@ from etl.api.documents import (
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
 from etl.db.batch import MAX_ERROR_TEXT, error_text
-from etl.db.models import backfills, connections, fetch_errors, permission_changes, sync_runs
+from etl.db.models import backfills, connections, fetch_errors, permission_changes, sync_runs, vehicles
 from etl.db.store import Store
 from etl.errors import MalformedDocumentError, RetriableApiError
 from etl.outcomes import Fetched, Gone
@@ -84,6 +84,20 @@ def test_decode_json_says_why() -> None:
     assert (str(deep.value), str(broken.value)) == ("body is nested too deeply", "body is not JSON")
 
 
+def test_source_times_are_utc_whatever_the_machines_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        created = parse_connection(_document(meta__createdAt="2024-01-01T08:00:00+02:00"), expected_id=GOOD,
+                                   path="/p").source_created_at
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert created is not None and created.tzinfo is dt.UTC and created.hour == 6
+
+
 def test_mode_and_model_are_read() -> None:
     body = _document(attributes__vehicle={"make": "Kia", "model": "EV6", "mode": "simulated", "powertrainType": "BEV"})
     vehicle = parse_connection(body, expected_id=GOOD, path="/p").vehicle
@@ -98,6 +112,8 @@ def test_mode_and_model_are_read() -> None:
     ({"meta__createdAt": "x" * 64}, "data.meta.createdAt", "is not an ISO-8601 time: '" + "x" * 58 + "…"),
     ({"meta__createdAt": "x" * 65}, "data.meta.createdAt", "is '" + "x" * 58 + "…, expected an ISO-8601 time"),
     ({"meta__updatedAt": 7}, "data.meta.updatedAt", "is 7, expected an ISO-8601 time"),
+    ({"meta__createdAt": "0999-12-31T23:59:59Z"}, "data.meta.createdAt",
+     "is outside the years 1000-9999 in UTC: '0999-12-31T23:59:59Z'"),
 ])
 def test_a_field_stored_as_null_is_logged_with_the_connection_and_the_field(
     change: dict[str, Any], field: str, problem: str, caplog: pytest.LogCaptureFixture
@@ -179,6 +195,8 @@ def test_changes_record_the_source_time_and_runs_count_everything(engine: Engine
     assert (run.connections_fetched, run.connections_changed, run.connections_deleted) == (3, 4, 1)
     assert (run.permissions_granted, run.permissions_revoked) == (2, 2)
     assert sources == {updated}
+    with engine.connect() as conn:
+        assert set(conn.scalars(select(permission_changes.c.run_id))) == {run_id}
 
 
 def test_a_writer_uses_its_cadence_and_the_pass_start(engine: Engine) -> None:
@@ -229,7 +247,7 @@ def test_a_refused_batch_is_stored_one_by_one_with_one_checkpoint(
     assert (counts.fetched, counts.failed) == (1, 1) and checkpoints == [1]
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith(f"run {run_id}: the database refused a batch of 2 (")
-    assert messages[0].endswith("); storing them one by one")
+    assert messages[0].endswith("); storing them one by one") and "poison" in messages[0].lower()
     assert messages[1].startswith(f"connection {bad}: rejected on /connections/{bad}: the database refused it: ")
     assert "poison" in messages[1].lower()
     assert (caplog.records[1].run_id, caplog.records[1].connection_id) == (run_id, bad)  # type: ignore[attr-defined]
@@ -240,7 +258,7 @@ def test_a_refused_batch_is_stored_one_by_one_with_one_checkpoint(
     assert error.kind == "rejected" and f"on /connections/{bad}" in error.detail and "poison" in error.detail.lower()
 
 
-def test_a_normal_batch_records_its_checkpoint_once(engine: Engine) -> None:
+def test_a_normal_batch_records_its_checkpoint_once(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(engine)
     cid = str(uuid.uuid4())
     store.track([cid], at=T0)
@@ -256,7 +274,42 @@ def test_a_normal_batch_records_its_checkpoint_once(engine: Engine) -> None:
         return backfill_id, 3
 
     writer = store.batch_writer(run_id, pass_started_at=started, checkpoint=checkpoint)
-    writer.write([Fetched(cid, T0 + dt.timedelta(seconds=1), record(cid))])
+    with caplog.at_level(logging.WARNING):
+        writer.write([Fetched(cid, T0 + dt.timedelta(seconds=1), record(cid))])
     with engine.connect() as conn:
         assert tuple(conn.execute(select(backfills.c.next_page, backfills.c.last_run_id)).one()) == (3, run_id)
-    assert calls == [1]
+    assert calls == [1] and caplog.records == []  # stored as one batch: nothing was refused
+
+
+def test_a_connection_first_seen_in_a_listing_is_stored_tracked_with_its_vehicle(engine: Engine) -> None:
+    store = Store(engine)
+    run_id, started = store.start_run(trigger="sync", planned=2, at=T0)
+    first, second, vehicle = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    t1, t2 = T0 + dt.timedelta(seconds=1), T0 + dt.timedelta(seconds=2)
+    attributes = {"make": "Kia", "model": "EV6", "mode": "live", "powertrain_type": "BEV"}
+    store.batch_writer(run_id, pass_started_at=started).write([  # never tracked before: as from a listing
+        Fetched(second, t2, record(second, vehicle_id=vehicle, **attributes)),
+        Fetched(first, t1, record(first, vehicle_id=vehicle, **attributes)),
+    ])
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(connections))}
+        car = conn.execute(select(vehicles)).one()
+    assert rows[first].tracked is True and rows[first].tracked_at == t1 and rows[second].tracked is True
+    assert (car.first_seen_at, car.last_seen_at) == (t1, t2)  # one vehicle seen twice in a batch: the earliest
+    assert (car.make, car.model, car.mode, car.powertrain_type) == ("Kia", "EV6", "live", "BEV")
+
+
+def test_a_clock_that_steps_back_is_logged_with_the_times(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(engine)
+    cid = str(uuid.uuid4())
+    store.track([cid], at=T0)
+    run_id, started = store.start_run(trigger="sync", planned=1, at=T0)
+    writer = store.batch_writer(run_id, pass_started_at=started)
+    later, earlier = T0 + dt.timedelta(seconds=9), T0 + dt.timedelta(seconds=5)
+    vehicle = str(uuid.uuid4())
+    writer.write([Fetched(cid, later, record(cid, vehicle_id=vehicle))])
+    with caplog.at_level(logging.WARNING, logger="etl.db.batch"):
+        writer.write([Fetched(cid, earlier, record(cid, vehicle_id=vehicle))])
+    (entry,) = caplog.records
+    assert entry.getMessage() == (f"clock is behind the previous observation of {cid} ({earlier} <= {later}); "
+                                  f"using {later} + 1 µs")

@@ -46,6 +46,8 @@ def test_error_bodies_of_every_shape(body: Any, code: str | None, detail: str | 
     (b"oops, no tags", {"content-type": "text/html; charset=utf-8"}, "HTML page"),
     (b"plain words\tand\x00more", {"content-type": "text/plain"}, "plain words and more"),
     (b"", {}, None),
+    (b" " * 2000 + b"beyond the first 2000 bytes", {}, None),
+    (b"plain text", {"content-type": "text/plain; note=html"}, "plain text"),
     (b"   \n ", {}, None),
     (b"caf\xe9", {}, "caf\ufffd"),
 ])
