@@ -104,6 +104,7 @@ class RateLimitConfig:
 
     capacity: int = 120
     per_minute: float = 2.0
+    key: str | None = None  # the bucket in the database; default: the client id
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,14 @@ def _string(path: str, value: Any, errors: list[str]) -> str | None:
         errors.append(f"{path}: expected a non-empty string of printable characters, got {_show(value)}")
         return None
     return value.strip()
+
+
+def _short_string(path: str, value: Any, errors: list[str]) -> str | None:
+    text = _string(path, value, errors)
+    if text is not None and len(text) > 200:
+        errors.append(f"{path}: at most 200 characters, got {len(text)}")
+        return None
+    return text
 
 
 def _choice(choices: tuple[str, ...], *, upper: bool = False) -> _Parser:
@@ -391,6 +400,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
     "rate_limit": {
         "capacity": ("capacity", _number(1, 10_000_000, whole=True)),
         "per_minute": ("per_minute", _number(0.001, 10_000_000)),
+        "key": ("key", _short_string),
     },
     "sync": {
         "batch_size": ("batch_size", _number(1, 10_000, whole=True)),

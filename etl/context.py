@@ -12,18 +12,18 @@ import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
 from etl.api.auth import token_source
 from etl.api.client import ClientOptions, SmartcarClient, make_http_client
-from etl.api.ratelimit import TokenBucket, shared_bucket
+from etl.api.ratelimit import Limiter, SharedBucket, below, shared_bucket
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
 from etl.clock import utcnow
 from etl.config import Config
-from etl.db.store import Store
+from etl.db.store import Bucket, Store
 from etl.metrics import Metrics
 
 
@@ -36,11 +36,43 @@ class Seams:
     now: Callable[[], dt.datetime] = utcnow
     cancelled: threading.Event | None = None
     metrics: Metrics | None = None
-    limiter: TokenBucket | None = None  # default: one bucket per rate-limit setting, shared by the process
+    limiter: Limiter | None = None  # default: the application's bucket in the database (one per process without)
 
 
-def build_client(config: Config, seams: Seams = Seams()) -> SmartcarClient:  # noqa: B008 - frozen, immutable
-    """A client from the config and the seams."""
+def budget_key(config: Config) -> str:
+    """Which bucket of the database this application draws from: ``rate_limit.key``, else the client id."""
+    return config.rate_limit.key or (f"client:{config.api.client_id}" if config.api.client_id else "access-token")
+
+
+class StoreLedger:
+    """The application's token bucket in the database, as a ``Ledger`` for a ``SharedBucket``."""
+
+    def __init__(self, store: Store, config: Config, now: Callable[[], dt.datetime] | None = None) -> None:
+        """``now`` is the tests' clock; by default the database server's (SQLite: this machine's)."""
+        self.store = store
+        self.key = budget_key(config)
+        self.bucket = Bucket(*below(config.rate_limit.capacity, config.rate_limit.per_minute))
+        self.now = now
+
+    def lease(self, want: int) -> tuple[int, float]:
+        """Tokens granted, and the wait for the next one when none was."""
+        lease = self.store.lease_tokens(self.key, want=want, bucket=self.bucket, at=self.now() if self.now else None)
+        return lease.granted, lease.wait
+
+    def drain(self, seconds: float) -> None:
+        """Empty the bucket for ``seconds``."""
+        self.store.drain_tokens(self.key, seconds=seconds, at=self.now() if self.now else None)
+
+
+def shared_limiter(config: Config, store: Store, seams: Seams) -> SharedBucket:
+    """The application's bucket in the database; each lease is about a second of refill."""
+    ledger = StoreLedger(store, config, None if seams.now is utcnow else seams.now)
+    lease = int(min(ledger.bucket.capacity, max(1.0, ledger.bucket.per_second)))
+    return SharedBucket(ledger, lease=lease, sleep=seams.sleep)
+
+
+def build_client(config: Config, seams: Seams = Seams(), store: Store | None = None) -> SmartcarClient:  # noqa: B008
+    """A client from the config and the seams; with a ``store``, its rate limit is the one kept there."""
     cancelled = seams.cancelled or threading.Event()
     r = config.retry
     retry = RetryPolicy(
@@ -51,7 +83,13 @@ def build_client(config: Config, seams: Seams = Seams()) -> SmartcarClient:  # n
     http = make_http_client(timeout=config.api.timeout_seconds, concurrency=config.api.concurrency,
                             transport=seams.transport)
     auth = token_source(config.api, http=http, retry=retry)
-    limiter = seams.limiter or shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
+    limiter: Limiter
+    if seams.limiter is not None:
+        limiter = seams.limiter
+    elif store is not None:
+        limiter = shared_limiter(config, store, replace(seams, cancelled=cancelled))
+    else:
+        limiter = shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
     options = ClientOptions(now=seams.now, cancelled=cancelled, limiter=limiter, limits=config.api.read_limits(),
                             on_request=seams.metrics.request if seams.metrics else None)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, options=options)
@@ -71,7 +109,7 @@ class Pass:
     def open(cls, config: Config, store: Store, seams: Seams = Seams()) -> Pass:  # noqa: B008 - immutable
         """Build the pass (its client included); the database must be migrated."""
         store.require_migrated()
-        return cls(config, store, build_client(config, seams), seams.now, seams.metrics)
+        return cls(config, store, build_client(config, seams, store), seams.now, seams.metrics)
 
     @property
     def cancelled(self) -> threading.Event:

@@ -30,7 +30,7 @@ from etl.api.documents import (
     parse_connection,
     parse_resource,
 )
-from etl.api.ratelimit import TokenBucket
+from etl.api.ratelimit import Limiter
 from etl.api.retry import RetryPolicy, parse_retry_after
 from etl.clock import utcnow
 from etl.errors import (
@@ -257,7 +257,7 @@ class ClientOptions:
     now: Callable[[], dt.datetime] = utcnow
     cancelled: threading.Event | None = None
     on_request: Callable[[str, int | None], None] | None = None  # (outcome, status) of every request, for metrics
-    limiter: TokenBucket | None = None
+    limiter: Limiter | None = None
     limits: ReadLimits = ReadLimits()
 
 
@@ -314,9 +314,11 @@ class SmartcarClient:
         def once() -> httpx.Response:
             if self.cancelled.is_set():
                 raise Cancelled
+            # The token first: refused credentials stop the run before it takes any of the rate budget.
+            self.auth.token()
             if self.limiter is not None and not self.limiter.acquire(self.cancelled):
                 raise Cancelled
-            token = self.auth.token()
+            token = self.auth.token()  # cached; renewed if the wait for the rate limit outlasted it
             used.append(token)
             request = self.http.build_request(
                 "GET", self.base_url + path, params=params, headers={"Authorization": f"Bearer {token}"}
@@ -332,6 +334,9 @@ class SmartcarClient:
             except ApiError as error:
                 if self.on_request is not None:
                     self.on_request(error.kind, error.status)
+                if isinstance(error, RetriableApiError) and error.status == 429 and error.retry_after \
+                        and self.limiter is not None:
+                    self.limiter.drain(error.retry_after)  # every process of the application backs off
                 raise
             if self.on_request is not None:
                 self.on_request("ok" if response.status_code == 200 else "not_found", response.status_code)

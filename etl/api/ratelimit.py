@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 
 class TokenBucket:
@@ -32,7 +33,8 @@ class TokenBucket:
         self._tokens = capacity
         self._updated = clock()
         self._lock = threading.Lock()
-        self.waited = 0.0  # seconds spent waiting in all; runs report their share
+        self._waiting = threading.Lock()  # one thread waits at a time
+        self.waited = 0.0  # seconds spent waiting (wall time); runs report their share
 
     def _refill(self) -> None:
         now = self.clock()
@@ -49,18 +51,92 @@ class TokenBucket:
             return (1 - self._tokens) / self.per_second
 
     def acquire(self, cancelled: threading.Event | None = None) -> bool:
-        """Take one token, waiting as long as needed; False if ``cancelled`` was set while waiting."""
-        while True:
-            wait = self.try_acquire()
-            if not wait:
-                return True
-            if cancelled is not None and cancelled.is_set():
-                return False
-            self.waited += wait
-            if self.sleep is not None:
-                self.sleep(wait)
-            elif (cancelled or threading.Event()).wait(wait):
-                return False
+        """Take one token, waiting as long as needed; False if ``cancelled`` was set while waiting.
+
+        One thread waits at a time (the others queue behind it), so ``waited`` is wall time.
+        """
+        if not self.try_acquire():
+            return True
+        with self._waiting:
+            while True:
+                wait = self.try_acquire()
+                if not wait:
+                    return True
+                if cancelled is not None and cancelled.is_set():
+                    return False
+                self.waited += wait
+                if self.sleep is not None:
+                    self.sleep(wait)
+                elif (cancelled or threading.Event()).wait(wait):
+                    return False
+
+    def drain(self, seconds: float) -> None:
+        """Empty the bucket for ``seconds`` (a 429 with Retry-After)."""
+        with self._lock:
+            self._refill()
+            self._tokens = min(self._tokens, 0.0) - seconds * self.per_second
+
+
+class Ledger(Protocol):
+    """Where a shared bucket's tokens are kept (the database): lease some, or empty it for a while."""
+
+    def lease(self, want: int) -> tuple[int, float]:
+        """(tokens granted, seconds until the next one when none was)."""
+        ...
+
+    def drain(self, seconds: float) -> None: ...
+
+
+class Limiter(Protocol):
+    """What the client needs of a rate limiter."""
+
+    waited: float
+
+    def acquire(self, cancelled: threading.Event | None = None) -> bool: ...
+
+    def drain(self, seconds: float) -> None: ...
+
+
+class SharedBucket:
+    """A bucket kept in a ledger that every process of the job shares; tokens are leased a few at a time.
+
+    A lease (about a second of refill) is one short transaction, taken outside the batch writes, so
+    fetching never waits for a batch to commit. Leased tokens are spent locally; one thread leases or
+    waits at a time, so ``waited`` is wall time.
+    """
+
+    def __init__(self, ledger: Ledger, *, lease: int = 1, sleep: Callable[[float], object] | None = None) -> None:
+        """``sleep`` is for tests with a fake clock; by default a wait is real and ends early on cancel."""
+        self.ledger = ledger
+        self.lease = max(1, lease)
+        self.sleep = sleep
+        self.waited = 0.0
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, cancelled: threading.Event | None = None) -> bool:
+        """Take one token, leasing (and waiting) as needed; False if ``cancelled`` was set while waiting."""
+        with self._lock:
+            while self._tokens == 0:
+                if cancelled is not None and cancelled.is_set():
+                    return False
+                granted, wait = self.ledger.lease(self.lease)
+                if granted:
+                    self._tokens = granted
+                    break
+                self.waited += wait
+                if self.sleep is not None:
+                    self.sleep(wait)
+                elif (cancelled or threading.Event()).wait(wait):
+                    return False
+            self._tokens -= 1
+            return True
+
+    def drain(self, seconds: float) -> None:
+        """Give back nothing, and empty the shared bucket for ``seconds``: every process backs off."""
+        with self._lock:
+            self._tokens = 0
+            self.ledger.drain(seconds)
 
 
 # The API's bucket sees a request a little after the job's bucket let it go. After
@@ -72,10 +148,16 @@ _shared: dict[tuple[float, float], TokenBucket] = {}
 _shared_lock = threading.Lock()
 
 
+def below(capacity: float, per_minute: float) -> tuple[float, float]:
+    """(capacity, per second) of a bucket that stays under an API bucket of ``capacity`` at ``per_minute``."""
+    per_second = per_minute / 60
+    return max(1.0, capacity - 1 - per_second * HEADROOM_SECONDS), per_second
+
+
 def client_bucket(capacity: float, per_minute: float) -> TokenBucket:
     """A bucket that stays under an API bucket of ``capacity`` refilled at ``per_minute`` (with headroom)."""
-    per_second = per_minute / 60
-    return TokenBucket(capacity=max(1.0, capacity - 1 - per_second * HEADROOM_SECONDS), per_second=per_second)
+    inner, per_second = below(capacity, per_minute)
+    return TokenBucket(capacity=inner, per_second=per_second)
 
 
 def shared_bucket(capacity: float, per_minute: float) -> TokenBucket:

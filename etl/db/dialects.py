@@ -5,7 +5,8 @@
 - the upsert construct (``INSERT .. ON CONFLICT``);
 - the partial unique index ("one open grant per connection and permission");
 - the run lock (PostgreSQL advisory lock, ``flock`` beside a SQLite file);
-- how driver errors sort: the database is unreachable, or one statement's data was refused.
+- how driver errors sort: the database is unreachable, or one statement's data was refused;
+- whose clock the shared rate budget uses (the server's, where there is a server).
 
 ``RETURNING`` is used as is: both databases have it. A new database is one more
 entry in each of these.
@@ -14,6 +15,7 @@ entry in each of these.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import os
 import sqlite3
@@ -199,6 +201,14 @@ def _advisory_lock(engine: Engine, *, url: str, holder: Callable[[], str]) -> It
                 conn.commit()
     finally:
         conn.close()
+
+
+def server_now(conn: Connection) -> dt.datetime | None:
+    """The database server's clock (PostgreSQL), shared by every host; None where there is no server (SQLite)."""
+    if conn.dialect.name == "postgresql":
+        now: dt.datetime = conn.scalar(text("SELECT clock_timestamp()"))
+        return now.astimezone(dt.UTC)
+    return None
 
 
 def is_unreachable(error: exc.DBAPIError) -> bool:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -204,6 +205,8 @@ class SyncRun(Base):
     requests: Mapped[int] = mapped_column(Integer, server_default="0")
     # Descriptive fields (vehicle attributes, source times) stored as NULL: the API sent a value no column holds.
     fields_nulled: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Due connections left for the next pass because this one would have run past its --max-duration.
+    connections_deferred: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]
@@ -255,6 +258,21 @@ class Backfill(Base):
     last_run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
 
 
+class RateBudget(Base):
+    """The API's token bucket for one application (keyed by client id), shared by every process of the job.
+
+    ``tokens`` may be negative: a 429 with Retry-After empties the bucket for that long.
+    """
+
+    __tablename__ = "rate_budgets"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    capacity: Mapped[float] = mapped_column(Float)
+    per_second: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[dt.datetime]
+
+
 class FetchError(Base):
     """One connection that failed in one run."""
 
@@ -278,3 +296,4 @@ permission_changes: Table = Base.metadata.tables["permission_changes"]
 sync_runs: Table = Base.metadata.tables["sync_runs"]
 fetch_errors: Table = Base.metadata.tables["fetch_errors"]
 backfills: Table = Base.metadata.tables["backfills"]
+rate_budgets: Table = Base.metadata.tables["rate_budgets"]

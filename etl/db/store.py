@@ -28,7 +28,7 @@ from etl.cadence import Cadence
 from etl.db import dialects
 from etl.db.batch import DEFAULT_CADENCE, one_per_connection, store_batch
 from etl.db.engine import current_revision, require_migrated, safe_url, translate_errors, upgrade
-from etl.db.models import backfills, connections, permission_grants, sync_runs
+from etl.db.models import backfills, connections, permission_grants, rate_budgets, sync_runs
 from etl.errors import ConfigError, EtlError, RowRejected, one_line
 from etl.outcomes import BatchCounts, Failed, Outcome
 
@@ -69,6 +69,23 @@ class OpenBackfill:
     started_at: dt.datetime
     next_page: int
     set_aside: dt.datetime | None = None  # start of an interrupted backfill this new one replaces
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token bucket's shape: how many tokens it holds, and how fast it refills."""
+
+    capacity: float
+    per_second: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a lease got: tokens granted, how long until the next one when none was, and what is left."""
+
+    granted: int
+    wait: float
+    tokens: float
 
 
 @dataclass(frozen=True)
@@ -212,6 +229,50 @@ class Store:
     ) -> BatchWriter:
         """A writer of the run's batches; ``checkpoint`` gives (backfill id, next page) to record with each."""
         return BatchWriter(self, run_id, cadence, pass_started_at, checkpoint)
+
+    # -- the rate budget -------------------------------------------------------------------------------
+
+    def lease_tokens(self, key: str, *, want: int, bucket: Bucket, at: dt.datetime | None = None) -> Lease:
+        """Take up to ``want`` tokens from the application's bucket, in one short transaction.
+
+        The bucket refills continuously at ``bucket.per_second`` up to ``bucket.capacity`` (the row
+        follows the configuration). Time is ``at`` when given (tests), else the database server's
+        clock where there is one, else this machine's. Row-locked on PostgreSQL, ``BEGIN IMMEDIATE``
+        on SQLite: two processes never take the same token.
+        """
+        with self._write() as conn:
+            now = at or dialects.server_now(conn) or dt.datetime.now(dt.UTC)
+            row = conn.execute(select(rate_budgets).where(rate_budgets.c.key == key).with_for_update()).first()
+            if row is None:
+                tokens, updated = bucket.capacity, now
+            else:
+                tokens, updated = row.tokens, row.updated_at
+            tokens = min(bucket.capacity, tokens + max(0.0, (now - updated).total_seconds()) * bucket.per_second)
+            granted = min(want, int(tokens)) if tokens >= 1 else 0
+            tokens -= granted
+            values = {"capacity": bucket.capacity, "per_second": bucket.per_second, "tokens": tokens,
+                      "updated_at": max(now, updated)}
+            if row is None:
+                conn.execute(insert(rate_budgets).values(key=key, **values))
+            else:
+                conn.execute(update(rate_budgets).where(rate_budgets.c.key == key).values(**values))
+        wait = 0.0 if granted else (1 - tokens) / bucket.per_second
+        return Lease(granted=granted, wait=wait, tokens=tokens)
+
+    def drain_tokens(self, key: str, *, seconds: float, at: dt.datetime | None = None) -> None:
+        """Empty the bucket for ``seconds`` (a 429 with Retry-After): every process backs off that long."""
+        with self._write() as conn:
+            now = at or dialects.server_now(conn) or dt.datetime.now(dt.UTC)
+            row = conn.execute(select(rate_budgets).where(rate_budgets.c.key == key).with_for_update()).first()
+            if row is None:
+                return
+            conn.execute(update(rate_budgets).where(rate_budgets.c.key == key)
+                         .values(tokens=-seconds * row.per_second, updated_at=max(now, row.updated_at)))
+
+    def budget(self, key: str) -> Any:
+        """The bucket's row (capacity, per_second, tokens, updated_at), or None before the first request."""
+        with self.read() as conn:
+            return conn.execute(select(rate_budgets).where(rate_budgets.c.key == key)).first()
 
     # -- which connections ------------------------------------------------------------------------
 
