@@ -34,6 +34,8 @@ from etl.outcomes import BatchCounts, Failed, Outcome
 
 log = logging.getLogger(__name__)
 CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
+EPSILON = 1e-9  # refill sums in floating point: 0.9 + 0.1 may be 0.9999999999999999
+MIN_WAIT = 0.001  # seconds: a wait that would round to nothing still moves the clock
 
 
 class FinishedRun(Protocol):
@@ -248,7 +250,7 @@ class Store:
             else:
                 tokens, updated = row.tokens, row.updated_at
             tokens = min(bucket.capacity, tokens + max(0.0, (now - updated).total_seconds()) * bucket.per_second)
-            granted = min(want, int(tokens)) if tokens >= 1 else 0
+            granted = min(want, int(tokens + EPSILON)) if tokens + EPSILON >= 1 else 0  # 0.999...: a token
             tokens -= granted
             values = {"capacity": bucket.capacity, "per_second": bucket.per_second, "tokens": tokens,
                       "updated_at": max(now, updated)}
@@ -256,7 +258,7 @@ class Store:
                 conn.execute(insert(rate_budgets).values(key=key, **values))
             else:
                 conn.execute(update(rate_budgets).where(rate_budgets.c.key == key).values(**values))
-        wait = 0.0 if granted else (1 - tokens) / bucket.per_second
+        wait = 0.0 if granted else max(MIN_WAIT, (1 - tokens) / bucket.per_second)
         return Lease(granted=granted, wait=wait, tokens=tokens)
 
     def drain_tokens(self, key: str, *, seconds: float, at: dt.datetime | None = None) -> None:

@@ -1,0 +1,141 @@
+"""One rate budget per application, kept in the database: every process draws from it.
+
+The fake API enforces a bucket equal to the configured one, and the job and the
+fake run on one injected clock (``SharedTime``): no test waits for real, and no
+test asserts a wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from etl.backfill import Source, backfill
+from etl.config import Config, RateLimitConfig
+from etl.context import Seams, budget_key
+from etl.db.store import Bucket, Store
+from etl.fakeapi import FakeApi
+from etl.sync import RunResult, sync
+from etl.tracking import track
+from tests.conftest import T0, make_config
+
+
+class SharedTime:
+    """One fake clock for the job (``now``, ``sleep``) and the fake API (``monotonic``); thread-safe."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self.seconds
+
+    def now(self) -> dt.datetime:
+        with self._lock:
+            return T0 + dt.timedelta(seconds=self.seconds)
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
+
+CAPACITY, PER_MINUTE = 5, 60.0  # a small bucket: 5 requests, refilled at 1 a second
+
+
+@pytest.fixture
+def world(engine: Engine) -> tuple[FakeApi, SharedTime, Config, list[str]]:
+    time = SharedTime()
+    fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
+                   rate_limit=(CAPACITY, PER_MINUTE / 60))
+    ids = fake.populate(12, seed=5)
+    track(Store(engine), ids, now=time.now)
+    config = make_config(fake, engine.url.render_as_string(hide_password=False))
+    config = replace(config, rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE))
+    return fake, time, config, ids
+
+
+def _seams(fake: FakeApi, time: SharedTime, **more: Any) -> Seams:
+    return Seams(transport=httpx.MockTransport(fake.handle), sleep=time.sleep, now=time.now, **more)
+
+
+def test_a_lease_never_grants_more_than_the_bucket_holds(engine: Engine) -> None:
+    store = Store(engine)
+    bucket = Bucket(capacity=3.0, per_second=0.5)
+    first = store.lease_tokens("k", want=10, bucket=bucket, at=T0)
+    again = store.lease_tokens("k", want=10, bucket=bucket, at=T0)
+    assert (first.granted, again.granted, again.wait) == (3, 0, 2.0)
+    later = store.lease_tokens("k", want=10, bucket=bucket, at=T0 + dt.timedelta(seconds=5))
+    assert later.granted == 2 and later.tokens == pytest.approx(0.5)
+    idle = store.lease_tokens("k", want=1, bucket=bucket, at=T0 + dt.timedelta(hours=1))
+    assert idle.granted == 1 and idle.tokens == 2.0  # refilled to capacity, never beyond
+    assert store.lease_tokens("other", want=1, bucket=bucket, at=T0).granted == 1  # buckets are per key
+
+
+def test_the_configuration_updates_the_bucket_and_a_429_empties_it(engine: Engine) -> None:
+    store = Store(engine)
+    store.lease_tokens("k", want=1, bucket=Bucket(capacity=10.0, per_second=1.0), at=T0)
+    smaller = store.lease_tokens("k", want=100, bucket=Bucket(capacity=4.0, per_second=2.0), at=T0)
+    assert smaller.granted == 4 and store.budget("k").capacity == 4.0 and store.budget("k").per_second == 2.0
+    store.drain_tokens("k", seconds=30, at=T0)
+    blocked = store.lease_tokens("k", want=1, bucket=Bucket(capacity=4.0, per_second=2.0),
+                                 at=T0 + dt.timedelta(seconds=29))
+    assert blocked.granted == 0 and blocked.wait == pytest.approx(1.5)  # 30 s of backing off, then one token
+    assert store.lease_tokens("k", want=1, bucket=Bucket(capacity=4.0, per_second=2.0),
+                              at=T0 + dt.timedelta(seconds=31)).granted == 1
+
+
+def _sync(config: Config, engine: Engine, seams: Seams, **kwargs: Any) -> RunResult:
+    return sync(config, Store(engine), seams=seams, **kwargs)
+
+
+def test_runs_that_follow_each_other_stay_under_the_bucket_together(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    first = _sync(config, engine, _seams(fake, time), ignore_due=True)
+    started_second = time.seconds
+    second = _sync(config, engine, _seams(fake, time), ignore_due=True)  # a new process: a new client
+    assert (first.counts.fetched, second.counts.fetched) == (12, 12) and fake.rate_limited == 0
+    # The second run found the bucket as the first left it (empty), not full: it waited for each token.
+    assert time.seconds - started_second >= 11
+    assert second.rate_limit_wait >= 11 and first.rate_limit_wait < second.rate_limit_wait
+    assert Store(engine).budget(budget_key(config)) is not None
+
+
+def test_a_backfill_right_after_a_sync_gets_no_429(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    assert _sync(config, engine, _seams(fake, time), ignore_due=True).counts.fetched == 12
+    result = backfill(config, Store(engine), Source(name="ids", ids=ids), seams=_seams(fake, time))
+    assert result.counts.fetched == 12 and fake.rate_limited == 0
+
+
+def test_a_daemon_restarted_mid_pass_gets_no_429(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    cancelled = threading.Event()
+    fetched: list[str] = []
+    fake.hooks.append(lambda request: fetched.append(request.url.path) if len(fetched) < 4 else cancelled.set())
+    stopped = _sync(config, engine, _seams(fake, time, cancelled=cancelled), ignore_due=True, trigger="daemon")
+    assert stopped.status == "aborted" and stopped.counts.fetched < 12
+    restarted = _sync(config, engine, _seams(fake, time), trigger="daemon")
+    assert stopped.counts.fetched + restarted.counts.fetched >= 12 and fake.rate_limited == 0
+
+
+def test_a_429_makes_every_process_back_off(engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+                                            ) -> None:
+    fake, time, config, ids = world
+    fake.fail_next(429, headers={"Retry-After": "20"}, match="/v3/connections/")
+    result = _sync(config, engine, _seams(fake, time), ignore_due=True)
+    assert result.counts.fetched == 12
+    budget = Store(engine).budget(budget_key(config))
+    assert budget is not None and time.seconds >= 20  # the run waited out the Retry-After
