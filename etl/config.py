@@ -115,6 +115,7 @@ class SyncConfig:
     strategy: str = "auto"
     page_size: int = 100
     track_listed: bool = True
+    max_duration_seconds: float | None = None  # None: sync takes schedule.interval (or the next cron firing)
 
 
 @dataclass(frozen=True)
@@ -407,6 +408,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "strategy": ("strategy", _choice(STRATEGIES)),
         "page_size": ("page_size", _number(1, 100, whole=True)),
         "track_listed": ("track_listed", _boolean),
+        "max_duration": ("max_duration_seconds", _duration(1, 30 * DAY)),
     },
     "schedule": {
         "interval": ("interval_seconds", _duration(1, 30 * DAY)),

@@ -18,6 +18,7 @@ import httpx
 
 from etl.api.auth import token_source
 from etl.api.client import ClientOptions, SmartcarClient, make_http_client
+from etl.api.deadline import PassDeadline
 from etl.api.ratelimit import Limiter, SharedBucket, below, shared_bucket
 from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
@@ -71,7 +72,10 @@ def shared_limiter(config: Config, store: Store, seams: Seams) -> SharedBucket:
     return SharedBucket(ledger, lease=lease, sleep=seams.sleep)
 
 
-def build_client(config: Config, seams: Seams = Seams(), store: Store | None = None) -> SmartcarClient:  # noqa: B008
+def build_client(
+    config: Config, seams: Seams = Seams(), store: Store | None = None,  # noqa: B008 - frozen, immutable
+    deadline: PassDeadline | None = None,
+) -> SmartcarClient:
     """A client from the config and the seams; with a ``store``, its rate limit is the one kept there."""
     cancelled = seams.cancelled or threading.Event()
     r = config.retry
@@ -91,7 +95,7 @@ def build_client(config: Config, seams: Seams = Seams(), store: Store | None = N
     else:
         limiter = shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
     options = ClientOptions(now=seams.now, cancelled=cancelled, limiter=limiter, limits=config.api.read_limits(),
-                            on_request=seams.metrics.request if seams.metrics else None)
+                            on_request=seams.metrics.request if seams.metrics else None, deadline=deadline)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, options=options)
 
 
@@ -106,10 +110,17 @@ class Pass:
     metrics: Metrics | None = None
 
     @classmethod
-    def open(cls, config: Config, store: Store, seams: Seams = Seams()) -> Pass:  # noqa: B008 - immutable
-        """Build the pass (its client included); the database must be migrated."""
+    def open(
+        cls, config: Config, store: Store, seams: Seams = Seams(), max_duration: float | None = None,  # noqa: B008
+    ) -> Pass:
+        """Build the pass (its client included); the database must be migrated.
+
+        With ``max_duration`` (seconds), no request starts that could not end within it.
+        """
         store.require_migrated()
-        return cls(config, store, build_client(config, seams, store), seams.now, seams.metrics)
+        deadline = None if max_duration is None else PassDeadline(
+            seconds=max_duration, now=seams.now, cap=config.api.request_deadline_seconds)
+        return cls(config, store, build_client(config, seams, store, deadline), seams.now, seams.metrics)
 
     @property
     def cancelled(self) -> threading.Event:

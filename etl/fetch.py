@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from etl.api.client import Cancelled, ListingPage, Paginator, SmartcarClient
+from etl.api.client import Cancelled, Deferred, ListingPage, Paginator, SmartcarClient
 from etl.clock import utcnow
 from etl.context import Pass
 from etl.errors import ApiError, FatalApiError
@@ -69,7 +69,8 @@ def fetch_outcomes(
 
     def fill() -> None:
         nonlocal in_flight
-        while in_flight < window and not client.cancelled.is_set():
+        while in_flight < window and not client.cancelled.is_set() and (
+                client.deadline is None or client.deadline.allows()):
             connection_id = next(remaining, None)
             if connection_id is None:
                 return
@@ -170,6 +171,9 @@ class Listing:
                 self.total = paginator.total
             except FatalApiError:
                 raise
+            except Deferred:
+                self.incomplete = f"out of time at page {paginator.number} (--max-duration); nothing is confirmed"
+                return
             except Cancelled:
                 self.incomplete = "stopped on request"
                 return

@@ -36,6 +36,7 @@ class RunResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
     requests: int = 0
     seconds: float = 0.0
+    deferred: int = 0  # due connections left for the next pass (--max-duration)
     rate_limit_wait: float = 0.0  # seconds the run's requests waited for the rate limit
 
     @property
@@ -49,10 +50,11 @@ class RunResult:
         waited = f" ({self.rate_limit_wait:.0f}s of it waiting for the rate limit)" \
             if self.rate_limit_wait >= 1 else ""
         nulled = f"; {c.nulled} field(s) stored as NULL (see the warnings)" if c.nulled else ""
+        deferred = f"; {self.deferred} deferred to the next pass (--max-duration)" if self.deferred else ""
         return (f"run {self.run_id} {self.status}: {self.planned} planned, {c.fetched} fetched, "
                 f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
                 f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s"
-                f"{waited}{nulled}")
+                f"{waited}{nulled}{deferred}")
 
 
 @dataclass
@@ -134,6 +136,9 @@ class RunLoop:
         c, problem = self.result.counts, self.source.incomplete
         if self.ctx.cancelled.is_set() and (done < planned or problem):
             return "aborted", f"stopped on request after {done} of {planned or done} connections"
+        if self.ctx.client.deadline is not None and done < planned and not problem:
+            self.result.deferred = planned - done  # they stay due: the next pass takes them first
+            return ("succeeded" if c.failed == 0 else "partial"), None
         if problem:
             return ("partial" if done else "failed"), problem
         if c.failed == 0:
@@ -166,6 +171,19 @@ class RunLoop:
             log.error("could not record the end of run %s: %s", self.run_id, one_line(failure), exc_info=True)
 
 
+def default_max_duration(config: Config, now: Callable[[], dt.datetime]) -> float:
+    """How long a pass may take by default: ``schedule.interval``, or the time to the next ``schedule.cron`` firing."""
+    if config.schedule.cron:
+        from apscheduler.triggers.cron import CronTrigger
+
+        at = now()
+        trigger = CronTrigger.from_crontab(config.schedule.cron, timezone=dt.UTC)
+        fire = trigger.get_next_fire_time(None, at)
+        if fire is not None:
+            return max(1.0, float((fire - at).total_seconds()))
+    return config.schedule.interval_seconds
+
+
 def sync(
     config: Config,
     store: Store,
@@ -184,7 +202,8 @@ def sync(
     has it) and closes runs left ``running`` by processes that died.
     """
     strategy = strategy or config.sync.strategy
-    with Pass.open(config, store, seams).locked() as ctx:
+    max_duration = config.sync.max_duration_seconds or default_max_duration(config, seams.now)
+    with Pass.open(config, store, seams, max_duration=max_duration).locked() as ctx:
         due = [] if strategy == "list" else store.due_ids(at=ctx.now(), ignore_due=ignore_due)
         source: OutcomeSource = Listing(ctx) if strategy == "list" else ByIds(ctx, due) if strategy == "ids" \
             else Cheapest(ctx, due)

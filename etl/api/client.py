@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import httpx
 
+from etl.api.deadline import PassDeadline
 from etl.api.documents import (
     UNSTORABLE_RE,
     ConnectionRecord,
@@ -52,6 +53,10 @@ class Unauthorized(AuthenticationError):
 
 class Cancelled(Exception):
     """The run was cancelled while this request waited or was about to be sent."""
+
+
+class Deferred(Cancelled):
+    """Not sent: the pass would end before an answer could come (``sync --max-duration``); it stays due."""
 
 
 class TokenSource(Protocol):
@@ -259,6 +264,7 @@ class ClientOptions:
     on_request: Callable[[str, int | None], None] | None = None  # (outcome, status) of every request, for metrics
     limiter: Limiter | None = None
     limits: ReadLimits = ReadLimits()
+    deadline: PassDeadline | None = None  # the end of the pass (sync --max-duration)
 
 
 class SmartcarClient:
@@ -282,6 +288,7 @@ class SmartcarClient:
         self.on_request = options.on_request
         self.limiter = options.limiter
         self.limits = options.limits
+        self.deadline = options.deadline
         self._sent_total = 0
         self._count_lock = threading.Lock()
 
@@ -314,10 +321,13 @@ class SmartcarClient:
         def once() -> httpx.Response:
             if self.cancelled.is_set():
                 raise Cancelled
+            if self.deadline is not None and not self.deadline.allows():
+                raise Deferred
             # The token first: refused credentials stop the run before it takes any of the rate budget.
             self.auth.token()
-            if self.limiter is not None and not self.limiter.acquire(self.cancelled):
-                raise Cancelled
+            if self.limiter is not None and not self.limiter.acquire(
+                    self.cancelled, self.deadline.allows if self.deadline is not None else None):
+                raise Cancelled if self.cancelled.is_set() else Deferred
             token = self.auth.token()  # cached; renewed if the wait for the rate limit outlasted it
             used.append(token)
             request = self.http.build_request(
@@ -325,11 +335,15 @@ class SmartcarClient:
             )
             with self._count_lock:
                 self._sent_total += 1
-            budget = min(self.limits.deadline, self.retry.remaining(started))
+            budget = min(self.limits.deadline, self.retry.remaining(started),
+                         self.deadline.left() if self.deadline is not None else self.limits.deadline)
             try:
                 if budget <= 0:
                     raise RetriableApiError(path=path, kind="timeout", detail="the retry deadline has passed")
+                sent_at = time.monotonic()
                 response = send(self.http, request, path=path, limits=replace(self.limits, deadline=budget))
+                if self.deadline is not None:
+                    self.deadline.record(time.monotonic() - sent_at)
                 classify(response, path=path, now=self.now, secrets=[token, *self.auth.secrets()])
             except ApiError as error:
                 if self.on_request is not None:

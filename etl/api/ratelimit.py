@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+Patience = Callable[[float], bool]  # whether a wait of so many seconds is still worth it
+
 
 class TokenBucket:
     """``capacity`` tokens, refilled continuously at ``per_second``; thread-safe."""
@@ -50,8 +52,9 @@ class TokenBucket:
                 return 0.0
             return (1 - self._tokens) / self.per_second
 
-    def acquire(self, cancelled: threading.Event | None = None) -> bool:
-        """Take one token, waiting as long as needed; False if ``cancelled`` was set while waiting.
+    def acquire(self, cancelled: threading.Event | None = None, patience: Patience | None = None) -> bool:
+        """Take one token, waiting as long as needed; False if ``cancelled`` was set while waiting, or if
+        ``patience`` refuses the wait.
 
         One thread waits at a time (the others queue behind it), so ``waited`` is wall time.
         """
@@ -63,6 +66,8 @@ class TokenBucket:
                 if not wait:
                     return True
                 if cancelled is not None and cancelled.is_set():
+                    return False
+                if patience is not None and not patience(wait):
                     return False
                 self.waited += wait
                 if self.sleep is not None:
@@ -92,7 +97,7 @@ class Limiter(Protocol):
 
     waited: float
 
-    def acquire(self, cancelled: threading.Event | None = None) -> bool: ...
+    def acquire(self, cancelled: threading.Event | None = None, patience: Patience | None = None) -> bool: ...
 
     def drain(self, seconds: float) -> None: ...
 
@@ -114,8 +119,9 @@ class SharedBucket:
         self._tokens = 0
         self._lock = threading.Lock()
 
-    def acquire(self, cancelled: threading.Event | None = None) -> bool:
-        """Take one token, leasing (and waiting) as needed; False if ``cancelled`` was set while waiting."""
+    def acquire(self, cancelled: threading.Event | None = None, patience: Patience | None = None) -> bool:
+        """Take one token, leasing (and waiting) as needed; False if ``cancelled`` was set while waiting,
+        or if ``patience`` refuses the wait (the pass would end before a request after it could finish)."""
         with self._lock:
             while self._tokens == 0:
                 if cancelled is not None and cancelled.is_set():
@@ -124,6 +130,8 @@ class SharedBucket:
                 if granted:
                     self._tokens = granted
                     break
+                if patience is not None and not patience(wait):
+                    return False
                 self.waited += wait
                 if self.sleep is not None:
                     self.sleep(wait)

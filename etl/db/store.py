@@ -45,6 +45,7 @@ class FinishedRun(Protocol):
     status: str
     planned: int
     requests: int
+    deferred: int
 
 
 class BackfillSource(Protocol):
@@ -191,7 +192,7 @@ class Store:
             conn.execute(
                 update(sync_runs).where(sync_runs.c.id == run.run_id, sync_runs.c.status == "running")
                 .values(status=run.status, finished_at=at, requests=run.requests, error=error,
-                        connections_planned=run.planned)
+                        connections_planned=run.planned, connections_deferred=run.deferred)
             )
 
     def close_stale_runs(self, *, at: dt.datetime) -> int:
@@ -279,9 +280,12 @@ class Store:
     # -- which connections ------------------------------------------------------------------------
 
     def due_ids(self, *, at: dt.datetime, ignore_due: bool = False) -> list[str]:
-        """Tracked connection ids that are due at ``at`` (every tracked one with ``ignore_due``)."""
+        """Tracked connection ids that are due at ``at`` (every tracked one with ``ignore_due``), most overdue first."""
         c = connections.c
-        query = select(c.id).where(c.tracked.is_(True)).order_by(c.id)
+        # Most overdue first: never attempted, then by due time, so a pass cut short by --max-duration
+        # leaves the freshest for later and never fetches one twice while another waits.
+        query = select(c.id).where(c.tracked.is_(True)).order_by(
+            c.last_attempt_at.is_(None).desc(), c.next_due_at.asc().nulls_first(), c.id)
         if not ignore_due:
             query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= at))
         with self.read() as conn:
