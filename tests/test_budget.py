@@ -139,3 +139,28 @@ def test_a_429_makes_every_process_back_off(engine: Engine, world: tuple[FakeApi
     assert result.counts.fetched == 12
     budget = Store(engine).budget(budget_key(config))
     assert budget is not None and time.seconds >= 20  # the run waited out the Retry-After
+
+
+def test_back_to_back_passes_that_fit_their_time_share_the_budget_fairly(engine: Engine) -> None:
+    """More due connections than the budget allows: three passes of 10 s each, one after another."""
+    time = SharedTime()
+    fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
+                   rate_limit=(CAPACITY, PER_MINUTE / 60))
+    ids = fake.populate(60, seed=6)
+    track(Store(engine), ids, now=time.now)
+    config = make_config(fake, engine.url.render_as_string(hide_password=False))
+    config = replace(config, rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE),
+                     sync=replace(config.sync, max_duration_seconds=10.0))
+    results, spans = [], []
+    for _ in range(3):
+        started = time.seconds
+        results.append(_sync(config, engine, _seams(fake, time)))
+        spans.append(time.seconds - started)
+    assert [r.exit_code for r in results] == [0, 0, 0] and fake.rate_limited == 0
+    assert all(span <= 10.0 for span in spans), spans  # each within its max duration
+    fetched = [path.rsplit("/", 1)[1] for method, path in fake.requests if path.startswith("/v3/connections/")]
+    assert len(fetched) == len(set(fetched)) < len(ids)  # none twice while others were never fetched
+    allowed = CAPACITY + time.seconds * PER_MINUTE / 60
+    assert len(fetched) >= 0.85 * allowed, (len(fetched), allowed)
+    assert [r.deferred for r in results] == [60 - r.counts.fetched - sum(p.counts.fetched for p in results[:i])
+                                             for i, r in enumerate(results)]
