@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from typing import Any
 
+from etl.config import Config
 from etl.db.store import Store
 
 RUN_COLUMNS = ("run_id", "trigger", "status", "started_at", "duration_seconds", "planned", "fetched",
@@ -46,3 +49,49 @@ def status_report(store: Store, *, runs: int = 10, failing: int = 50) -> dict[st
         "failing_total": failing_total,
         "last_success_at": store.last_success_at(),
     }
+
+
+def freshness(store: Store, config: Config, *, at: dt.datetime) -> dict[str, Any]:
+    """How fresh the mirror is: connections fetched within ``schedule.interval``, never fetched, and ages."""
+    ages = store.success_ages(at=at, window=config.schedule.interval_seconds)
+
+    def age(when: dt.datetime | None) -> float | None:
+        return round((at - when).total_seconds(), 3) if when is not None else None
+
+    return {
+        "interval_seconds": config.schedule.interval_seconds,
+        "tracked": ages["tracked"], "fetched_within_interval": ages["fresh"],
+        "never_fetched": ages["never_fetched"], "oldest_success_at": ages["oldest_success_at"],
+        "oldest_age_seconds": age(ages["oldest_success_at"]),
+        "median_age_seconds": age(ages["median_success_at"]), "p95_age_seconds": age(ages["p95_success_at"]),
+    }
+
+
+def budget(store: Store, config: Config, *, at: dt.datetime, tracked: int) -> dict[str, Any]:
+    """The rate budget: tokens now, requests an hour, what a full refresh costs per strategy, and
+    whether ``schedule.interval`` can be met."""
+    from etl.context import budget_key
+
+    capacity, per_second = float(config.rate_limit.capacity), config.rate_limit.per_minute / 60
+    row = store.budget(budget_key(config))
+    tokens = capacity if row is None else min(
+        row.capacity, row.tokens + max(0.0, (at - row.updated_at).total_seconds()) * row.per_second)
+    pages = max(1, math.ceil(tracked / config.sync.page_size)) if tracked else 0
+
+    def seconds_for(requests: int) -> float:  # from a full bucket
+        return max(0.0, requests - capacity) / per_second
+
+    cheapest = min(seconds_for(tracked), seconds_for(pages))
+    return {
+        "key": budget_key(config), "capacity": capacity, "per_minute": config.rate_limit.per_minute,
+        "tokens_now": round(tokens, 3), "requests_per_hour": round(per_second * 3600, 3),
+        "full_refresh": {"ids": {"requests": tracked, "seconds": round(seconds_for(tracked), 3)},
+                         "list": {"requests": pages, "seconds": round(seconds_for(pages), 3)}},
+        "interval_can_be_met": cheapest <= config.schedule.interval_seconds,
+    }
+
+
+def stale(store: Store, *, at: dt.datetime, max_age: float) -> int:
+    """How many tracked ``pending``/``active`` connections have no success within ``max_age`` seconds."""
+    ages = store.success_ages(at=at, window=max_age)
+    return int(ages["tracked"] - ages["fresh"])

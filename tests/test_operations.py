@@ -376,3 +376,42 @@ def test_one_shot_sync_writes_a_metrics_textfile(procs: Procs, engine: Engine, f
     assert 'smartcar_etl_connections_total{result="fetched"} 2.0' in text
     assert 'smartcar_etl_runs_total{status="succeeded"} 1.0' in text
     assert "smartcar_etl_last_success_timestamp_seconds" in text
+
+
+def test_status_shows_freshness_and_budget_and_max_age_is_for_monitoring(
+    run_sync: Runner, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracked_world(run_sync.fake, engine, 3)
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    never = CliRunner().invoke(cli, ["status", "--max-age", "1h"], env=env)
+    assert never.exit_code == 1 and "Stale: 3 connection(s) without a success within 1h" in never.stdout
+    assert "0 of 3 fetched within 15m, 3 never fetched" in never.stdout
+    run_sync.clock.now = dt.datetime.now(dt.UTC)  # the CLI reads the real clock: fetch "now"
+    run_sync(advance=dt.timedelta(0))
+    fresh = CliRunner().invoke(cli, ["status", "--max-age", "1h", "--json"], env=env)
+    assert fresh.exit_code == 0, fresh.output
+    report = json.loads(fresh.stdout)
+    assert report["stale"] == {"max_age_seconds": 3600.0, "connections": 0}
+    assert (report["freshness"]["tracked"], report["freshness"]["fetched_within_interval"],
+            report["freshness"]["never_fetched"]) == (3, 3, 0)
+    budget = report["budget"]
+    assert (budget["capacity"], budget["per_minute"], budget["requests_per_hour"]) == (120, 2.0, 120.0)
+    assert budget["full_refresh"]["ids"] == {"requests": 3, "seconds": 0.0}
+    assert budget["full_refresh"]["list"]["requests"] == 1 and budget["interval_can_be_met"] is True
+    table = CliRunner().invoke(cli, ["status"], env=env).stdout
+    assert "Rate budget:" in table and "requests an hour" in table and "schedule.interval 15m can be met" in table
+
+
+def test_status_says_when_the_interval_cannot_be_met(engine: Engine) -> None:
+    from etl.config import Config, RateLimitConfig
+    from etl.status import budget
+
+    config = Config(rate_limit=RateLimitConfig(capacity=120, per_minute=2))
+    figures = budget(Store(engine), config, at=dt.datetime.now(dt.UTC), tracked=10_000)
+    assert figures["full_refresh"]["list"] == {"requests": 100, "seconds": 0.0}  # within the bucket's 120
+    assert figures["full_refresh"]["ids"]["seconds"] == (10_000 - 120) * 30
+    assert figures["interval_can_be_met"] is True
+    bigger = budget(Store(engine), config, at=dt.datetime.now(dt.UTC), tracked=100_000)
+    assert bigger["full_refresh"]["list"] == {"requests": 1000, "seconds": (1000 - 120) * 30.0}
+    assert bigger["interval_can_be_met"] is False  # 7 h 20 m for a 15 m interval

@@ -183,28 +183,65 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many recent runs.")
+@click.option("--max-age", metavar="DURATION", help="Exit 1 when a tracked pending or active connection has no "
+              "successful fetch within DURATION (15m, 1h), for monitoring; the output says how many.")
 @pass_state
-def status_command(state: State, as_json: bool, runs: int) -> None:
-    """Recent runs, tracked connections by status, and the connections that are failing.
+def status_command(state: State, as_json: bool, runs: int, max_age: str | None) -> None:
+    """Recent runs, how fresh the mirror is, the rate budget, and the connections that are failing.
 
     \b
     Example:
         smartcar-etl status --json | jq '.failing[] | .connection_id'
+        smartcar-etl status --max-age 1h || alert "smartcar mirror is stale"
     """
     import json
 
-    from etl.status import FAILING_COLUMNS, RUN_COLUMNS, status_report
+    from etl.clock import utcnow
+    from etl.config import parse_setting
+    from etl.status import budget, freshness, stale, status_report
 
-    report = status_report(state.store(), runs=runs)
+    limit = parse_setting("schedule.interval", max_age, where="--max-age") if max_age is not None else None
+    store, config, at = state.store(), state.config, utcnow()
+    report = status_report(store, runs=runs)
+    report["freshness"] = freshness(store, config, at=at)
+    report["budget"] = budget(store, config, at=at, tracked=report["freshness"]["tracked"])
+    if limit is not None:
+        report["stale"] = {"max_age_seconds": limit, "connections": stale(store, at=at, max_age=limit)}
     if as_json:
         click.echo(json.dumps(report, default=lambda v: v.isoformat(), indent=2))
-        return
-    counts = report["connections"]
+    else:
+        _print_status(report)
+    if limit is not None and report["stale"]["connections"]:
+        ctx = click.get_current_context()
+        ctx.exit(1)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from etl.backfill import human_duration
+    from etl.status import FAILING_COLUMNS, RUN_COLUMNS
+
+    counts, fresh, budget = report["connections"], report["freshness"], report["budget"]
     last = report["last_success_at"]
     click.echo(f"Last successful run finished: {last.isoformat() if last else 'never'}\n")
     click.echo("Recent runs:")
     click.echo(render(report["runs"], RUN_COLUMNS))
     click.echo("\nTracked connections: " + ", ".join(f"{counts[s]} {s}" for s in ("pending", "active", "deleted"))
                + f" ({counts['untracked']} untracked)")
+    interval = human_duration(fresh["interval_seconds"])
+    ages = ", ".join(f"{name} {human_duration(fresh[key]) if fresh[key] is not None else '-'}"
+                     for name, key in (("oldest", "oldest_age_seconds"), ("median", "median_age_seconds"),
+                                       ("p95", "p95_age_seconds")))
+    click.echo(f"Freshness: {fresh['fetched_within_interval']} of {fresh['tracked']} fetched within {interval}, "
+               f"{fresh['never_fetched']} never fetched; success age {ages}")
+    ids, pages = budget["full_refresh"]["ids"], budget["full_refresh"]["list"]
+    click.echo(f"Rate budget: {budget['tokens_now']:g} of {budget['capacity']:g} tokens now, "
+               f"{budget['requests_per_hour']:g} requests an hour")
+    click.echo(f"  a full refresh of {fresh['tracked']} needs {ids['requests']} GETs = "
+               f"{human_duration(ids['seconds'])}, or {pages['requests']} listing requests = "
+               f"{human_duration(pages['seconds'])}; "
+               f"schedule.interval {interval} {'can' if budget['interval_can_be_met'] else 'cannot'} be met")
+    if "stale" in report:
+        click.echo(f"Stale: {report['stale']['connections']} connection(s) without a success within "
+                   f"{human_duration(report['stale']['max_age_seconds'])}")
     click.echo(f"\nFailing connections ({report['failing_total']}):")
     click.echo(render(report["failing"], FAILING_COLUMNS))

@@ -441,6 +441,31 @@ class Store:
                     untracked += count
         return by_status, untracked
 
+    def success_ages(self, *, at: dt.datetime, window: float) -> dict[str, Any]:
+        """How fresh the mirror is: tracked ``pending``/``active`` connections, how many were never fetched,
+        how many were fetched within ``window`` seconds, and the oldest, median and 95th-percentile last success.
+        """
+        c = connections.c
+        live = (c.tracked.is_(True), c.status.in_(["pending", "active"]))
+        fetched = (*live, c.last_success_at.is_not(None))
+        with self.read() as conn:
+            tracked = conn.scalar(select(func.count()).where(*live)) or 0
+            seen = conn.scalar(select(func.count()).where(*fetched)) or 0
+            fresh = conn.scalar(select(func.count()).where(
+                *fetched, c.last_success_at >= at - dt.timedelta(seconds=window))) or 0
+
+            def newest_but(share: float) -> dt.datetime | None:  # the success time older than ``share`` of them
+                if not seen:
+                    return None
+                offset = min(seen - 1, int(share * seen))
+                value: dt.datetime | None = conn.scalar(select(c.last_success_at).where(*fetched)
+                                                        .order_by(c.last_success_at.desc()).offset(offset).limit(1))
+                return value
+
+            median, p95, oldest = newest_but(0.5), newest_but(0.95), newest_but(1.0)
+        return {"tracked": tracked, "never_fetched": tracked - seen, "fresh": fresh, "oldest_success_at": oldest,
+                "median_success_at": median, "p95_success_at": p95}
+
     def failing(self, limit: int) -> tuple[list[Any], int]:
         """The tracked connections whose last fetch failed (most failures in a row first), and how many in all."""
         c = connections.c
