@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
 
 if TYPE_CHECKING:
+    from etl.config import Config
     from etl.db.store import Store
 
 
@@ -35,6 +36,13 @@ class Metrics:
                                   registry=r)
         self.last_success = Gauge("smartcar_etl_last_success_timestamp_seconds",
                                   "Unix time when the last run that succeeded finished", registry=r)
+        self.rate_limit_wait = Gauge("smartcar_etl_last_run_rate_limit_wait_seconds",
+                                     "Wall time the last run waited for the rate limit", registry=r)
+        self.oldest_success_age = Gauge("smartcar_etl_oldest_success_age_seconds",
+                                        "Age of the oldest last success of a tracked pending or active connection "
+                                        "(NaN while one was never fetched)", registry=r)
+        self.budget_tokens = Gauge("smartcar_etl_rate_budget_tokens", "Tokens in the application's rate budget",
+                                   registry=r)
         self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
                                   registry=r)
         self._server: Any = None
@@ -53,15 +61,26 @@ class Metrics:
         self.permission_changes.labels(change="granted").inc(granted)
         self.permission_changes.labels(change="revoked").inc(revoked)
 
-    def run(self, *, status: str, seconds: float, finished_at: dt.datetime) -> None:
-        """Record a finished run."""
-        self.runs.labels(status=status).inc()
-        self.run_duration.set(seconds)
+    def run(self, result: Any, *, finished_at: dt.datetime) -> None:
+        """Record a finished run (its ``RunResult``)."""
+        self.runs.labels(status=result.status).inc()
+        self.run_duration.set(result.seconds)
+        self.rate_limit_wait.set(result.rate_limit_wait)
+        status = result.status
         if status == "succeeded":
             self.last_success.set(finished_at.timestamp())
 
-    def load_last_success(self, store: Store) -> None:
-        """Start the last-success gauge from the database, so a restart does not reset it."""
+    def load_state(self, store: Store, config: Config) -> None:
+        """Set the gauges the database knows: the last success (so a restart does not reset it), the oldest
+        success age and the tokens of the rate budget."""
+        from etl.clock import utcnow
+        from etl.status import budget, freshness
+
+        at = utcnow()
+        fresh = freshness(store, config, at=at)
+        oldest = fresh["oldest_age_seconds"]
+        self.oldest_success_age.set(float("nan") if fresh["never_fetched"] or oldest is None else oldest)
+        self.budget_tokens.set(budget(store, config, at=at, tracked=fresh["tracked"])["tokens_now"])
         last = store.last_success_at()
         if last is not None:
             self.last_success.set(last.timestamp())

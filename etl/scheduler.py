@@ -99,6 +99,10 @@ class Daemon:
             with self._lock:
                 self._cancel = None
                 self.idle.set()
+            try:
+                self.metrics.load_state(self.store, self.config)  # freshness and budget after every pass
+            except EtlError as error:
+                log.warning("could not read the freshness and budget for the metrics: %s", error)
         return None
 
     def request_stop(self, signum: int | None = None) -> None:
@@ -114,7 +118,7 @@ class Daemon:
     def serve(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code (0)."""
         self.store.require_migrated()
-        self.metrics.load_last_success(self.store)
+        self.metrics.load_state(self.store, self.config)
         listen = self.config.daemon.metrics_listen
         if listen:
             try:

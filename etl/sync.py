@@ -161,7 +161,7 @@ class RunLoop:
             self.ctx.store.finish_run(r, at=finished_at, error=error)
         finally:
             if self.ctx.metrics is not None:
-                self.ctx.metrics.run(status=status, seconds=r.seconds, finished_at=finished_at)
+                self.ctx.metrics.run(r, finished_at=finished_at)
 
     def _end_quietly(self, status: str, error: str) -> None:
         """End the run while another error is on its way out: a failure to record it is only logged."""

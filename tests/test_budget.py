@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from etl.backfill import Source, backfill
 from etl.config import Config, RateLimitConfig
 from etl.context import Seams, budget_key
+from etl.db.models import sync_runs
 from etl.db.store import Bucket, Store
 from etl.fakeapi import FakeApi
 from etl.sync import RunResult, sync
@@ -107,6 +108,10 @@ def test_runs_that_follow_each_other_stay_under_the_bucket_together(
     assert time.seconds - started_second >= 11
     assert second.rate_limit_wait >= 11 and first.rate_limit_wait < second.rate_limit_wait
     assert Store(engine).budget(budget_key(config)) is not None
+    with engine.connect() as conn:  # the wait is recorded with the run (wall time: one thread waits at a time)
+        waits = list(conn.scalars(select(sync_runs.c.rate_limit_wait_seconds).order_by(sync_runs.c.id)))
+    assert waits == pytest.approx([first.rate_limit_wait, second.rate_limit_wait])
+    assert second.rate_limit_wait <= time.seconds - started_second
 
 
 def test_a_backfill_right_after_a_sync_gets_no_429(

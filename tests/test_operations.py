@@ -376,6 +376,10 @@ def test_one_shot_sync_writes_a_metrics_textfile(procs: Procs, engine: Engine, f
     assert 'smartcar_etl_connections_total{result="fetched"} 2.0' in text
     assert 'smartcar_etl_runs_total{status="succeeded"} 1.0' in text
     assert "smartcar_etl_last_success_timestamp_seconds" in text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert 0 <= values["smartcar_etl_oldest_success_age_seconds"] < 600  # both fetched just now
+    assert values["smartcar_etl_rate_budget_tokens"] >= 0 and "smartcar_etl_last_run_rate_limit_wait_seconds" in values
 
 
 def test_status_shows_freshness_and_budget_and_max_age_is_for_monitoring(

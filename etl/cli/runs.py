@@ -55,15 +55,15 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, met
         raise
     finally:
         if metrics is not None and textfile:
-            _write_metrics(metrics, store, textfile)
+            _write_metrics(metrics, state, textfile)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
 
 
-def _write_metrics(metrics: Any, store: Any, path: str) -> None:
+def _write_metrics(metrics: Any, state: State, path: str) -> None:
     """Write the metrics file even after a failed run: that is when it matters most."""
     try:
-        metrics.load_last_success(store)
+        metrics.load_state(state.store(), state.config)
         metrics.write_textfile(path)
     except Exception as error:  # never let metrics hide the run's own outcome
         log.warning("could not write metrics to %s: %s", path, error)

@@ -207,6 +207,8 @@ class SyncRun(Base):
     fields_nulled: Mapped[int] = mapped_column(Integer, server_default="0")
     # Due connections left for the next pass because this one would have run past its --max-duration.
     connections_deferred: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Wall time the run's requests waited for the rate limit.
+    rate_limit_wait_seconds: Mapped[float] = mapped_column(Float, server_default="0")
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]

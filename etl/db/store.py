@@ -46,6 +46,7 @@ class FinishedRun(Protocol):
     planned: int
     requests: int
     deferred: int
+    rate_limit_wait: float
 
 
 class BackfillSource(Protocol):
@@ -192,7 +193,8 @@ class Store:
             conn.execute(
                 update(sync_runs).where(sync_runs.c.id == run.run_id, sync_runs.c.status == "running")
                 .values(status=run.status, finished_at=at, requests=run.requests, error=error,
-                        connections_planned=run.planned, connections_deferred=run.deferred)
+                        connections_planned=run.planned, connections_deferred=run.deferred,
+                        rate_limit_wait_seconds=run.rate_limit_wait)
             )
 
     def close_stale_runs(self, *, at: dt.datetime) -> int:

@@ -1,4 +1,5 @@
-"""The rate budget kept in the database (one token bucket per application) and deferred connections per run.
+"""The rate budget kept in the database (one token bucket per application); per run, the connections
+deferred by --max-duration and the wall time spent waiting for the rate limit.
 
 Revision ID: 0006
 Revises: 0005
@@ -30,9 +31,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('sync_runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('connections_deferred', sa.Integer(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('rate_limit_wait_seconds', sa.Float(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('sync_runs', schema=None) as batch_op:
+        batch_op.drop_column('rate_limit_wait_seconds')
         batch_op.drop_column('connections_deferred')
     op.drop_table('rate_budgets')
