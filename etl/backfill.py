@@ -148,8 +148,12 @@ def backfill(
     progress: Progress | None = None,
     seams: Seams = Seams(),  # noqa: B008 - frozen, immutable
 ) -> RunResult:
-    """Run (or with ``resume``, continue) a backfill; the library behind ``smartcar-etl backfill``."""
-    with Pass.open(config, store, seams).locked() as ctx:
+    """Run (or with ``resume``, continue) a backfill; the library behind ``smartcar-etl backfill``.
+
+    With ``sync.max_duration`` (``--max-duration``) it stops starting requests that cannot finish in
+    time, so it never holds the run lock longer than asked; ``resume`` continues it.
+    """
+    with Pass.open(config, store, seams, max_duration=config.sync.max_duration_seconds).locked() as ctx:
         if source.ids is not None:
             track(store, list(source.ids), now=ctx.now)
         opened = store.open_backfill(source, resume=resume, at=ctx.now())
@@ -176,7 +180,7 @@ def backfill(
         finally:
             if progress is not None:
                 progress.finish()
-        if result.status in ("succeeded", "partial", "failed") and not outcomes.incomplete:
+        if result.status in ("succeeded", "partial", "failed") and not outcomes.incomplete and not result.deferred:
             store.finish_backfill(opened.id, run_id=run_id, at=ctx.now())
         else:
             log.warning("backfill %d is not complete; `smartcar-etl backfill ... --resume` continues it", opened.id)

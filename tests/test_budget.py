@@ -169,3 +169,17 @@ def test_back_to_back_passes_that_fit_their_time_share_the_budget_fairly(engine:
     assert len(fetched) >= 0.85 * allowed, (len(fetched), allowed)
     assert [r.deferred for r in results] == [60 - r.counts.fetched - sum(p.counts.fetched for p in results[:i])
                                              for i, r in enumerate(results)]
+
+
+def test_a_backfill_with_a_max_duration_stops_in_time_and_resume_finishes_it(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    limited = replace(config, sync=replace(config.sync, max_duration_seconds=5.0))
+    first = backfill(limited, Store(engine), Source(name="ids", ids=ids), seams=_seams(fake, time))
+    assert first.exit_code == 0 and 0 < first.counts.fetched < 12 and first.deferred == 12 - first.counts.fetched
+    assert time.seconds <= 5.0
+    rest = backfill(config, Store(engine), Source(name="ids", ids=ids), resume=True, seams=_seams(fake, time))
+    assert first.counts.fetched + rest.counts.fetched == 12 and rest.deferred == 0 and fake.rate_limited == 0
+    fetched = [path for method, path in fake.requests if path.startswith("/v3/connections/")]
+    assert len(fetched) == len(set(fetched)) == 12

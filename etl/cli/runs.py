@@ -18,11 +18,15 @@ from etl.output import render
                    "auto (default, or sync.strategy): whichever needs fewer requests.")
 @click.option("--all", "ignore_due", is_flag=True,
               help="Every tracked connection, due or not (failing and deleted ones included).")
+@click.option("--max-duration", metavar="DURATION",
+              help="Start no request that cannot finish within DURATION (90s, 15m); what is left stays due for "
+                   "the next pass. Default: sync.max_duration, else schedule.interval (or the next cron firing).")
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
                    "default: metrics.textfile from the config.")
 @click.pass_context
-def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, metrics_file: str | None) -> None:
+def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max_duration: str | None,
+                 metrics_file: str | None) -> None:
     """One pass now over the tracked connections that are due; what cron calls.
 
     A connection is due when it has not been fetched for schedule.interval, or
@@ -44,11 +48,12 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, met
     from etl.sync import sync
 
     state: State = ctx.obj
-    textfile = metrics_file or state.config.metrics.textfile
+    config = _with_max_duration(state.config, max_duration)
+    textfile = metrics_file or config.metrics.textfile
     metrics = Metrics() if textfile else None
     store = state.store()
     try:
-        result = sync(state.config, store, seams=Seams(metrics=metrics), ignore_due=ignore_due, strategy=strategy)
+        result = sync(config, store, seams=Seams(metrics=metrics), ignore_due=ignore_due, strategy=strategy)
     except LockHeld:
         if metrics is not None:
             metrics.lock_skips.inc()
@@ -58,6 +63,18 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, met
             _write_metrics(metrics, state, textfile)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
+
+
+def _with_max_duration(config: Any, max_duration: str | None) -> Any:
+    """The config with ``sync.max_duration`` from ``--max-duration`` (checked as the config key would be)."""
+    if max_duration is None:
+        return config
+    from dataclasses import replace
+
+    from etl.config import parse_setting
+
+    seconds = parse_setting("sync.max_duration", max_duration, where="--max-duration")
+    return replace(config, sync=replace(config.sync, max_duration_seconds=seconds))
 
 
 def _write_metrics(metrics: Any, state: State, path: str) -> None:
@@ -101,9 +118,11 @@ class _Bar:
 @click.option("--resume", is_flag=True, help="Continue the interrupted backfill of the same ids (or listing).")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched and how long the rate limit makes "
               "it take; fetch and write nothing (--all sends one listing request to count).")
+@click.option("--max-duration", metavar="DURATION",
+              help="Stop starting requests that cannot finish within DURATION; --resume continues later.")
 @click.pass_context
 def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool,
-                     dry_run: bool) -> None:
+                     dry_run: bool, max_duration: str | None) -> None:
     """A large one-off fetch, with a progress bar on a terminal; resumable.
 
     Each batch stored is a checkpoint: after an interruption (Ctrl-C, a crash,
@@ -132,7 +151,8 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         click.echo(describe(state.config, store, source, resume=resume).describe())
         return
     progress = _Bar() if sys.stderr.isatty() else None
-    result = backfill(state.config, store, source, resume=resume, progress=progress)
+    result = backfill(_with_max_duration(state.config, max_duration), store, source, resume=resume,
+                      progress=progress)
     click.echo(result.summary())
     ctx.exit(result.exit_code)
 
