@@ -100,8 +100,11 @@ class FakeApi:
         error_shape: str = "v3",
         clock: Callable[[], float] = time.monotonic,
         rate_limit: tuple[float, float] | None = None,
+        latency: float = 0.0,
     ) -> None:
-        """``rate_limit`` is (capacity, refills per second) of a bucket the fake enforces with 429s."""
+        """``rate_limit`` is (capacity, refills per second) of a bucket the fake enforces with 429s;
+        ``latency`` (seconds) delays every answer of the API (not of the token endpoint), as a real one is."""
+        self.latency = latency
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
@@ -256,6 +259,8 @@ class FakeApi:
             self.requests.append((request.method, path))
             self.request_times.append((time.monotonic(), request.method, path))
             fault = self._take_fault(target)
+        if self.latency and path.startswith(API_PREFIX):
+            time.sleep(self.latency)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)

@@ -44,7 +44,10 @@ def demo_command(ctx: click.Context, database: Path, connections_count: int, pas
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--rate-limit", metavar="CAPACITY/PER_MINUTE",
               help="Enforce a token bucket like Smartcar's (120/2 is its default): 429 with Retry-After beyond it.")
-def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None) -> None:
+@click.option("--latency", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+              help="Seconds every API answer takes (Smartcar's take hundreds of milliseconds).")
+def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None,
+                     latency: float) -> None:
     """Serve the bundled fake Smartcar API on loopback until interrupted.
 
     Prints the environment to point the job at it. Its credentials are fake.
@@ -69,7 +72,7 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, ra
         if bucket is None or min(bucket) <= 0:
             msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
             raise click.BadParameter(msg, param_hint="--rate-limit")
-    fake = FakeApi(rate_limit=bucket)
+    fake = FakeApi(rate_limit=bucket, latency=latency)
     fake.populate(connections_count, seed=seed)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
