@@ -181,7 +181,7 @@ def backfill(
             if progress is not None:
                 progress.finish()
         if result.status in ("succeeded", "partial", "failed") and not outcomes.incomplete and not result.deferred:
-            store.finish_backfill(opened.id, run_id=run_id, at=ctx.now())
+            store.finish_backfill(opened.id, at=ctx.now(), run_id=run_id)
         else:
             log.warning("backfill %d is not complete; `smartcar-etl backfill ... --resume` continues it", opened.id)
         return result

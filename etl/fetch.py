@@ -33,6 +33,9 @@ class OutcomeSource(Protocol):
     @property
     def incomplete(self) -> str | None: ...
 
+    @property
+    def out_of_time(self) -> bool: ...
+
     def outcomes(self) -> Generator[Outcome, None, None]: ...
 
 
@@ -103,11 +106,20 @@ class ByIds:
         self.ids = ids
         self.planned: int | None = len(ids)
         self.incomplete: str | None = None
+        self.done = 0
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether --max-duration left some ids for the next pass (not a stop on request)."""
+        return (self.ctx.client.deadline is not None and self.done < len(self.ids)
+                and not self.ctx.cancelled.is_set())
 
     def outcomes(self) -> Generator[Outcome, None, None]:
         """Every id's outcome, as requests complete."""
-        return fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
-                              window=self.ctx.window, now=self.ctx.now)
+        for outcome in fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
+                                      window=self.ctx.window, now=self.ctx.now):
+            self.done += 1
+            yield outcome
 
 
 class Listing:
@@ -141,6 +153,7 @@ class Listing:
         self.page = 0  # the page being read
         self.total: int | None = None  # the listing's totalCount, once known
         self.seen: set[str] = set()
+        self.out_of_time = False  # stopped at a page boundary by --max-duration; the next pass resumes
 
     def outcomes(self) -> Generator[Outcome, None, None]:
         """The listing's outcomes, then the confirmations of what it missed."""
@@ -172,7 +185,11 @@ class Listing:
             except FatalApiError:
                 raise
             except Deferred:
-                self.incomplete = f"out of time at page {paginator.number} (--max-duration); nothing is confirmed"
+                self.out_of_time = True
+                if self.total is not None:  # what this pass leaves for the next one
+                    self.planned = len(self.seen) + max(0, self.total - (paginator.number - 1) * page_size)
+                log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
+                         "confirmed until the listing has gone through", paginator.number)
                 return
             except Cancelled:
                 self.incomplete = "stopped on request"
@@ -205,7 +222,45 @@ class Listing:
         missing = self.ctx.store.missing_from(self.seen, since=self.since)
         if missing:
             log.info("%d tracked connection(s) missing from the listing; confirming each with a GET", len(missing))
-            yield from ByIds(self.ctx, missing).outcomes()
+            confirm = ByIds(self.ctx, missing)
+            yield from confirm.outcomes()
+            if confirm.out_of_time:  # the next pass reads the last page again, then confirms the rest
+                self.out_of_time = True
+
+
+class SyncListing:
+    """What identifies the listing that ``sync`` keeps its place in (a ``backfills`` row of its own)."""
+
+    name = "the listing (sync)"
+    kind = "all"
+    fingerprint = "sync-listing"
+    total = None
+
+
+class ResumableListing(Listing):
+    """The listing of a sync pass, which keeps its place in the database.
+
+    A pass that runs out of time (``--max-duration``) stops at a page boundary;
+    the next pass resumes at that page, and only a listing that has gone through
+    from its first page to its last leads to confirmations (and so to deletions).
+    """
+
+    def __init__(self, ctx: Pass, *, first_page: ListingPage | None = None) -> None:
+        place = ctx.store.listing_place(SyncListing(), at=ctx.now())
+        resumed = place.next_page > 1
+        super().__init__(ctx, first_page=None if resumed else first_page, start_page=place.next_page,
+                         since=place.started_at if resumed else None)
+        self.place = place
+
+    def checkpoint(self) -> tuple[int, int | None] | None:
+        """(the listing's row, the page to resume at), written with each batch."""
+        return self.place.id, self.page or None
+
+    def outcomes(self) -> Generator[Outcome, None, None]:
+        """The listing's outcomes; the place is done once the listing went through."""
+        yield from super().outcomes()
+        if not self.out_of_time and not self.incomplete:
+            self.ctx.store.finish_backfill(self.place.id, at=self.ctx.now())
 
 
 class Cheapest:
@@ -220,7 +275,7 @@ class Cheapest:
     def __init__(self, ctx: Pass, due: Sequence[str]) -> None:
         self.ctx = ctx
         self.due = due
-        self.chosen: ByIds | Listing | None = None
+        self.chosen: ByIds | ResumableListing | None = None
         self._incomplete: str | None = None
 
     @property
@@ -233,6 +288,11 @@ class Cheapest:
         """Why the chosen source could not see everything, if it could not."""
         return self._incomplete if self.chosen is None else self.chosen.incomplete
 
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the chosen source stopped at --max-duration."""
+        return self.chosen is not None and self.chosen.out_of_time
+
     def outcomes(self) -> Generator[Outcome, None, None]:
         """Choose, then the chosen source's outcomes."""
         try:
@@ -242,7 +302,7 @@ class Cheapest:
             return
         yield from self.chosen.outcomes()
 
-    def _choose(self) -> ByIds | Listing:
+    def _choose(self) -> ByIds | ResumableListing:
         page_size = self.ctx.config.sync.page_size
         known = self.ctx.store.known_connections()
         if len(self.due) <= max(1, -(-known // page_size)):
@@ -252,4 +312,8 @@ class Cheapest:
         pages = max(1, -(-size // page_size))
         log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(self.due), pages,
                  size)
-        return Listing(self.ctx, first_page=first) if pages < len(self.due) else ByIds(self.ctx, self.due)
+        return ResumableListing(self.ctx, first_page=first) if pages < len(self.due) else ByIds(self.ctx, self.due)
+
+    def checkpoint(self) -> tuple[int, int | None] | None:
+        """The chosen listing's place, if the listing was chosen."""
+        return self.chosen.checkpoint() if isinstance(self.chosen, ResumableListing) else None

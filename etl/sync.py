@@ -18,7 +18,7 @@ from etl.config import Config
 from etl.context import Pass, Seams
 from etl.db.store import Store
 from etl.errors import DatabaseError, FatalApiError, SyncAborted, one_line
-from etl.fetch import ByIds, Cheapest, Listing, OutcomeSource
+from etl.fetch import ByIds, Cheapest, OutcomeSource, ResumableListing
 from etl.outcomes import BatchCounts, Failed, Outcome
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class RunLoop:
     source: OutcomeSource
     run_id: int
     started_at: dt.datetime
-    checkpoint: Callable[[], tuple[int, int | None]] | None = None
+    checkpoint: Callable[[], tuple[int, int | None] | None] | None = None
     progress: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
@@ -136,7 +136,7 @@ class RunLoop:
         c, problem = self.result.counts, self.source.incomplete
         if self.ctx.cancelled.is_set() and (done < planned or problem):
             return "aborted", f"stopped on request after {done} of {planned or done} connections"
-        if self.ctx.client.deadline is not None and done < planned and not problem:
+        if not problem and (self.source.out_of_time or (self.ctx.client.deadline is not None and done < planned)):
             self.result.deferred = planned - done  # they stay due: the next pass takes them first
             return ("succeeded" if c.failed == 0 else "partial"), None
         if problem:
@@ -205,9 +205,10 @@ def sync(
     max_duration = config.sync.max_duration_seconds or default_max_duration(config, seams.now)
     with Pass.open(config, store, seams, max_duration=max_duration).locked() as ctx:
         due = [] if strategy == "list" else store.due_ids(at=ctx.now(), ignore_due=ignore_due)
-        source: OutcomeSource = Listing(ctx) if strategy == "list" else ByIds(ctx, due) if strategy == "ids" \
-            else Cheapest(ctx, due)
+        source: ByIds | ResumableListing | Cheapest = ResumableListing(ctx) if strategy == "list" \
+            else ByIds(ctx, due) if strategy == "ids" else Cheapest(ctx, due)
         run_id, started_at = store.start_run(trigger=trigger, planned=len(due), at=ctx.now())
         log.info("run %s: %d connection(s) due, strategy %s", run_id, len(due), strategy,
                  extra={"run_id": run_id, "strategy": strategy})
-        return RunLoop(ctx, source, run_id, started_at)()
+        checkpoint = None if isinstance(source, ByIds) else source.checkpoint
+        return RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint)()

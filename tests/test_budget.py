@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select
 from etl.backfill import Source, backfill
 from etl.config import Config, RateLimitConfig
 from etl.context import Seams, budget_key
-from etl.db.models import sync_runs
+from etl.db.models import backfills, connections, sync_runs
 from etl.db.store import Bucket, Store
 from etl.fakeapi import FakeApi
 from etl.sync import RunResult, sync
@@ -183,3 +183,34 @@ def test_a_backfill_with_a_max_duration_stops_in_time_and_resume_finishes_it(
     assert first.counts.fetched + rest.counts.fetched == 12 and rest.deferred == 0 and fake.rate_limited == 0
     fetched = [path for method, path in fake.requests if path.startswith("/v3/connections/")]
     assert len(fetched) == len(set(fetched)) == 12
+
+
+def test_a_listing_out_of_time_resumes_at_its_page_and_only_a_whole_listing_deletes(engine: Engine) -> None:
+    time = SharedTime()
+    fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
+                   rate_limit=(2, 0.1))  # one page now, then one every 10 s
+    ids = fake.populate(250, seed=7)
+    unknown = "00000000-0000-4000-8000-0000000000ab"  # tracked, but the API does not list it
+    track(Store(engine), [*ids, unknown], now=time.now)
+    config = make_config(fake, engine.url.render_as_string(hide_password=False))
+    config = replace(config, rate_limit=RateLimitConfig(capacity=2, per_minute=6),
+                     sync=replace(config.sync, strategy="list", max_duration_seconds=15.0))
+    first = _sync(config, engine, _seams(fake, time))
+    assert (first.exit_code, first.status, first.counts.fetched, first.counts.deleted) == (0, "succeeded", 200, 0)
+    assert first.deferred == 50  # the last page, from totalCount
+    with engine.connect() as conn:
+        place = conn.execute(select(backfills.c.fingerprint, backfills.c.next_page, backfills.c.status)).one()
+        assert tuple(place) == ("sync-listing", 3, "running")
+        assert conn.scalar(select(connections.c.status).where(connections.c.id == unknown)) == "pending"
+    second = _sync(config, engine, _seams(fake, time))  # page 3, then no time left to confirm the unknown one
+    pages = [path for method, path in fake.requests if path == "/v3/connections"]
+    assert len(pages) == 3 and second.counts.fetched == 50 and second.counts.deleted == 0  # resumed at page 3
+    with engine.connect() as conn:
+        assert tuple(conn.execute(select(backfills.c.next_page, backfills.c.status)).one()) == (3, "running")
+    longer = replace(config, sync=replace(config.sync, max_duration_seconds=30.0))
+    third = _sync(longer, engine, _seams(fake, time))  # page 3 again, and the confirmation: a 404
+    assert third.counts.deleted == 1 and third.exit_code == 0
+    with engine.connect() as conn:
+        assert conn.scalar(select(backfills.c.status)) == "done"
+        assert conn.scalar(select(connections.c.status).where(connections.c.id == unknown)) == "deleted"
+    assert fake.rate_limited == 0

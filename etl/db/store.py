@@ -230,7 +230,7 @@ class Store:
         *,
         cadence: Cadence = DEFAULT_CADENCE,
         pass_started_at: dt.datetime | None = None,
-        checkpoint: Callable[[], tuple[int, int | None]] | None = None,
+        checkpoint: Callable[[], tuple[int, int | None] | None] | None = None,
     ) -> BatchWriter:
         """A writer of the run's batches; ``checkpoint`` gives (backfill id, next page) to record with each."""
         return BatchWriter(self, run_id, cadence, pass_started_at, checkpoint)
@@ -416,11 +416,24 @@ class Store:
             ).returning(backfills.c.id)).scalar_one()
         return OpenBackfill(int(new_id), at, 1, set_aside=row.started_at if row is not None else None)
 
-    def finish_backfill(self, backfill_id: int, *, run_id: int, at: dt.datetime) -> None:
-        """Mark the backfill done."""
+    def finish_backfill(self, backfill_id: int, *, at: dt.datetime, run_id: int | None = None) -> None:
+        """Mark the backfill (or a sync listing's place) done."""
+        values: dict[str, Any] = {"status": "done", "finished_at": at}
+        if run_id is not None:
+            values["last_run_id"] = run_id
         with self._write() as conn:
-            conn.execute(update(backfills).where(backfills.c.id == backfill_id)
-                         .values(status="done", finished_at=at, last_run_id=run_id))
+            conn.execute(update(backfills).where(backfills.c.id == backfill_id).values(**values))
+
+    def listing_place(self, source: BackfillSource, *, at: dt.datetime) -> OpenBackfill:
+        """Where a resumable listing stands: its unfinished row, else a new one at page 1."""
+        with self._write() as conn:
+            row = self._interrupted(conn, source, required=False)
+            if row is not None:
+                return OpenBackfill(int(row.id), row.started_at, row.next_page or 1)
+            new_id = conn.execute(insert(backfills).values(
+                kind=source.kind, source=source.name, fingerprint=source.fingerprint, total=None, started_at=at,
+                status="running").returning(backfills.c.id)).scalar_one()
+        return OpenBackfill(int(new_id), at, 1)
 
     # -- status -------------------------------------------------------------------------------------
 
@@ -489,7 +502,7 @@ class BatchWriter:
         run_id: int,
         cadence: Cadence,
         pass_started_at: dt.datetime | None,
-        checkpoint: Callable[[], tuple[int, int | None]] | None,
+        checkpoint: Callable[[], tuple[int, int | None] | None] | None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -540,7 +553,10 @@ class BatchWriter:
 
     def _record_checkpoint(self, conn: Connection) -> None:
         assert self.checkpoint is not None
-        backfill_id, next_page = self.checkpoint()
+        place = self.checkpoint()
+        if place is None:  # nothing to keep the place of (a pass that chose one GET per id)
+            return
+        backfill_id, next_page = place
         conn.execute(update(backfills).where(backfills.c.id == backfill_id)
                      .values(last_run_id=self.run_id, next_page=next_page))
 
