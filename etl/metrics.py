@@ -36,6 +36,8 @@ class Metrics:
                                   registry=r)
         self.last_success = Gauge("smartcar_etl_last_success_timestamp_seconds",
                                   "Unix time when the last run that succeeded finished", registry=r)
+        self.deferred = Counter("smartcar_etl_connections_deferred", "Due connections left for the next pass "
+                                "(--max-duration)", registry=r)
         self.rate_limit_wait = Gauge("smartcar_etl_last_run_rate_limit_wait_seconds",
                                      "Wall time the last run waited for the rate limit", registry=r)
         self.oldest_success_age = Gauge("smartcar_etl_oldest_success_age_seconds",
@@ -66,6 +68,7 @@ class Metrics:
         self.runs.labels(status=result.status).inc()
         self.run_duration.set(result.seconds)
         self.rate_limit_wait.set(result.rate_limit_wait)
+        self.deferred.inc(result.deferred)
         status = result.status
         if status == "succeeded":
             self.last_success.set(finished_at.timestamp())

@@ -22,6 +22,7 @@ from etl.context import Seams, budget_key
 from etl.db.models import backfills, connections, sync_runs
 from etl.db.store import Bucket, Store
 from etl.fakeapi import FakeApi
+from etl.metrics import Metrics
 from etl.sync import RunResult, sync
 from etl.tracking import track
 from tests.conftest import T0, make_config
@@ -157,10 +158,12 @@ def test_back_to_back_passes_that_fit_their_time_share_the_budget_fairly(engine:
     config = replace(config, rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE),
                      sync=replace(config.sync, max_duration_seconds=10.0))
     results, spans = [], []
+    metrics = Metrics()
     for _ in range(3):
         started = time.seconds
-        results.append(_sync(config, engine, _seams(fake, time)))
+        results.append(_sync(config, engine, _seams(fake, time, metrics=metrics)))
         spans.append(time.seconds - started)
+    assert metrics.deferred._value.get() == sum(r.deferred for r in results) > 0
     assert [r.exit_code for r in results] == [0, 0, 0] and fake.rate_limited == 0
     assert all(span <= 10.0 for span in spans), spans  # each within its max duration
     fetched = [path.rsplit("/", 1)[1] for method, path in fake.requests if path.startswith("/v3/connections/")]
