@@ -137,6 +137,15 @@ class Pass:
         """How many fetched results may wait to be stored: a batch, plus what is in flight."""
         return self.config.sync.batch_size + self.config.api.concurrency
 
+    def affordable_requests(self) -> float:
+        """How many requests the rate budget allows before the pass must end (infinite without an end)."""
+        deadline = self.client.deadline
+        if deadline is None:
+            return float("inf")
+        inner, per_second = below(self.config.rate_limit.capacity, self.config.rate_limit.per_minute)
+        tokens = self.store.budget_tokens(budget_key(self.config), at=self.now(), empty=inner)
+        return max(0.0, tokens) + per_second * max(0.0, deadline.left())
+
     @contextmanager
     def locked(self) -> Iterator[Pass]:
         """Hold the run lock (LockHeld, exit 4, if another run has it), close stale runs; close the client after."""

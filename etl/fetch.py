@@ -269,7 +269,11 @@ class Cheapest:
     The listing costs one request per ``page_size`` connections of the whole
     application. The database gives a lower bound of that size; only when the
     listing could still win is page 1 fetched to read ``totalCount`` (and then
-    reused as the listing's first page if the listing wins).
+    reused as the listing's first page if the listing wins). The tokens actually
+    available do not change the choice: when the budget cannot finish either, the
+    listing still refreshes a hundred connections a request and resumes where it
+    stopped. They decide whether to probe at all: no page 1 when no request fits
+    this pass (the budget now, plus its refill until ``--max-duration``).
     """
 
     def __init__(self, ctx: Pass, due: Sequence[str]) -> None:
@@ -297,6 +301,9 @@ class Cheapest:
         """Choose, then the chosen source's outcomes."""
         try:
             self.chosen = self._choose()
+        except Deferred:  # no time left for the probe: everything stays due for the next pass
+            self.chosen = ByIds(self.ctx, self.due)
+            return
         except Cancelled:
             self._incomplete = "stopped on request"
             return
@@ -305,13 +312,12 @@ class Cheapest:
     def _choose(self) -> ByIds | ResumableListing:
         page_size = self.ctx.config.sync.page_size
         known = self.ctx.store.known_connections()
-        if len(self.due) <= max(1, -(-known // page_size)):
-            return ByIds(self.ctx, self.due)
+        if len(self.due) <= max(1, -(-known // page_size)) or self.ctx.affordable_requests() < 1:
+            return ByIds(self.ctx, self.due)  # no probe: the ids win anyway, or no request fits this pass
         first = self.ctx.client.list_page(1, page_size)
         size = first.total_count if first.total_count is not None else known
         pages = max(1, -(-size // page_size))
-        log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(self.due), pages,
-                 size)
+        log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(self.due), pages, size)
         return ResumableListing(self.ctx, first_page=first) if pages < len(self.due) else ByIds(self.ctx, self.due)
 
     def checkpoint(self) -> tuple[int, int | None] | None:

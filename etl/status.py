@@ -73,9 +73,7 @@ def budget(store: Store, config: Config, *, at: dt.datetime, tracked: int) -> di
     from etl.context import budget_key
 
     capacity, per_second = float(config.rate_limit.capacity), config.rate_limit.per_minute / 60
-    row = store.budget(budget_key(config))
-    tokens = capacity if row is None else min(
-        row.capacity, row.tokens + max(0.0, (at - row.updated_at).total_seconds()) * row.per_second)
+    tokens = store.budget_tokens(budget_key(config), at=at, empty=capacity)
     pages = max(1, math.ceil(tracked / config.sync.page_size)) if tracked else 0
 
     def seconds_for(requests: int) -> float:  # from a full bucket

@@ -217,3 +217,24 @@ def test_a_listing_out_of_time_resumes_at_its_page_and_only_a_whole_listing_dele
         assert conn.scalar(select(backfills.c.status)) == "done"
         assert conn.scalar(select(connections.c.status).where(connections.c.id == unknown)) == "deleted"
     assert fake.rate_limited == 0
+
+
+def test_auto_sends_no_probe_when_no_request_fits_the_pass(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    config = replace(config, sync=replace(config.sync, strategy="auto", max_duration_seconds=0.5))
+    Store(engine).lease_tokens(budget_key(config), want=1, bucket=Bucket(3.9, 1.0), at=time.now())
+    Store(engine).drain_tokens(budget_key(config), seconds=100, at=time.now())  # as after a 429
+    result = _sync(config, engine, _seams(fake, time))
+    assert fake.count("GET", "/v3/connections") == 0  # neither the probe of page 1 nor any GET
+    assert (result.exit_code, result.deferred, result.requests) == (0, 12, 0)
+
+
+def test_a_probe_out_of_time_defers_the_pass_instead_of_failing_it(
+    engine: Engine, world: tuple[FakeApi, SharedTime, Config, list[str]]
+) -> None:
+    fake, time, config, ids = world
+    config = replace(config, sync=replace(config.sync, strategy="auto", max_duration_seconds=0.5))
+    result = _sync(config, engine, _seams(fake, time))  # tokens to spare, but no time for an answer
+    assert (result.exit_code, result.status, result.deferred, result.requests) == (0, "succeeded", 12, 0)

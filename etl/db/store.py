@@ -274,6 +274,13 @@ class Store:
             conn.execute(update(rate_budgets).where(rate_budgets.c.key == key)
                          .values(tokens=-seconds * row.per_second, updated_at=max(now, row.updated_at)))
 
+    def budget_tokens(self, key: str, *, at: dt.datetime, empty: float) -> float:
+        """The tokens in the bucket at ``at``, refilled since its last lease (``empty`` before the first)."""
+        row = self.budget(key)
+        if row is None:
+            return empty
+        return float(min(row.capacity, row.tokens + max(0.0, (at - row.updated_at).total_seconds()) * row.per_second))
+
     def budget(self, key: str) -> Any:
         """The bucket's row (capacity, per_second, tokens, updated_at), or None before the first request."""
         with self.read() as conn:
