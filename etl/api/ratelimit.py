@@ -16,7 +16,24 @@ from typing import Protocol
 Patience = Callable[[float], bool]  # whether a wait of so many seconds is still worth it
 
 
-class TokenBucket:
+class _Waits:
+    """How a bucket waits: the injected ``sleep`` (tests), else a wait that a cancel cuts short."""
+
+    sleep: Callable[[float], object] | None
+    waited: float
+
+    def _pause(self, wait: float, cancelled: threading.Event | None, patience: Patience | None) -> bool:
+        """Wait ``wait`` seconds and count it; False if ``patience`` refuses the wait or a cancel ends it."""
+        if patience is not None and not patience(wait):
+            return False
+        self.waited += wait
+        if self.sleep is not None:
+            self.sleep(wait)
+            return True
+        return not (cancelled or threading.Event()).wait(wait)
+
+
+class TokenBucket(_Waits):
     """``capacity`` tokens, refilled continuously at ``per_second``; thread-safe."""
 
     def __init__(
@@ -65,14 +82,7 @@ class TokenBucket:
                 wait = self.try_acquire()
                 if not wait:
                     return True
-                if cancelled is not None and cancelled.is_set():
-                    return False
-                if patience is not None and not patience(wait):
-                    return False
-                self.waited += wait
-                if self.sleep is not None:
-                    self.sleep(wait)
-                elif (cancelled or threading.Event()).wait(wait):
+                if (cancelled is not None and cancelled.is_set()) or not self._pause(wait, cancelled, patience):
                     return False
 
     def drain(self, seconds: float) -> None:
@@ -102,7 +112,7 @@ class Limiter(Protocol):
     def drain(self, seconds: float) -> None: ...
 
 
-class SharedBucket:
+class SharedBucket(_Waits):
     """A bucket kept in a ledger that every process of the job shares; tokens are leased a few at a time.
 
     A lease (about a second of refill) is one short transaction, taken outside the batch writes, so
@@ -130,12 +140,7 @@ class SharedBucket:
                 if granted:
                     self._tokens = granted
                     break
-                if patience is not None and not patience(wait):
-                    return False
-                self.waited += wait
-                if self.sleep is not None:
-                    self.sleep(wait)
-                elif (cancelled or threading.Event()).wait(wait):
+                if not self._pause(wait, cancelled, patience):
                     return False
             self._tokens -= 1
             return True
