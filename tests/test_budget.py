@@ -238,3 +238,13 @@ def test_a_probe_out_of_time_defers_the_pass_instead_of_failing_it(
     config = replace(config, sync=replace(config.sync, strategy="auto", max_duration_seconds=0.5))
     result = _sync(config, engine, _seams(fake, time))  # tokens to spare, but no time for an answer
     assert (result.exit_code, result.status, result.deferred, result.requests) == (0, "succeeded", 12, 0)
+
+
+def test_a_pass_takes_the_schedule_as_its_default_max_duration() -> None:
+    from etl.config import ScheduleConfig
+    from etl.sync import default_max_duration
+
+    assert default_max_duration(Config(schedule=ScheduleConfig(interval_seconds=900)), lambda: T0) == 900
+    cron = Config(schedule=ScheduleConfig(cron="*/15 * * * *"))
+    at = T0 + dt.timedelta(minutes=4, seconds=30)  # 12:04:30: the next firing is 12:15
+    assert default_max_duration(cron, lambda: at) == 630
