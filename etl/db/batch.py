@@ -11,8 +11,9 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 
 from etl.cadence import Cadence
 from etl.db.dialects import upsert
@@ -160,6 +161,30 @@ def store_batch(
     )
 
 
+VEHICLE_FIELDS = ("make", "model", "year", "mode", "powertrain_type")
+SEEN_PRECISION = dt.timedelta(days=1)  # users' and vehicles' last_seen_at is kept to the day
+
+
+def _worth_writing(
+    conn: Connection, table: Table, rows: dict[str, dict[str, Any]], fields: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The rows that are new, changed in ``fields``, or last seen more than a day before this sighting.
+
+    An unchanged pass then writes no user or vehicle row at all (no WAL, no dead
+    tuples): ``last_seen_at`` is exact to the day, which the connections' own
+    ``last_seen_at`` (written anyway, for the schedule) makes up for.
+    """
+    stored = {row.id: row for row in conn.execute(
+        select(table.c.id, table.c.last_seen_at, *(table.c[f] for f in fields)).where(table.c.id.in_(list(rows))))}
+    keep = []
+    for key, row in rows.items():
+        old = stored.get(key)
+        if (old is None or any(getattr(old, f) != row[f] for f in fields)
+                or old.last_seen_at < row["last_seen_at"] - SEEN_PRECISION):
+            keep.append(row)
+    return keep
+
+
 def _upsert_entities(
     conn: Connection,
     fetched: Sequence[Fetched],
@@ -182,11 +207,10 @@ def _upsert_entities(
             "mode": r.vehicle.mode, "powertrain_type": r.vehicle.powertrain_type,
             "first_seen_at": first, "last_seen_at": o.observed_at,
         }
-    upsert(conn=conn, table=users, rows=list(user_rows.values()), key=["id"], update=["last_seen_at"])
-    upsert(
-        conn=conn, table=vehicles, rows=list(vehicle_rows.values()), key=["id"],
-        update=["make", "model", "year", "mode", "powertrain_type", "last_seen_at"],
-    )
+    upsert(conn=conn, table=users, rows=_worth_writing(conn, users, user_rows, ()), key=["id"],
+           update=["last_seen_at"])
+    upsert(conn=conn, table=vehicles, rows=_worth_writing(conn, vehicles, vehicle_rows, VEHICLE_FIELDS), key=["id"],
+           update=[*VEHICLE_FIELDS, "last_seen_at"])
     upsert(
         conn=conn,
         table=connections,

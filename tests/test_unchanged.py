@@ -1,0 +1,63 @@
+"""An unchanged pass writes no user, vehicle, grant or change row (counted by triggers, on every database).
+
+Users' and vehicles' ``last_seen_at`` is kept to the day: a row is written when
+something in it changed, or when it was last seen more than a day before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+from sqlalchemy import Engine, text
+
+from tests.conftest import Runner
+
+COUNTED = ("users", "vehicles", "permission_grants", "permission_changes")
+
+
+def count_writes(engine: Engine) -> None:
+    """Log every insert, update and delete on the counted tables into ``write_log`` (test-only DDL)."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE write_log (tbl VARCHAR(40), op VARCHAR(10))"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("CREATE FUNCTION log_write() RETURNS trigger AS $$ BEGIN "
+                              "INSERT INTO write_log VALUES (TG_TABLE_NAME, TG_OP); RETURN NULL; END $$ "
+                              "LANGUAGE plpgsql"))
+        for table in COUNTED:
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
+                                      "FOR EACH ROW EXECUTE FUNCTION log_write()"))
+                else:
+                    conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
+                                      f"BEGIN INSERT INTO write_log VALUES ('{table}', '{op}'); END"))
+
+
+def writes(engine: Engine) -> Counter[tuple[str, str]]:
+    """The writes logged since the last call (and forget them)."""
+    with engine.begin() as conn:
+        logged = Counter((tbl, op.upper()) for tbl, op in conn.execute(text("SELECT tbl, op FROM write_log")))
+        conn.execute(text("DELETE FROM write_log"))
+    return logged
+
+
+def test_an_unchanged_pass_writes_no_user_vehicle_grant_or_change(run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(20, seed=9)
+    from etl.db.store import Store
+    from etl.tracking import track
+
+    track(Store(engine), ids)
+    count_writes(engine)
+    first = run_sync(ignore_due=True)
+    assert first.counts.fetched == 20 and writes(engine)[("users", "INSERT")] > 0
+    for _ in range(2):  # the same world again, a schedule interval later: nothing worth writing
+        assert run_sync(ignore_due=True).counts.fetched == 20
+        assert writes(engine) == Counter()
+    run_sync.fake.connections[ids[0]].vehicle["make"] = "Renamed"  # one vehicle changes: one row
+    run_sync(ignore_due=True)
+    assert writes(engine) == Counter({("vehicles", "UPDATE"): 1})
+    run_sync(advance=dt.timedelta(days=1, minutes=1), ignore_due=True)  # last seen a day ago: to the day
+    day_later = writes(engine)
+    assert day_later[("users", "UPDATE")] > 0 and day_later[("vehicles", "UPDATE")] == 20
+    assert not any(table.startswith("permission") for table, _ in day_later)
