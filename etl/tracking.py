@@ -79,7 +79,7 @@ LIST_COLUMNS = ("connection_id", "status", "tracked", "user_id", "vehicle_id", "
                 "last_success_at", "last_attempt_at", "last_error")
 
 
-def list_connections(store: Store, *, include_untracked: bool = False) -> list[dict[str, Any]]:
-    """Connections with status, open permission count, last success and last error."""
+def list_connections(store: Store, *, include_untracked: bool = False) -> Iterator[dict[str, Any]]:
+    """Connections with status, open permission count, last success and last error, as they are read."""
     store.require_migrated()
     return store.connection_rows(include_untracked=include_untracked)

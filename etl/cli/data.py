@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from etl.cli.base import EtlGroup, State, cli, format_option, pass_state
-from etl.output import render
+from etl.output import render_lines
 
 
 @cli.group(cls=EtlGroup)
@@ -118,8 +118,8 @@ def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
     """
     from etl.tracking import LIST_COLUMNS, list_connections
 
-    rows = list_connections(state.store(), include_untracked=include_untracked)
-    click.echo(render(rows, LIST_COLUMNS, fmt))
+    for line in render_lines(list_connections(state.store(), include_untracked=include_untracked), LIST_COLUMNS, fmt):
+        click.echo(line)
 
 
 @connections.command("untrack")

@@ -364,8 +364,8 @@ class Store:
                 ).rowcount
         return changed, unknown
 
-    def connection_rows(self, *, include_untracked: bool = False) -> list[dict[str, Any]]:
-        """Connections with status, open permission count, last success and last error."""
+    def connection_rows(self, *, include_untracked: bool = False) -> Iterator[dict[str, Any]]:
+        """Connections with status, open permission count, last success and last error, streamed."""
         c = connections.c
         held = (
             select(permission_grants.c.connection_id, func.count().label("n"))
@@ -382,13 +382,11 @@ class Store:
         if not include_untracked:
             query = query.where(c.tracked.is_(True))
         with self.read() as conn:
-            return [
-                {"connection_id": row.id, "status": row.status, "tracked": bool(row.tracked),
-                 "user_id": row.user_id, "vehicle_id": row.vehicle_id, "permissions": row.n,
-                 "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
-                 "last_error": row.last_error}
-                for row in conn.execute(query)
-            ]
+            for row in conn.execution_options(yield_per=1000).execute(query):
+                yield {"connection_id": row.id, "status": row.status, "tracked": bool(row.tracked),
+                       "user_id": row.user_id, "vehicle_id": row.vehicle_id, "permissions": row.n,
+                       "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
+                       "last_error": row.last_error}
 
     # -- backfills --------------------------------------------------------------------------------
 
