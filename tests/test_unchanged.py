@@ -61,3 +61,30 @@ def test_an_unchanged_pass_writes_no_user_vehicle_grant_or_change(run_sync: Runn
     day_later = writes(engine)
     assert day_later[("users", "UPDATE")] > 0 and day_later[("vehicles", "UPDATE")] == 20
     assert not any(table.startswith("permission") for table, _ in day_later)
+
+
+def test_a_vehicle_seen_exactly_a_day_later_is_not_written_a_moment_more_is(engine: Engine) -> None:
+    import uuid
+
+    from sqlalchemy import select
+
+    from etl.db.models import vehicles
+    from etl.db.store import Store
+    from etl.outcomes import Fetched
+    from tests.conftest import T0
+    from tests.test_store_fields import record
+
+    store, cid, vehicle = Store(engine), str(uuid.uuid4()), str(uuid.uuid4())
+    store.track([cid], at=T0)
+    run_id, started = store.start_run(trigger="sync", planned=1, at=T0)
+    writer = store.batch_writer(run_id, pass_started_at=started)
+
+    def seen(at: dt.datetime) -> dt.datetime:
+        writer.write([Fetched(cid, at, record(cid, vehicle_id=vehicle, make="Kia"))])
+        with engine.connect() as conn:
+            return conn.scalar(select(vehicles.c.last_seen_at))  # type: ignore[no-any-return]
+
+    assert seen(T0) == T0
+    assert seen(T0 + dt.timedelta(days=1)) == T0  # exactly a day: still "seen today"
+    later = T0 + dt.timedelta(days=1, microseconds=1)
+    assert seen(later) == later
