@@ -51,16 +51,23 @@ class SharedTime:
 CAPACITY, PER_MINUTE = 5, 60.0  # a small bucket: 5 requests, refilled at 1 a second
 
 
-@pytest.fixture
-def world(engine: Engine) -> tuple[FakeApi, SharedTime, Config, list[str]]:
+def make_world(
+    engine: Engine, count: int, *, seed: int, bucket: tuple[int, float] = (CAPACITY, PER_MINUTE)
+) -> tuple[FakeApi, SharedTime, Config, list[str]]:
+    """``count`` tracked connections, and a fake API whose bucket (capacity, per minute) is the job's own."""
     time = SharedTime()
     fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
-                   rate_limit=(CAPACITY, PER_MINUTE / 60))
-    ids = fake.populate(12, seed=5)
+                   rate_limit=(bucket[0], bucket[1] / 60))
+    ids = fake.populate(count, seed=seed)
     track(Store(engine), ids, now=time.now)
     config = make_config(fake, engine.url.render_as_string(hide_password=False))
-    config = replace(config, rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE))
+    config = replace(config, rate_limit=RateLimitConfig(capacity=bucket[0], per_minute=bucket[1]))
     return fake, time, config, ids
+
+
+@pytest.fixture
+def world(engine: Engine) -> tuple[FakeApi, SharedTime, Config, list[str]]:
+    return make_world(engine, 12, seed=5)
 
 
 def _seams(fake: FakeApi, time: SharedTime, **more: Any) -> Seams:
@@ -149,14 +156,8 @@ def test_a_429_makes_every_process_back_off(engine: Engine, world: tuple[FakeApi
 
 def test_back_to_back_passes_that_fit_their_time_share_the_budget_fairly(engine: Engine) -> None:
     """More due connections than the budget allows: three passes of 10 s each, one after another."""
-    time = SharedTime()
-    fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
-                   rate_limit=(CAPACITY, PER_MINUTE / 60))
-    ids = fake.populate(60, seed=6)
-    track(Store(engine), ids, now=time.now)
-    config = make_config(fake, engine.url.render_as_string(hide_password=False))
-    config = replace(config, rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE),
-                     sync=replace(config.sync, max_duration_seconds=10.0))
+    fake, time, config, ids = make_world(engine, 60, seed=6)
+    config = replace(config, sync=replace(config.sync, max_duration_seconds=10.0))
     results, spans = [], []
     metrics = Metrics()
     for _ in range(3):
@@ -189,15 +190,10 @@ def test_a_backfill_with_a_max_duration_stops_in_time_and_resume_finishes_it(
 
 
 def test_a_listing_out_of_time_resumes_at_its_page_and_only_a_whole_listing_deletes(engine: Engine) -> None:
-    time = SharedTime()
-    fake = FakeApi(client_id="test-client", client_secret="test-client-secret", clock=time.monotonic,
-                   rate_limit=(2, 0.1))  # one page now, then one every 10 s
-    ids = fake.populate(250, seed=7)
+    fake, time, config, ids = make_world(engine, 250, seed=7, bucket=(2, 6))  # a page now, then one every 10 s
     unknown = "00000000-0000-4000-8000-0000000000ab"  # tracked, but the API does not list it
-    track(Store(engine), [*ids, unknown], now=time.now)
-    config = make_config(fake, engine.url.render_as_string(hide_password=False))
-    config = replace(config, rate_limit=RateLimitConfig(capacity=2, per_minute=6),
-                     sync=replace(config.sync, strategy="list", max_duration_seconds=15.0))
+    track(Store(engine), [unknown], now=time.now)
+    config = replace(config, sync=replace(config.sync, strategy="list", max_duration_seconds=15.0))
     first = _sync(config, engine, _seams(fake, time))
     assert (first.exit_code, first.status, first.counts.fetched, first.counts.deleted) == (0, "succeeded", 200, 0)
     assert first.deferred == 50  # the last page, from totalCount
