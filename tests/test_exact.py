@@ -26,7 +26,7 @@ from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
 from etl.db.batch import MAX_ERROR_TEXT, error_text
 from etl.db.models import backfills, connections, fetch_errors, permission_changes, sync_runs, vehicles
-from etl.db.store import Store
+from etl.db.store import BatchWriter, Store
 from etl.errors import MalformedDocumentError, RetriableApiError
 from etl.outcomes import Fetched, Gone
 from tests.conftest import T0
@@ -222,25 +222,28 @@ def _refuse_make(engine: Engine, make: str) -> None:
             conn.execute(text(f"ALTER TABLE vehicles ADD CONSTRAINT refuse_poison CHECK (make <> '{make}')"))
 
 
+def _backfill_writer(store: Store, ids: list[str], *, next_page: int) -> tuple[int, BatchWriter, list[int]]:
+    """A backfill run over ``ids`` and its batch writer, whose checkpoint gives ``next_page`` and counts its calls."""
+    from etl.backfill import Source
+
+    store.track(ids, at=T0)
+    backfill = store.open_backfill(Source(name="f", ids=ids), resume=False, at=T0)
+    run_id, started = store.start_run(trigger="backfill", planned=len(ids), at=T0)
+    calls: list[int] = []
+
+    def checkpoint() -> tuple[int, int | None]:
+        calls.append(1)
+        return backfill.id, next_page
+
+    return run_id, store.batch_writer(run_id, pass_started_at=started, checkpoint=checkpoint), calls
+
+
 def test_a_refused_batch_is_stored_one_by_one_with_one_checkpoint(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = Store(engine)
     _refuse_make(engine, "Poison")
     good, bad = str(uuid.uuid4()), str(uuid.uuid4())
-    store.track([good, bad], at=T0)
-    run_id, started = store.start_run(trigger="backfill", planned=2, at=T0)
-    with store._write() as conn:
-        backfill_id = conn.execute(backfills.insert().values(
-            kind="ids", source="f", fingerprint="x", started_at=T0, status="running").returning(backfills.c.id)
-        ).scalar_one()
-    checkpoints: list[int] = []
-
-    def checkpoint() -> tuple[int, int | None]:
-        checkpoints.append(1)
-        return backfill_id, 7
-
-    writer = store.batch_writer(run_id, pass_started_at=started, checkpoint=checkpoint)
+    run_id, writer, checkpoints = _backfill_writer(Store(engine), [good, bad], next_page=7)
     at = T0 + dt.timedelta(seconds=1)
     with caplog.at_level(logging.WARNING, logger="etl.db.store"):
         counts = writer.write([Fetched(good, at, record(good)), Fetched(bad, at, record(bad, make="Poison"))])
@@ -259,21 +262,8 @@ def test_a_refused_batch_is_stored_one_by_one_with_one_checkpoint(
 
 
 def test_a_normal_batch_records_its_checkpoint_once(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
-    store = Store(engine)
     cid = str(uuid.uuid4())
-    store.track([cid], at=T0)
-    run_id, started = store.start_run(trigger="backfill", planned=1, at=T0)
-    with store._write() as conn:
-        backfill_id = conn.execute(backfills.insert().values(
-            kind="ids", source="f", fingerprint="x", started_at=T0, status="running").returning(backfills.c.id)
-        ).scalar_one()
-    calls: list[int] = []
-
-    def checkpoint() -> tuple[int, int | None]:
-        calls.append(1)
-        return backfill_id, 3
-
-    writer = store.batch_writer(run_id, pass_started_at=started, checkpoint=checkpoint)
+    run_id, writer, calls = _backfill_writer(Store(engine), [cid], next_page=3)
     with caplog.at_level(logging.WARNING):
         writer.write([Fetched(cid, T0 + dt.timedelta(seconds=1), record(cid))])
     with engine.connect() as conn:
