@@ -298,3 +298,9 @@ def test_an_aborted_run_records_what_it_planned(sqlite_cli: Cli, api_server: dic
     finally:
         connection.close()
     assert (planned, status) == (3, "aborted")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "61"])
+def test_fake_api_latency_is_a_finite_number_in_range(value: str) -> None:
+    result = invoke("fake-api", "--port", "0", "--latency", value)
+    assert result.exit_code == 2 and "--latency" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -36,6 +37,14 @@ def demo_command(ctx: click.Context, database: Path, connections_count: int, pas
     run_demo(database=database, connections_count=connections_count, passes=passes, out=click.echo)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Refuse NaN, which passes a range check (every comparison with it is false)."""
+    if not math.isfinite(value):
+        msg = f"{value!r} is not a number from 0 to 60"
+        raise click.BadParameter(msg)
+    return value
+
+
 @cli.command("fake-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
@@ -44,7 +53,7 @@ def demo_command(ctx: click.Context, database: Path, connections_count: int, pas
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--rate-limit", metavar="CAPACITY/PER_MINUTE",
               help="Enforce a token bucket like Smartcar's (120/2 is its default): 429 with Retry-After beyond it.")
-@click.option("--latency", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+@click.option("--latency", type=click.FloatRange(0, 60), default=0.0, show_default=True, callback=_finite,
               help="Seconds every API answer takes (Smartcar's take hundreds of milliseconds).")
 def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None,
                      latency: float) -> None:
