@@ -304,3 +304,9 @@ def test_an_aborted_run_records_what_it_planned(sqlite_cli: Cli, api_server: dic
 def test_fake_api_latency_is_a_finite_number_in_range(value: str) -> None:
     result = invoke("fake-api", "--port", "0", "--latency", value)
     assert result.exit_code == 2 and "--latency" in result.output
+
+
+@pytest.mark.parametrize("value", ["nan/2", "120/inf", "0/2", "120"])
+def test_fake_api_rate_limit_is_two_finite_positive_numbers(value: str) -> None:
+    result = invoke("fake-api", "--port", "0", "--rate-limit", value)
+    assert result.exit_code == 2 and "--rate-limit" in result.output

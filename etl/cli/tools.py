@@ -78,7 +78,7 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, ra
             bucket = (float(capacity), float(per_minute) / 60)
         except ValueError:
             bucket = None
-        if bucket is None or min(bucket) <= 0:
+        if bucket is None or not all(math.isfinite(v) and v > 0 for v in bucket):
             msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
             raise click.BadParameter(msg, param_hint="--rate-limit")
     fake = FakeApi(rate_limit=bucket, latency=latency)
