@@ -100,3 +100,11 @@ def test_a_retry_after_of_zero_is_not_rounded_up() -> None:
     assert policy.delay(1, RetriableApiError(path="/p", retry_after=0.5)) == 0.5
     assert policy.delay(1, RetriableApiError(path="/p", retry_after=-3.0)) == 0.0
     assert policy.delay(1, RetriableApiError(path="/p", retry_after=99.0)) == 30.0
+
+
+@pytest.mark.parametrize("total, expected", [(250, 250), (0, 0), (10**9, 10**9), (10**9 + 1, None), (-1, None),
+                                             (True, None), ("250", None), (2.5, None)])
+def test_only_a_plausible_total_count_is_believed(total: Any, expected: int | None) -> None:
+    from etl.api.client import ListingPage
+
+    assert ListingPage(number=1, body={"data": [], "meta": {"totalCount": total}}).total_count == expected

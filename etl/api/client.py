@@ -43,6 +43,7 @@ from etl.errors import (
 )
 
 MAX_DETAIL = 200
+MAX_TOTAL_COUNT = 10**9  # a totalCount beyond this is not believed (it would overflow run counters)
 USER_AGENT = "smartcar-etl"
 log = logging.getLogger(__name__)
 
@@ -408,9 +409,10 @@ class ListingPage:
 
     @property
     def total_count(self) -> int | None:
-        """``meta.totalCount`` when the API gives it as a whole number."""
+        """``meta.totalCount`` when the API gives it as a plausible whole number (0 to a billion)."""
         total = _object(self.body.get("meta")).get("totalCount")
-        return total if isinstance(total, int) and not isinstance(total, bool) else None
+        plausible = isinstance(total, int) and not isinstance(total, bool) and 0 <= total <= MAX_TOTAL_COUNT
+        return total if plausible else None
 
 
 class Paginator:
