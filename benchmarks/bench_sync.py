@@ -11,6 +11,13 @@ then measures, with the same client settings:
 Usage:
     .venv/bin/python benchmarks/bench_sync.py [--connections 10000] [--concurrency 8]
         [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+
+With ``--static`` it measures instead the whole ``sync`` command against a
+server that is not the bottleneck (nginx if the machine has it, else an
+in-memory server), beside a plain httpx loop, at each of ``--sizes``
+(default 5000,100000); see ``throughput.py``:
+
+    .venv/bin/python benchmarks/bench_sync.py --static [--sizes 5000,100000]
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -116,18 +124,30 @@ def store_rate(url: str, fake: FakeApi, ids: list[str], batch_size: int) -> tupl
     return rates[0], rates[1]
 
 
-def with_database(admin_url: str, work: Callable[[str], T]) -> T:
-    """Run ``work`` on a temporary PostgreSQL database, dropped afterwards."""
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """The URL of a temporary PostgreSQL database, dropped afterwards (a generator for contextmanager)."""
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"etl_bench_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        return work(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def sqlite_database() -> Iterator[str]:
+    """The URL of a SQLite file in a temporary directory (a generator for contextmanager)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+
+
+def with_database(admin_url: str, work: Callable[[str], T]) -> T:
+    """Run ``work`` on a temporary PostgreSQL database, dropped afterwards."""
+    with contextmanager(postgres_database)(admin_url) as url:
+        return work(url)
 
 
 def main() -> None:
@@ -137,7 +157,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--postgres-url", default=os.environ.get(
         "ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--static", action="store_true",
+                        help="the whole sync command against a static server, beside a plain httpx loop")
+    parser.add_argument("--sizes", default="5000,100000", help="with --static: connection counts, comma-separated")
     args = parser.parse_args()
+    if args.static:
+        from throughput import static_mode
+
+        static_mode([int(n) for n in args.sizes.split(",")], {
+            "SQLite": sqlite_database,
+            "PostgreSQL": lambda: postgres_database(args.postgres_url),
+        }, args.concurrency)
+        return
 
     ids = FakeApi().populate(args.connections, seed=0)  # the same world the server builds
     port = free_port()

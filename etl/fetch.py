@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import queue
+import threading
+import time
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 from etl.api.client import Cancelled, Deferred, ListingPage, Paginator, SmartcarClient
 from etl.clock import utcnow
@@ -22,6 +23,7 @@ from etl.errors import ApiError, FatalApiError
 from etl.outcomes import Failed, Fetched, Gone, Outcome
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class OutcomeSource(Protocol):
@@ -39,6 +41,138 @@ class OutcomeSource(Protocol):
     def outcomes(self) -> Generator[Outcome, None, None]: ...
 
 
+def next_limit(wall: float, cpu: float, maximum: int) -> int:
+    """How many requests to keep in flight, from a request's wall time and the CPU time its thread spent on it.
+
+    A thread is busy ``cpu`` out of every ``wall`` seconds, so ``wall / cpu``
+    threads would keep one core busy (Little's law): a slow API gets every
+    thread it is allowed, a fast one only as many as pay for themselves. Wall
+    time also counts the waits for the GIL, which grow with the threads (and
+    with the writer's share of the interpreter); halving the ratio lets that
+    contention shrink the limit instead of holding it up. Against a fast API
+    it settles at one request in flight, which measured fastest.
+    """
+    if cpu <= 0:
+        return maximum
+    return max(1, min(maximum, int(0.5 * wall / cpu)))
+
+
+class Gate:
+    """Which fetch workers may send: those numbered below ``limit``, which follows ``next_limit`` of the timings.
+
+    Workers are numbered, so that at a limit of one the same thread goes on
+    request after request, and no thread is woken only to wait again.
+    """
+
+    SMOOTHING = 0.1
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = maximum  # start wide: a slow API is served at once, contention narrows it
+        self.wall = self.cpu = 0.0
+        self.closed = False
+        self._cond = threading.Condition()
+
+    def admit(self, index: int) -> bool:
+        """Wait until worker ``index`` may send; False once the gate is closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: index < self.limit or self.closed)
+            return not self.closed
+
+    def timed(self, work: Callable[[], T]) -> T:
+        """Run ``work``; its wall and CPU time update the limit."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return work()
+        finally:
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            with self._cond:
+                a, before = self.SMOOTHING, self.limit
+                self.wall, self.cpu = (wall, cpu) if self.wall == 0 else (
+                    self.wall + a * (wall - self.wall), self.cpu + a * (cpu - self.cpu))
+                self.limit = next_limit(self.wall, self.cpu, self.maximum)
+                if self.limit > before:
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Let every waiting worker go (and stop)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+_DONE = object()  # a worker has stopped
+
+
+class _Fetch:
+    """The ids, the workers that fetch them, and the queue of what they fetched (``fetch_outcomes``)."""
+
+    def __init__(self, ids: Sequence[str], client: SmartcarClient, window: int,
+                 now: Callable[[], dt.datetime]) -> None:
+        self.ids = iter(ids)
+        self.client = client
+        self.window = window
+        self.now = now
+        self.pending = 0  # taken and not yet consumed
+        self.stopped = False
+        self.cond = threading.Condition()
+        self.results: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def take(self) -> str | None:
+        """The next id to fetch, once fewer than ``window`` results wait; None when there is nothing to do."""
+        client = self.client
+        with self.cond:
+            self.cond.wait_for(lambda: self.pending < self.window or self.stopped)
+            if self.stopped or client.cancelled.is_set() or (
+                    client.deadline is not None and not client.deadline.allows()):
+                return None
+            connection_id = next(self.ids, None)
+            if connection_id is None:
+                return None
+            self.pending += 1
+            return connection_id
+
+    def consumed(self) -> None:
+        """One result was consumed: a worker waiting for room may go on."""
+        with self.cond:
+            self.pending -= 1
+            self.cond.notify()
+
+    def stop(self) -> None:
+        """No worker takes another id."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def one(self, connection_id: str) -> Outcome:
+        try:
+            record = self.client.get_connection(connection_id)
+        except FatalApiError:
+            self.client.cancelled.set()
+            raise
+        except ApiError as error:
+            return Failed(connection_id, self.now(), error)
+        at = self.now()
+        return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
+
+    def work(self, gate: Gate, index: int) -> None:
+        """A worker: fetch ids while the gate admits it; a fatal error or a bug stops it and is passed on."""
+        try:
+            while gate.admit(index):
+                connection_id = self.take()
+                if connection_id is None:  # nothing more for anyone: the parked workers stop too
+                    gate.close()
+                    return
+                try:
+                    self.results.put(gate.timed(lambda: self.one(connection_id)))  # noqa: B023 - called at once
+                except Cancelled:
+                    self.consumed()
+        except BaseException as error:  # handed to the consumer, which raises it
+            self.results.put(error)
+        finally:
+            self.results.put(_DONE)
+
+
 def fetch_outcomes(
     ids: Sequence[str],
     *,
@@ -50,52 +184,33 @@ def fetch_outcomes(
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
     At most ``window`` results wait to be consumed, so fetching goes on while
-    the consumer writes a batch, and memory stays bounded. A FatalApiError is
-    raised as soon as it is seen; the other requests are cancelled.
+    the consumer writes a batch, and memory stays bounded. How many of the
+    ``concurrency`` workers send at once follows the API's latency (``Gate``).
+    A FatalApiError is raised as soon as it is seen; no other request is sent.
     """
-
-    def fetch_one(connection_id: str) -> Outcome:
-        try:
-            record = client.get_connection(connection_id)
-        except FatalApiError:
-            client.cancelled.set()
-            raise
-        except ApiError as error:
-            return Failed(connection_id, now(), error)
-        at = now()
-        return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
-
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
-    finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
-    remaining = iter(ids)
-    in_flight = 0  # submitted and not yet consumed
-
-    def fill() -> None:
-        nonlocal in_flight
-        while in_flight < window and not client.cancelled.is_set() and (
-                client.deadline is None or client.deadline.allows()):
-            connection_id = next(remaining, None)
-            if connection_id is None:
-                return
-            pool.submit(fetch_one, connection_id).add_done_callback(finished.put)
-            in_flight += 1
-
+    fetch, gate = _Fetch(ids, client, window, now), Gate(concurrency)
+    workers = [threading.Thread(target=fetch.work, args=(gate, i), name=f"fetch_{i}", daemon=True)
+               for i in range(concurrency)]
+    for worker in workers:
+        worker.start()
+    running = len(workers)
     try:
-        fill()
-        while in_flight:
-            future = finished.get()
-            in_flight -= 1
-            error = future.exception()
-            if isinstance(error, Cancelled):
+        while running:
+            item = fetch.results.get()
+            if item is _DONE:
+                running -= 1
                 continue
-            if error is not None:
-                raise error
-            yield future.result()
-            fill()
+            if isinstance(item, BaseException):
+                raise item
+            fetch.consumed()
+            yield cast(Outcome, item)
     finally:
-        if in_flight:  # left early (an error, or the consumer stopped): stop the requests still queued
+        if running:  # left early (an error, or the consumer stopped): send nothing more
             client.cancelled.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        fetch.stop()
+        gate.close()
+        for worker in workers:
+            worker.join()
 
 
 class ByIds:

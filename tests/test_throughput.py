@@ -1,0 +1,133 @@
+"""How fetching spends its threads and its requests: the gate, the workers, the direct transport.
+
+Behaviour only; the speed is measured by ``benchmarks/bench_sync.py --static``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from etl.api.auth import StaticToken
+from etl.api.client import SmartcarClient, environment_proxy, make_http_client
+from etl.config import Secret
+from etl.errors import FatalApiError
+from etl.fakeapi import FakeApi
+from etl.fetch import Gate, fetch_outcomes, next_limit
+from etl.outcomes import Fetched
+
+
+def test_a_slow_api_gets_every_thread_a_fast_one_a_single_one() -> None:
+    assert next_limit(wall=0.300, cpu=0.0003, maximum=8) == 8  # hundreds of ms: latency-bound
+    assert next_limit(wall=0.0004, cpu=0.0003, maximum=8) == 1  # answers as fast as we parse them
+    assert next_limit(wall=0.0024, cpu=0.0003, maximum=8) == 4  # in between: half of wall / cpu
+    assert next_limit(wall=0.0, cpu=0.0, maximum=5) == 5  # nothing measured yet
+    assert next_limit(wall=10.0, cpu=0.001, maximum=3) == 3
+
+
+def test_the_gate_narrows_under_contention_and_widens_again_for_latency() -> None:
+    gate = Gate(4)
+    spin = time.perf_counter() + 0.02
+    while gate.limit > 1 and time.perf_counter() < spin + 5:  # CPU-bound work: wall == cpu
+        gate.timed(lambda: sum(range(2000)))
+    assert gate.limit == 1
+    admitted: list[int] = []
+    waiter = threading.Thread(target=lambda: admitted.append(3) if gate.admit(3) else None)
+    waiter.start()
+    for _ in range(100):  # now the answers take a while: the parked worker 3 may go
+        gate.timed(lambda: time.sleep(0.002))
+        if gate.limit == 4:
+            break
+    waiter.join(timeout=5)
+    assert gate.limit == 4 and admitted == [3]
+
+
+class Slow:
+    """A MockTransport handler answering after ``delay``, counting how many requests it held at once."""
+
+    def __init__(self, fake: FakeApi, delay: float) -> None:
+        self.fake, self.delay = fake, delay
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            return self.fake.handle(request)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def client_for(handler: object) -> SmartcarClient:
+    http = make_http_client(timeout=5, concurrency=4, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http)
+
+
+def fetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fetch_")]
+
+
+def test_a_slow_api_is_fetched_with_several_requests_in_flight() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(24, seed=4)
+    slow = Slow(fake, delay=0.05)
+    client = client_for(slow)
+    outcomes = list(fetch_outcomes(ids, client=client, concurrency=4, window=8))
+    client.http.close()
+    assert sorted(o.connection_id for o in outcomes) == sorted(ids)
+    assert all(isinstance(o, Fetched) for o in outcomes)
+    assert slow.peak == 4  # latency-bound from the first request to the last
+    assert fetch_threads() == []
+
+
+def test_a_consumer_that_stops_early_leaves_no_worker_and_sends_nothing_more() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(40, seed=5)
+    slow = Slow(fake, delay=0.01)
+    client = client_for(slow)
+    outcomes = fetch_outcomes(ids, client=client, concurrency=4, window=4)
+    first = [next(outcomes) for _ in range(3)]
+    outcomes.close()
+    sent = fake.count("GET", "/v3/connections/")
+    time.sleep(0.05)
+    client.http.close()
+    assert len(first) == 3 and fetch_threads() == []
+    assert fake.count("GET", "/v3/connections/") == sent <= 3 + 4 + 4  # consumed, waiting in the window, in flight
+    assert client.cancelled.is_set()
+
+
+def test_a_fatal_answer_stops_every_worker_and_is_raised() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(30, seed=6)
+    fake.fail_next(430, match=ids[5])
+    client = client_for(Slow(fake, delay=0.002))
+    with pytest.raises(FatalApiError):
+        list(fetch_outcomes(ids, client=client, concurrency=3, window=6))
+    client.http.close()
+    assert fetch_threads() == [] and fake.count("GET", "/v3/connections/") < 30
+
+
+def test_the_api_transport_takes_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert environment_proxy(httpx.URL("https://vehicle.api.smartcar.com/v3")) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "iam.smartcar.com")
+    assert environment_proxy(httpx.URL("https://vehicle.api.smartcar.com/v3")) == "http://proxy.internal:3128"
+    assert environment_proxy(httpx.URL("https://iam.smartcar.com/oauth2/token")) is None
+    assert environment_proxy(httpx.URL("http://vehicle.api.smartcar.com/v3")) is None  # no HTTP_PROXY
+    http = make_http_client(timeout=5, concurrency=1)
+    try:
+        transport = http.direct(httpx.URL("https://vehicle.api.smartcar.com/v3/connections/x"))
+        assert transport is http.direct(httpx.URL("https://vehicle.api.smartcar.com/v3/connections/y"))
+        assert transport is not http.direct(httpx.URL("https://iam.smartcar.com/oauth2/token"))
+    finally:
+        http.close()
+    assert http.transports == {}
