@@ -157,3 +157,56 @@ def test_one_user_two_vehicles_in_one_batch_each_vehicle_has_its_own_first_seen(
         user = conn.execute(select(users)).one()
     assert seen == {v1: at(1), v2: at(2)}
     assert (user.first_seen_at, user.last_seen_at) == (at(1), at(2))
+
+
+def full_row(engine: Engine, cid: str) -> dict[str, Any]:
+    return dict(row(engine, cid)._mapping)
+
+
+@pytest.mark.parametrize("shared_time", [True, False], ids=["a listing page", "one time each"])
+def test_a_connection_seen_again_as_stored_has_exactly_its_times_refreshed(engine: Engine, shared_time: bool) -> None:
+    """Both ways of refreshing: one UPDATE per shared time (a page), or one executemany (ids)."""
+    cids = [new_id() for _ in range(8)]
+    records = {c: record(c, make="Kia", created=at(-100), updated=at(-50)) for c in cids}
+    track(Store(engine), cids)
+    store(engine, *(Fetched(c, at(1), records[c]) for c in cids), started=at(0))
+    before = {c: full_row(engine, c) for c in cids}
+    later = [at(3600) if shared_time else at(3600 + i) for i in range(len(cids))]
+    store(engine, *(Fetched(c, t, records[c]) for c, t in zip(cids, later, strict=True)), started=at(3599))
+    for c, t in zip(cids, later, strict=True):
+        after = full_row(engine, c)
+        assert after["last_seen_at"] == after["last_success_at"] == after["last_attempt_at"] == t
+        assert after["next_due_at"] == Cadence().after_success(at(3599))
+        unchanged = {k: v for k, v in after.items()
+                     if k not in ("last_seen_at", "last_success_at", "last_attempt_at", "next_due_at")}
+        assert unchanged == {k: v for k, v in before[c].items() if k in unchanged}
+        assert after["first_seen_at"] == at(1)
+
+
+@pytest.mark.parametrize("change", ["user", "vehicle", "updated", "created", "failing", "deleted"])
+def test_a_connection_not_as_stored_is_written_whole(engine: Engine, change: str) -> None:
+    """What the refresh would leave wrong goes through the upsert: ids, source times, failures, status."""
+    cid = new_id()
+    first = record(cid, make="Kia", created=at(-100), updated=at(-50))
+    track(Store(engine), [cid])
+    store(engine, Fetched(cid, at(1), first), started=at(0))
+    again = first
+    if change == "user":
+        again = ConnectionRecord(**{**first.__dict__, "user_id": new_id()})
+    elif change == "vehicle":
+        again = ConnectionRecord(**{**first.__dict__, "vehicle_id": new_id()})
+    elif change == "updated":
+        again = record(cid, vehicle_id=first.vehicle_id, make="Kia", created=at(-100), updated=at(-10))
+    elif change == "created":
+        again = record(cid, vehicle_id=first.vehicle_id, make="Kia", created=at(-90), updated=at(-50))
+    elif change == "failing":
+        store(engine, Failed(cid, at(2), RetriableApiError(path="/c", status=503, kind="http")), started=at(0))
+    else:
+        store(engine, Gone(cid, at(2)), started=at(0))
+    store(engine, Fetched(cid, at(3600), again), started=at(3599))
+    after = full_row(engine, cid)
+    assert (after["user_id"], after["vehicle_id"]) == (again.user_id, again.vehicle_id)
+    assert (after["source_created_at"], after["source_updated_at"]) == (
+        again.source_created_at, again.source_updated_at)
+    assert (after["status"], after["consecutive_failures"], after["last_error"]) == ("active", 0, None)
+    assert after["last_seen_at"] == after["last_success_at"] == at(3600)

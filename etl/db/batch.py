@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from etl.cadence import Cadence
-from etl.db.dialects import upsert
+from etl.db.dialects import among, upsert
 from etl.db.models import (
     connections,
     fetch_errors,
@@ -77,19 +77,23 @@ def store_batch(
     previous: dict[str, dt.datetime | None] = {}
     failures: dict[str, int] = {}
     held: dict[str, set[str]] = {}
+    stored: dict[str, tuple[object, ...]] = {}  # what a healthy connection's row says of it (``_as_stored``)
     if outcomes:
         rows = conn.execute(
-            select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures)
-            .where(connections.c.id.in_([o.connection_id for o in outcomes]))
+            select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
+                   *(connections.c[c] for c in IDENTITY), connections.c.last_error)
+            .where(among(conn, connections.c.id, [o.connection_id for o in outcomes]))
         )
         for state in rows:
             previous[state.id] = state.last_success_at
             failures[state.id] = state.consecutive_failures
+            if state.consecutive_failures == 0 and state.last_error is None:
+                stored[state.id] = tuple(getattr(state, c) for c in IDENTITY)
         outcomes = [_after(o, previous.get(o.connection_id)) for o in outcomes]
     if answered:
         for row in conn.execute(
             select(permission_grants.c.connection_id, permission_grants.c.permission).where(
-                permission_grants.c.connection_id.in_(answered), permission_grants.c.valid_to.is_(None)
+                among(conn, permission_grants.c.connection_id, answered), permission_grants.c.valid_to.is_(None)
             )
         ):
             held.setdefault(row.connection_id, set()).add(row.permission)
@@ -97,7 +101,8 @@ def store_batch(
     gone = [o for o in outcomes if isinstance(o, Gone)]
     failed = [o for o in outcomes if isinstance(o, Failed)]
 
-    _upsert_entities(conn, fetched, cadence=cadence, pass_started_at=pass_started_at)
+    seen_again = {o.connection_id for o in fetched if stored.get(o.connection_id) == _as_stored(o)}
+    _upsert_entities(conn, fetched, seen_again=seen_again, due=lambda at: cadence.after_success(pass_started_at or at))
 
     if gone:
         conn.execute(
@@ -162,6 +167,15 @@ def store_batch(
 
 
 VEHICLE_FIELDS = ("make", "model", "year", "mode", "powertrain_type")
+# The connection columns a fetch can change besides the times; a healthy row whose IDENTITY is what the
+# API shows again only has its times refreshed (``_refresh_times``).
+IDENTITY = ("user_id", "vehicle_id", "status", "source_created_at", "source_updated_at")
+
+
+def _as_stored(o: Fetched) -> tuple[object, ...]:
+    """The IDENTITY columns as a fetch leaves them."""
+    r = o.record
+    return r.user_id, r.vehicle_id, "active", r.source_created_at, r.source_updated_at
 SEEN_PRECISION = dt.timedelta(days=1)  # users' and vehicles' last_seen_at is kept to the day
 
 
@@ -175,7 +189,8 @@ def _worth_writing(
     ``last_seen_at`` (written anyway, for the schedule) makes up for.
     """
     stored = {row.id: row for row in conn.execute(
-        select(table.c.id, table.c.last_seen_at, *(table.c[f] for f in fields)).where(table.c.id.in_(list(rows))))}
+        select(table.c.id, table.c.last_seen_at, *(table.c[f] for f in fields))
+        .where(among(conn, table.c.id, list(rows))))}
     keep = []
     for key, row in rows.items():
         old = stored.get(key)
@@ -185,14 +200,39 @@ def _worth_writing(
     return keep
 
 
+def _refresh_times(conn: Connection, fetched: Sequence[Fetched], due: Callable[[dt.datetime], dt.datetime]) -> None:
+    """Connections seen again as they were: only their times change, one UPDATE per observation time.
+
+    A page of the listing shares one time, so a whole page is one statement;
+    the ids of a pass each have their own and go as one executemany.
+    """
+    by_time: dict[dt.datetime, list[str]] = {}
+    for o in fetched:
+        by_time.setdefault(o.observed_at, []).append(o.connection_id)
+    if len(by_time) * 4 <= len(fetched):
+        for at, ids in by_time.items():
+            conn.execute(update(connections).where(among(conn, connections.c.id, ids)).values(
+                last_seen_at=at, last_success_at=at, last_attempt_at=at, next_due_at=due(at)))
+        return
+    conn.execute(
+        update(connections).where(connections.c.id == bindparam("b_id")).values(
+            last_seen_at=bindparam("b_at"), last_success_at=bindparam("b_at"), last_attempt_at=bindparam("b_at"),
+            next_due_at=bindparam("b_due")),
+        [{"b_id": o.connection_id, "b_at": o.observed_at, "b_due": due(o.observed_at)} for o in fetched])
+
+
 def _upsert_entities(
     conn: Connection,
     fetched: Sequence[Fetched],
     *,
-    cadence: Cadence,
-    pass_started_at: dt.datetime | None,
+    seen_again: set[str],
+    due: Callable[[dt.datetime], dt.datetime],
 ) -> None:
-    """Upsert users, vehicles and connections for the fetched records, one statement each."""
+    """Upsert users, vehicles and connections for the fetched records, one statement each.
+
+    The connections in ``seen_again`` are healthy rows that the API shows as
+    stored: only their times are written (``_refresh_times``).
+    """
     if not fetched:
         return
     user_rows: dict[str, dict[str, object]] = {}
@@ -211,6 +251,7 @@ def _upsert_entities(
            update=["last_seen_at"])
     upsert(conn=conn, table=vehicles, rows=_worth_writing(conn, vehicles, vehicle_rows, VEHICLE_FIELDS), key=["id"],
            update=[*VEHICLE_FIELDS, "last_seen_at"])
+    _refresh_times(conn, [o for o in fetched if o.connection_id in seen_again], due)
     upsert(
         conn=conn,
         table=connections,
@@ -222,9 +263,9 @@ def _upsert_entities(
                 "source_updated_at": o.record.source_updated_at,
                 "first_seen_at": o.observed_at, "last_seen_at": o.observed_at,
                 "last_success_at": o.observed_at, "last_attempt_at": o.observed_at, "last_error": None,
-                "consecutive_failures": 0, "next_due_at": cadence.after_success(pass_started_at or o.observed_at),
+                "consecutive_failures": 0, "next_due_at": due(o.observed_at),
             }
-            for o in fetched
+            for o in fetched if o.connection_id not in seen_again
         ],
         key=["id"],
         update=["user_id", "vehicle_id", "status", "source_created_at", "source_updated_at",

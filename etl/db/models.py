@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from sqlalchemy import (
@@ -66,10 +67,9 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             msg = f"naive datetime {value!r}: timestamps must be timezone-aware"
             raise ValueError(msg)
-        value = value.astimezone(UTC)
         if dialect.name == "sqlite":
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
+            return _sqlite_text(value)
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -79,6 +79,12 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=4096)
+def _sqlite_text(value: dt.datetime) -> str:
+    """An aware datetime as SQLite stores it; remembered, as a batch binds the same few times again and again."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 ID = String(36)  # canonical lower-case UUID text, readable in SQL on every database
