@@ -14,6 +14,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import Protocol, TypeVar, cast
 
 from etl.api.client import Cancelled, Deferred, ListingPage, Paginator, SmartcarClient
@@ -285,38 +287,54 @@ class Listing:
             return tracked.get(connection_id, track_new)
 
         paginator = Paginator(size=page_size, start=self.start_page)
+        ahead = PageAhead(ctx.client, page_size)
         page = self.first_page
-        while True:
-            if ctx.cancelled.is_set():
-                self.incomplete = "stopped on request"
-                return
-            try:
-                self.page = paginator.number
-                if page is None:
-                    page = ctx.client.list_page(paginator.number, page_size)
-                yield from self._items(page, wanted)
-                more = paginator.advance(page)
-                self.total = paginator.total
-            except FatalApiError:
-                raise
-            except Deferred:
-                self.out_of_time = True
-                if self.total is not None:  # what this pass leaves for the next one
-                    self.planned = len(self.seen) + max(0, self.total - (paginator.number - 1) * page_size)
-                log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
-                         "confirmed until the listing has gone through", paginator.number)
-                return
-            except Cancelled:
-                self.incomplete = "stopped on request"
-                return
-            except ApiError as error:
-                self.incomplete = f"listing stopped at page {paginator.number}: {error}"
-                log.error("%s; nothing will be marked deleted this run", self.incomplete)
-                return
-            if not more:
-                break
-            page = None
+        with closing(ahead):
+            while True:
+                if ctx.cancelled.is_set():
+                    self.incomplete = "stopped on request"
+                    return
+                try:
+                    self.page = paginator.number
+                    page = page or ahead.take(paginator.number)
+                    more, problem = self._advance(paginator, page)
+                    if more:  # the next page is fetched while this one is stored
+                        ahead.fetch(paginator.number)
+                    yield from self._items(page, wanted)
+                    if problem is not None:
+                        raise problem
+                    self.total = paginator.total
+                except FatalApiError:
+                    raise
+                except Deferred:
+                    self.out_of_time = True
+                    if self.total is not None:  # what this pass leaves for the next one
+                        self.planned = len(self.seen) + max(0, self.total - (paginator.number - 1) * page_size)
+                    log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
+                             "confirmed until the listing has gone through", paginator.number)
+                    return
+                except Cancelled:
+                    self.incomplete = "stopped on request"
+                    return
+                except ApiError as error:
+                    self.incomplete = f"listing stopped at page {paginator.number}: {error}"
+                    log.error("%s; nothing will be marked deleted this run", self.incomplete)
+                    return
+                if not more:
+                    break
+                page = None
         yield from self._confirm_missing()
+
+    @staticmethod
+    def _advance(paginator: Paginator, page: ListingPage) -> tuple[bool, ApiError | None]:
+        """Move past ``page``: (whether there is a next one, what is wrong with the paging if anything).
+
+        The problem is raised only once the page's own items are stored, as they are good.
+        """
+        try:
+            return paginator.advance(page), None
+        except ApiError as error:
+            return False, error
 
     def _items(self, page: ListingPage, wanted: Callable[[str], bool]) -> Generator[Outcome, None, None]:
         at = self.ctx.now()
@@ -341,6 +359,38 @@ class Listing:
             yield from confirm.outcomes()
             if confirm.out_of_time:  # the next pass reads the last page again, then confirms the rest
                 self.out_of_time = True
+
+
+class PageAhead:
+    """One page of the listing fetched in the background while the previous one is stored.
+
+    Parsing and validating a page (in ``list_page``) then overlaps the
+    database's work on the one before, and a slow API's answer overlaps both.
+    What the request raises (Deferred, Cancelled, an ApiError) is raised by
+    ``take``, where a request made there would have raised it.
+    """
+
+    def __init__(self, client: SmartcarClient, size: int) -> None:
+        self.client = client
+        self.size = size
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing")
+        self._pending: tuple[int, Future[ListingPage]] | None = None
+
+    def fetch(self, number: int) -> None:
+        """Start fetching page ``number``."""
+        self._pending = number, self._pool.submit(self.client.list_page, number, self.size)
+
+    def take(self, number: int) -> ListingPage:
+        """Page ``number``: the one fetched in the background, or fetched now."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == number:
+            return pending[1].result()
+        return self.client.list_page(number, self.size)
+
+    def close(self) -> None:
+        """Drop a page nobody will take; a request already sent finishes on its own."""
+        self._pending = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class SyncListing:

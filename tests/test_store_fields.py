@@ -6,13 +6,15 @@ test read the field or checked the error's kind).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from etl.api.client import classify
 from etl.api.documents import ConnectionRecord, VehicleAttributes
@@ -163,20 +165,41 @@ def full_row(engine: Engine, cid: str) -> dict[str, Any]:
     return dict(row(engine, cid)._mapping)
 
 
+@contextlib.contextmanager
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL the engine sends inside the block."""
+    sent: list[str] = []
+
+    def record_sql(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        sent.append(sql.upper())
+
+    event.listen(engine, "before_cursor_execute", record_sql)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record_sql)
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["in a pass", "on its own"])
 @pytest.mark.parametrize("shared_time", [True, False], ids=["a listing page", "one time each"])
-def test_a_connection_seen_again_as_stored_has_exactly_its_times_refreshed(engine: Engine, shared_time: bool) -> None:
-    """Both ways of refreshing: one UPDATE per shared time (a page), or one executemany (ids)."""
+def test_a_connection_seen_again_as_stored_has_exactly_its_times_refreshed(
+        engine: Engine, shared_time: bool, started: bool) -> None:
+    """Both ways of refreshing: one UPDATE per shared time (a page), or one executemany (ids); no upsert."""
     cids = [new_id() for _ in range(8)]
     records = {c: record(c, make="Kia", created=at(-100), updated=at(-50)) for c in cids}
     track(Store(engine), cids)
     store(engine, *(Fetched(c, at(1), records[c]) for c in cids), started=at(0))
     before = {c: full_row(engine, c) for c in cids}
     later = [at(3600) if shared_time else at(3600 + i) for i in range(len(cids))]
-    store(engine, *(Fetched(c, t, records[c]) for c, t in zip(cids, later, strict=True)), started=at(3599))
+    with statements(engine) as sent:
+        store(engine, *(Fetched(c, t, records[c]) for c, t in zip(cids, later, strict=True)),
+              started=at(3599) if started else None)
+    assert not [sql for sql in sent if sql.startswith("INSERT INTO CONNECTIONS")]
+    assert len([sql for sql in sent if sql.startswith("UPDATE CONNECTIONS")]) == 1
     for c, t in zip(cids, later, strict=True):
         after = full_row(engine, c)
         assert after["last_seen_at"] == after["last_success_at"] == after["last_attempt_at"] == t
-        assert after["next_due_at"] == Cadence().after_success(at(3599))
+        assert after["next_due_at"] == Cadence().after_success(at(3599) if started else t)
         unchanged = {k: v for k, v in after.items()
                      if k not in ("last_seen_at", "last_success_at", "last_attempt_at", "next_due_at")}
         assert unchanged == {k: v for k, v in before[c].items() if k in unchanged}

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import Engine
 
 from etl.api.auth import StaticToken
 from etl.api.client import SmartcarClient, environment_proxy, make_http_client
@@ -131,3 +132,33 @@ def test_the_api_transport_takes_the_proxy_the_environment_names(monkeypatch: py
     finally:
         http.close()
     assert http.transports == {}
+
+
+def test_the_next_listing_page_is_fetched_while_the_one_before_is_stored(engine: Engine) -> None:
+    """Paused inside page 1's items (as while a batch is written), page 2 is requested already; page 3 is not."""
+    from etl.context import Pass, Seams
+    from etl.db.store import Store
+    from etl.fetch import Listing
+    from tests.conftest import Clock, make_config
+
+    fake = FakeApi()
+    ids = fake.populate(250, seed=7)
+    store = Store(engine)
+    store.track(ids, at=Clock()())
+    seams = Seams(transport=httpx.MockTransport(fake.handle), now=Clock())
+    listing = Listing(Pass.open(make_config(fake, str(engine.url)), store, seams))
+    outcomes = listing.outcomes()
+
+    def pages_asked() -> list[str]:
+        return [p for m, p in fake.requests if m == "GET" and p == "/v3/connections"]
+
+    first = next(outcomes)
+    for _ in range(200):  # the background request, not a sleep standing for one
+        if len(pages_asked()) == 2:
+            break
+        time.sleep(0.01)
+    assert isinstance(first, Fetched) and listing.page == 1
+    assert len(pages_asked()) == 2
+    rest = list(outcomes)
+    assert len(rest) == 249 and len(pages_asked()) == 3
+    assert sorted(o.connection_id for o in [first, *rest]) == sorted(ids)

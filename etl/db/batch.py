@@ -81,13 +81,13 @@ def store_batch(
     if outcomes:
         rows = conn.execute(
             select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
-                   *(connections.c[c] for c in IDENTITY), connections.c.last_error)
+                   *(connections.c[c] for c in IDENTITY))
             .where(among(conn, connections.c.id, [o.connection_id for o in outcomes]))
         )
         for state in rows:
             previous[state.id] = state.last_success_at
             failures[state.id] = state.consecutive_failures
-            if state.consecutive_failures == 0 and state.last_error is None:
+            if state.consecutive_failures == 0:  # a failure sets last_error and counts; a success clears both
                 stored[state.id] = tuple(getattr(state, c) for c in IDENTITY)
         outcomes = [_after(o, previous.get(o.connection_id)) for o in outcomes]
     if answered:
