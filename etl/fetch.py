@@ -13,7 +13,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Protocol, TypeVar, cast
@@ -243,14 +244,16 @@ class Listing:
     """Every connection of the listing, then a direct GET of each tracked one it did not show.
 
     Connections the user untracked are skipped, and so are new ones unless
-    ``sync.track_listed``. A connection seen twice across pages counts once. Only
+    ``sync.track_listed``. A connection that paging shows again on a nearby page
+    (the last ``batch_size`` + 10 pages of ids are remembered) counts once. Only
     a complete listing leads to confirmations: if a page fails (after retries)
     or the paging goes wrong, ``incomplete`` says why and nothing is confirmed,
     so nothing is marked deleted. A missing connection is only marked deleted if
     its own GET answers 404 (page-number paging can skip rows when the set
-    changes under it). A listing resumed at ``start_page`` passes ``since``
-    (when it first started): connections attempted since then were seen by the
-    earlier part.
+    changes under it). Missing means tracked and not attempted since the
+    listing started (``since``; a resumed listing passes when it first
+    started): the database says what was stored, the remembered ids cover what
+    is not stored yet, and memory stays flat however long the listing.
     """
 
     def __init__(
@@ -269,7 +272,10 @@ class Listing:
         self.incomplete: str | None = None
         self.page = 0  # the page being read
         self.total: int | None = None  # the listing's totalCount, once known
-        self.seen: set[str] = set()
+        self.listed = 0  # distinct connections listed so far
+        # The ids listed last: enough to see a connection that paging shows again on the next pages, and
+        # to cover those not stored yet when the listing ends. Memory does not grow with the listing.
+        self.recent = RecentIds(ctx.config.sync.batch_size + 10 * ctx.config.sync.page_size)
         self.out_of_time = False  # stopped at a page boundary by --max-duration; the next pass resumes
 
     def outcomes(self) -> Generator[Outcome, None, None]:
@@ -277,14 +283,15 @@ class Listing:
         ctx = self.ctx
         page_size = ctx.config.sync.page_size
         log.info("the full listing, %d a page", page_size, extra={"strategy": "list"})
-        tracked = ctx.store.tracked_flags()
-        track_new = ctx.config.sync.track_listed
+        self.since = self.since or ctx.now()  # what is attempted from now on was listed
+        untracked, track_new = ctx.store.untracked_ids(), ctx.config.sync.track_listed
+        known: set[str] = set()  # without sync.track_listed: which of the page's ids are stored
 
         def wanted(connection_id: str) -> bool:
-            if connection_id in self.seen:
+            if not self.recent.add(connection_id):
                 return False
-            self.seen.add(connection_id)
-            return tracked.get(connection_id, track_new)
+            self.listed += 1
+            return connection_id not in untracked and (track_new or connection_id in known)
 
         paginator = Paginator(size=page_size, start=self.start_page)
         ahead = PageAhead(ctx.client, page_size)
@@ -300,6 +307,7 @@ class Listing:
                     more, problem = self._advance(paginator, page)
                     if more:  # the next page is fetched while this one is stored
                         ahead.fetch(paginator.number)
+                    known = known if track_new else ctx.store.known_ids(page.ids)
                     yield from self._items(page, wanted)
                     if problem is not None:
                         raise problem
@@ -309,7 +317,7 @@ class Listing:
                 except Deferred:
                     self.out_of_time = True
                     if self.total is not None:  # what this pass leaves for the next one
-                        self.planned = len(self.seen) + max(0, self.total - (paginator.number - 1) * page_size)
+                        self.planned = self.listed + max(0, self.total - (paginator.number - 1) * page_size)
                     log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
                              "confirmed until the listing has gone through", paginator.number)
                     return
@@ -352,13 +360,39 @@ class Listing:
         if self.incomplete:
             log.warning("%s; nothing will be marked deleted this run", self.incomplete)
             return
-        missing = self.ctx.store.missing_from(self.seen, since=self.since)
+        missing = self.ctx.store.missing_from(self.recent, since=self.since)
         if missing:
             log.info("%d tracked connection(s) missing from the listing; confirming each with a GET", len(missing))
             confirm = ByIds(self.ctx, missing)
             yield from confirm.outcomes()
             if confirm.out_of_time:  # the next pass reads the last page again, then confirms the rest
                 self.out_of_time = True
+
+
+class RecentIds:
+    """The last ``limit`` ids added, as a set that forgets the oldest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, connection_id: str) -> bool:
+        """Remember the id; False if it is remembered already."""
+        if connection_id in self._ids:
+            return False
+        self._ids[connection_id] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+        return True
+
+    def __contains__(self, connection_id: object) -> bool:
+        return connection_id in self._ids
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class PageAhead:

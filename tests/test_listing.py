@@ -234,3 +234,31 @@ def test_a_stop_request_during_a_listing_ends_the_run_gracefully(run_sync: Runne
     assert (result.status, result.counts.fetched) == ("aborted", 200)
     assert listing_requests(fake) == 3 and gets(fake) == 0  # no retry after the stop request
     assert status_error(engine, result.run_id) == "stopped on request after 200 of 200 connections"
+
+
+def test_a_listing_longer_than_what_it_remembers_confirms_exactly_the_missing(
+    run_sync: Runner, engine: Engine
+) -> None:
+    """Pages of 10 and batches of 15 remember 115 ids; 400 are listed. The database says what was seen."""
+    fake = run_sync.fake
+    ids = fake.populate(400, seed=8)
+    track(Store(engine), ids)
+    run_sync.config = replace(run_sync.config, sync=replace(run_sync.config.sync, page_size=10, batch_size=15))
+    assert run_sync(strategy="list").counts.fetched == 400
+    gone = [ids[3], ids[150], ids[399]]  # early, middle, and on the last page (stored last)
+    for connection_id in gone:
+        fake.remove(connection_id)
+    before = gets(fake)
+    result = run_sync(strategy="list")
+    assert gets(fake) - before == 3 and all(fake.count("GET", f"{LISTING}/{c}") == 1 for c in gone)
+    assert result.counts.deleted == 3 and result.counts.fetched == 397
+    assert {c for c, s in statuses(engine).items() if s == "deleted"} == set(gone)
+
+
+def test_the_listing_remembers_a_bounded_number_of_ids() -> None:
+    from etl.fetch import RecentIds
+
+    recent = RecentIds(3)
+    assert [recent.add(i) for i in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]
+    assert list(recent) == ["b", "c", "d"] and "a" not in recent and len(recent) == 3
+    assert recent.add("a") and list(recent) == ["c", "d", "a"]

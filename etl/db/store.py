@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,19 +305,24 @@ class Store:
         with self.read() as conn:
             return conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
 
-    def tracked_flags(self) -> dict[str, bool]:
-        """Every known connection id and whether it is tracked."""
+    def untracked_ids(self) -> set[str]:
+        """The connections the user untracked (few: the listing skips them)."""
         with self.read() as conn:
-            return {row.id: bool(row.tracked) for row in conn.execute(select(connections.c.id, connections.c.tracked))}
+            return set(conn.scalars(select(connections.c.id).where(connections.c.tracked.is_(False))))
 
-    def missing_from(self, seen: set[str], *, since: dt.datetime | None = None) -> list[str]:
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the database holds."""
+        with self.read() as conn:
+            return set(conn.scalars(select(connections.c.id).where(dialects.among(conn, connections.c.id, list(ids)))))
+
+    def missing_from(self, seen: Collection[str], *, since: dt.datetime | None = None) -> list[str]:
         """Tracked pending or active connections not in ``seen`` (and, with ``since``, not attempted since then)."""
         c = connections.c
         query = select(c.id).where(c.tracked.is_(True), c.status.in_(["pending", "active"]))
         if since is not None:
             query = query.where(or_(c.last_attempt_at.is_(None), c.last_attempt_at < since))
         with self.read() as conn:
-            return sorted(set(conn.scalars(query)) - seen)
+            return sorted(set(conn.scalars(query)).difference(seen))
 
     def not_attempted_since(self, ids: Sequence[str], since: dt.datetime | None) -> list[str]:
         """The ids not attempted since ``since`` (all of them when ``since`` is None), in their order."""
