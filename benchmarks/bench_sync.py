@@ -17,7 +17,7 @@ server that is not the bottleneck (nginx if the machine has it, else an
 in-memory server), beside a plain httpx loop, at each of ``--sizes``
 (default 5000,100000); see ``throughput.py``:
 
-    .venv/bin/python benchmarks/bench_sync.py --static [--sizes 5000,100000]
+    .venv/bin/python benchmarks/bench_sync.py --static [--sizes 5000,100000] [--server auto|nginx|memory]
 """
 
 from __future__ import annotations
@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--static", action="store_true",
                         help="the whole sync command against a static server, beside a plain httpx loop")
     parser.add_argument("--sizes", default="5000,100000", help="with --static: connection counts, comma-separated")
+    parser.add_argument("--server", choices=("auto", "nginx", "memory"), default="auto",
+                        help="with --static: what serves the documents (auto: nginx if the machine has it)")
     args = parser.parse_args()
     if args.static:
         from throughput import static_mode
@@ -167,7 +169,7 @@ def main() -> None:
         static_mode([int(n) for n in args.sizes.split(",")], {
             "SQLite": sqlite_database,
             "PostgreSQL": lambda: postgres_database(args.postgres_url),
-        }, args.concurrency)
+        }, args.concurrency, args.server)
         return
 
     ids = FakeApi().populate(args.connections, seed=0)  # the same world the server builds

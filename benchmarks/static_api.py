@@ -139,11 +139,13 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def serve(root: Path) -> Iterator[tuple[str, str]]:
-    """Serve ``root``; yield (the API's base URL, what serves it)."""
+def serve(root: Path, server: str = "auto") -> Iterator[tuple[str, str]]:
+    """Serve ``root`` with ``server`` (nginx, memory, or auto: nginx if found); yield (base URL, what serves it)."""
     port = free_port()
     nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-    if nginx:
+    if server == "nginx" and not nginx:
+        raise SystemExit("--server nginx: nginx is not on this machine (apt-get install -y nginx-light)")
+    if nginx and server != "memory":
         (root / "tmp").mkdir(exist_ok=True)
         user = "user root;\n" if os.geteuid() == 0 else ""  # its workers read a 0700 temporary directory
         (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port, user=user))

@@ -254,13 +254,14 @@ def print_breakdown(database: str, count: int, kind: str, passes: list[dict[str,
     print(f"  {'sum':16} {sum(passes[0].values()):11.1f} {sum(passes[1].values()):11.1f}")
 
 
-def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[str]]], concurrency: int) -> None:
+def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[str]]], concurrency: int,
+                server: str = "auto") -> None:
     """The whole static-server comparison; ``databases`` maps a name to a context giving an empty database."""
     for count in counts:
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
             ids = write_world(directory / "www", count)
-            with serve(directory / "www") as (base_url, what):
+            with serve(directory / "www", server) as (base_url, what):
                 print(f"\n== {count} connections, served by {what}: ceiling {ceiling(base_url, ids):,.0f} "
                       f"answers/s to a pipelined raw socket; job concurrency {concurrency}, rate budget on")
                 httpx_ids(base_url, ids)  # warm the server and the page cache

@@ -12,13 +12,19 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.postgres
-def test_bench_sync_runs() -> None:
+def postgres_url() -> str:
+    """The PostgreSQL server to benchmark on (skip without one, fail where one is required)."""
     url = os.environ.get("ETL_TEST_POSTGRES_URL")
     if not url:
         if os.environ.get("ETL_REQUIRE_POSTGRES") == "1":
             pytest.fail("ETL_REQUIRE_POSTGRES=1 but ETL_TEST_POSTGRES_URL is not set")
         pytest.skip("ETL_TEST_POSTGRES_URL is not set")
+    return url
+
+
+@pytest.mark.postgres
+def test_bench_sync_runs() -> None:
+    url = postgres_url()
     done = subprocess.run([sys.executable, "bench_sync.py", "--connections", "60", "--postgres-url", url],
                           cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -32,3 +38,19 @@ def test_bench_ratelimit_runs() -> None:
                            "--per-minute", "6000"], cwd=BENCH, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "429 answers: 0" in done.stdout and "of the allowed rate" in done.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("server", ["memory", "auto"])
+def test_bench_sync_static_mode_runs(server: str) -> None:
+    url = postgres_url()
+    done = subprocess.run([sys.executable, "bench_sync.py", "--static", "--sizes", "150", "--server", server,
+                           "--postgres-url", url], cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    served_by = done.stdout.split("served by ", 1)[1].split(":", 1)[0]
+    assert served_by.startswith("in-memory asyncio server") if server == "memory" else served_by in (
+        "nginx, 1 worker", "in-memory asyncio server (no nginx on this machine)")
+    for label in ("httpx loop, per id", "sync --strategy ids, unchanged pass", "sync --strategy list, first pass",
+                  "per-stage µs per connection, listing", "building rows", "ceiling"):
+        assert label in done.stdout
+    assert done.stdout.count("MB") >= 8  # a peak RSS for each pass of each database

@@ -1,8 +1,11 @@
 """Store one batch of fetch outcomes, with set-based statements (the caller owns the transaction).
 
-For a batch: two SELECTs (prior connection state, open grants), one upsert per
-table (users, vehicles, connections), one executemany each for deletions,
-closed grants, opened grants, changes, failures. No per-row ORM work.
+For a batch: two SELECTs (prior connection state, open grants; the ids as one
+parameter), one upsert per table (users, vehicles, connections), one
+executemany each for deletions, closed grants, opened grants, changes,
+failures. No per-row ORM work. What is unchanged is not written: users and
+vehicles that are as stored (and seen within the day), and healthy connections
+as stored, which only have their times refreshed.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def store_batch(
 
 
 VEHICLE_FIELDS = ("make", "model", "year", "mode", "powertrain_type")
+SEEN_PRECISION = dt.timedelta(days=1)  # users' and vehicles' last_seen_at is kept to the day
 # The connection columns a fetch can change besides the times; a healthy row whose IDENTITY is what the
 # API shows again only has its times refreshed (``_refresh_times``).
 IDENTITY = ("user_id", "vehicle_id", "status", "source_created_at", "source_updated_at")
@@ -176,7 +180,6 @@ def _as_stored(o: Fetched) -> tuple[object, ...]:
     """The IDENTITY columns as a fetch leaves them."""
     r = o.record
     return r.user_id, r.vehicle_id, "active", r.source_created_at, r.source_updated_at
-SEEN_PRECISION = dt.timedelta(days=1)  # users' and vehicles' last_seen_at is kept to the day
 
 
 def _worth_writing(
