@@ -7,13 +7,14 @@ For each database and size it prints, side by side in one run:
 - the job's whole ``smartcar-etl sync`` command (a child process, start-up
   included), per id (``--strategy ids --all``) and through the listing
   (``--strategy list``), first pass (everything new) and unchanged pass, with
-  its ratio to the reference and the child's peak RSS (``wait4``);
+  its ratio to the reference and the child's peak RSS (VmHWM, ``peak.py``);
 - a per-stage breakdown, in µs per connection, of the same work done in this
   process one stage at a time on one thread: request (the job's client: token,
   rate budget in the database, send, bounded read, classify), JSON parse,
-  validation, building rows (``store_batch`` minus its SQL), SQL, commit. What
-  the whole command spends beyond their sum is start-up, run bookkeeping and
-  the hand-offs between the fetch threads and the writer.
+  validation, building rows (``store_batch`` minus its SQL), SQL, commit; then
+  the whole command's µs per connection and what it spends beyond the stages:
+  start-up, run bookkeeping and the hand-offs between the fetch threads and
+  the writer (below zero where threads overlapped the stages).
 
 The rate budget is switched on, kept in the database as in production, with a
 capacity too large to make anyone wait: a pass pays for its bookkeeping.
@@ -246,12 +247,19 @@ def print_figures(figures: Figures) -> None:
         print(f"  {label:38} {rate:9.0f} {ratio:9.2f} {shown:>9}")
 
 
-def print_breakdown(database: str, count: int, kind: str, passes: list[dict[str, float]]) -> None:
-    print(f"\n{database}, per-stage µs per connection, {kind}, {count} connections, one thread")
-    print(f"  {'stage':16} {'first pass':>11} {'unchanged':>11}")
+def print_breakdown(figures: Figures, count: int, kind: str, passes: list[dict[str, float]]) -> None:
+    """The stages, their sum, the whole command's µs per connection (at its own size) and what it spends beyond."""
+    print(f"\n{figures.database}, per-stage µs per connection, {kind}, {count} connections, one thread")
+    print(f"  {'stage':28} {'first pass':>11} {'unchanged':>11}")
     for stage in passes[0]:
-        print(f"  {stage:16} {passes[0][stage]:11.1f} {passes[1][stage]:11.1f}")
-    print(f"  {'sum':16} {sum(passes[0].values()):11.1f} {sum(passes[1].values()):11.1f}")
+        print(f"  {stage:28} {passes[0][stage]:11.1f} {passes[1][stage]:11.1f}")
+    sums = [sum(p.values()) for p in passes]
+    print(f"  {'sum of the stages':28} {sums[0]:11.1f} {sums[1]:11.1f}")
+    strategy = "ids" if kind == "per id" else "list"
+    whole = [1e6 / rate for label, rate, _, _ in figures.rows if label.startswith(f"sync --strategy {strategy},")]
+    print(f"  {f'whole sync, {figures.count} conns':28} {whole[0]:11.1f} {whole[1]:11.1f}")
+    print(f"  {'whole minus the stages':28} {whole[0] - sums[0]:11.1f} {whole[1] - sums[1]:11.1f}"
+          "   (start-up, run bookkeeping, hand-offs; below 0: threads overlapped stages)")
 
 
 def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[str]]], concurrency: int,
@@ -278,4 +286,5 @@ def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[st
                                     rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE))
                     for kind, listing in (("per id", False), ("listing", True)):
                         with contextmanager(database)() as url:
-                            print_breakdown(name, len(sample), kind, breakdown(config, url, sample, listing=listing))
+                            print_breakdown(figures, len(sample), kind,
+                                            breakdown(config, url, sample, listing=listing))
