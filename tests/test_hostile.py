@@ -240,6 +240,29 @@ def test_a_row_the_database_refuses_costs_only_its_connection(fake_api: FakeApi,
     assert (run.connections_fetched, run.connections_failed, run.status) == (5, 1, "partial")
 
 
+def test_a_grant_the_database_refuses_costs_only_its_connection(
+    fake_api: FakeApi, engine: Engine, clock: Clock
+) -> None:
+    """Grants and changes go by COPY on PostgreSQL: a refusal there is sorted like any statement's."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("CREATE TRIGGER refuse_poison BEFORE INSERT ON permission_changes "
+                              "WHEN NEW.permission = 'read_poison' BEGIN SELECT RAISE(ABORT, 'poison refused'); END"))
+        else:
+            conn.execute(text("ALTER TABLE permission_changes ADD CONSTRAINT refuse_poison "
+                              "CHECK (permission <> 'read_poison')"))
+    good = [fake_api.add(permissions=["read_vin", "read_odometer"]) for _ in range(5)]
+    poison = fake_api.add(permissions=["read_vin", "read_poison"])
+    track(Store(engine), [c.id for c in good] + [poison.id])
+    result = _sync(fake_api, engine, clock)
+    assert (result.status, result.counts.fetched, result.counts.failed) == ("partial", 5, 1)
+    assert all(_held(engine, c.id) == {"read_vin", "read_odometer"} for c in good)
+    assert _held(engine, poison.id) == set()
+    with engine.connect() as conn:
+        error = conn.execute(select(fetch_errors)).one()
+    assert (error.connection_id, error.kind) == (poison.id, "rejected") and "poison" in error.detail
+
+
 def test_a_listing_item_with_a_newline_in_its_id_is_never_tracked(
     fake_api: FakeApi, engine: Engine, clock: Clock
 ) -> None:
@@ -522,3 +545,28 @@ def test_a_token_endpoint_that_echoes_the_secret_is_redacted(fake_api: FakeApi) 
 def test_api_config_read_limits_follow_the_config() -> None:
     api = ApiConfig(request_deadline_seconds=42.0, max_response_bytes=4096)
     assert api.read_limits() == ReadLimits(deadline=42.0, max_bytes=4096)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_database_lost_during_copy_is_sorted_as_unreachable(engine: Engine) -> None:
+    """insert_rows (COPY on PostgreSQL) raises what a statement would, so a lost server aborts the run."""
+    import datetime as dt
+
+    from sqlalchemy import exc
+
+    from etl.db.dialects import insert_rows, is_unreachable
+    from etl.db.models import permission_changes
+
+    cid = "00000000-0000-4000-8000-0000000000aa"
+    Store(engine).track([cid], at=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    row = {"connection_id": cid, "permission": "read_vin", "change": "granted",
+           "observed_at": dt.datetime(2026, 3, 1, tzinfo=dt.UTC), "previous_observed_at": None,
+           "source_updated_at": None, "run_id": None}
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")  # type: ignore[arg-type]
+        with pytest.raises(exc.DBAPIError) as caught:
+            insert_rows(conn, permission_changes, [row])
+        conn.invalidate()
+    assert is_unreachable(caught.value)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from etl.cadence import Cadence
-from etl.db.dialects import among, upsert
+from etl.db.dialects import among, insert_rows, upsert
 from etl.db.models import (
     connections,
     fetch_errors,
@@ -133,10 +133,8 @@ def store_batch(
             .values(valid_to=bindparam("b_valid_to")),
             delta.close_grants,
         )
-    if delta.open_grants:
-        conn.execute(permission_grants.insert(), delta.open_grants)
-    if delta.changes:
-        conn.execute(permission_changes.insert(), delta.changes)
+    insert_rows(conn, permission_grants, delta.open_grants)
+    insert_rows(conn, permission_changes, delta.changes)
 
     unknown = [o for o in failed if o.connection_id not in previous]
     if unknown:  # first seen in a listing, already malformed: a pending row carries its error

@@ -163,6 +163,35 @@ def upsert(
     conn.execute(stmt, list(rows))
 
 
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT the rows (all with the same keys), in the connection's transaction.
+
+    PostgreSQL: ``COPY ... FROM STDIN`` through psycopg, half the server's cost
+    of row-by-row inserts for a batch's grants and changes; values go through
+    the columns' own bind processing first (UTC, naive timestamps refused).
+    Elsewhere one executemany.
+    """
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), list(rows))
+        return
+    names = list(rows[0])
+    processors = [table.c[name].type.bind_processor(conn.dialect) for name in names]
+    quote = conn.dialect.identifier_preparer.quote
+    statement = f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[n] if p is None else p(row[n]) for n, p in zip(names, processors, strict=True)])
+    except driver_error as error:  # as SQLAlchemy would raise it: sorted like any statement's error
+        raise exc.DBAPIError.instance(statement, None, error, driver_error) from error
+    finally:
+        cursor.close()
+
+
 def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
     """``column IN values`` as one bound parameter, so that the statement compiles once and is cached.
 
