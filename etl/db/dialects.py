@@ -2,7 +2,8 @@
 
 - which URLs (database and driver) are supported, and how they are normalised;
 - how a connection is set up (SQLite: WAL, foreign keys, explicit transactions);
-- the upsert construct (``INSERT .. ON CONFLICT``), and ``IN`` a list as one parameter;
+- the upsert construct (``INSERT .. ON CONFLICT``), bulk inserts (``COPY`` on PostgreSQL),
+  and ``IN`` a list as one parameter;
 - the partial unique index ("one open grant per connection and permission");
 - the run lock (PostgreSQL advisory lock, ``flock`` beside a SQLite file);
 - how driver errors sort: the database is unreachable, or one statement's data was refused;
