@@ -164,3 +164,18 @@ def test_the_next_listing_page_is_fetched_while_the_one_before_is_stored(engine:
     ctx.client.http.close()
     assert len(rest) == 249 and len(pages_asked()) == 3
     assert sorted(o.connection_id for o in [first, *rest]) == sorted(ids)
+
+
+@pytest.mark.parametrize("value", ["garbage", "ftp://proxy:21", "http://user:s3cret@[::1", "http://a\x01b:3128"])
+def test_a_proxy_variable_httpx_cannot_use_is_a_config_error_that_keeps_its_secret(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from etl.errors import ConfigError
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    with pytest.raises(ConfigError) as caught:
+        make_http_client(timeout=5, concurrency=1)
+    assert "HTTPS_PROXY" in str(caught.value) and caught.value.exit_code == 2
+    assert "s3cret" not in str(caught.value) and value not in str(caught.value)
+    make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(lambda r: httpx.Response(200))).close()

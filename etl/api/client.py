@@ -10,6 +10,7 @@ the API's error code and detail, never headers, tokens or query strings.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import logging
 import re
 import threading
@@ -38,6 +39,7 @@ from etl.clock import utcnow
 from etl.errors import (
     ApiError,
     AuthenticationError,
+    ConfigError,
     FatalApiError,
     MalformedDocumentError,
     RetriableApiError,
@@ -252,6 +254,25 @@ def environment_proxy(url: httpx.URL) -> str | None:
     return proxies.get(url.scheme) or proxies.get("all")
 
 
+def check_environment_proxies() -> None:
+    """Raise ConfigError (exit 2) for a proxy variable httpx cannot use, naming the variable, never its value
+    (a proxy URL can carry a password)."""
+    problems = []
+    for scheme, value in urllib.request.getproxies().items():
+        if scheme == "no":  # NO_PROXY: host names, not a URL
+            continue
+        name = f"{scheme.upper()}_PROXY (or {scheme}_proxy)"
+        try:
+            proxy = httpx.Proxy(value)
+        except (ValueError, httpx.InvalidURL):
+            problems.append(f"{name}: not a proxy URL httpx can use (http://, https:// or socks5://HOST:PORT)")
+            continue
+        if proxy.url.scheme.startswith("socks") and importlib.util.find_spec("socksio") is None:
+            problems.append(f"{name}: a SOCKS proxy needs the socksio package (pip install 'httpx[socks]')")
+    if problems:
+        raise ConfigError(problems)
+
+
 class Http(httpx.Client):
     """The pooled httpx client, and the transports that ``send`` hands requests to directly.
 
@@ -263,6 +284,8 @@ class Http(httpx.Client):
     """
 
     def __init__(self, *, timeout: float, concurrency: int, transport: httpx.BaseTransport | None = None) -> None:
+        if transport is None:  # the environment's proxies are used: refuse a bad one now, not at the first request
+            check_environment_proxies()
         self.pool_limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
         super().__init__(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
