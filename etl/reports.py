@@ -3,7 +3,7 @@
 The point-in-time rule: a connection held a permission at instant T when a
 grant interval covers T, i.e. ``valid_from <= T`` and (``valid_to`` is NULL or
 ``valid_to > T``). Timestamps are bound through the column type, so the same
-query is exact on SQLite (UTC text) and PostgreSQL (timestamptz).
+query is exact on SQLite (UTC text), PostgreSQL (timestamptz) and MariaDB (UTC DATETIME(6)).
 """
 
 from __future__ import annotations

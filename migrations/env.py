@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from etl.db.models import Base
+from etl.db.models import Base, compared_objects
 
 target_metadata = Base.metadata
 
@@ -22,6 +22,7 @@ def run_with(connection: Connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_object=compared_objects(connection.dialect),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -28,6 +28,7 @@ def db_upgrade(state: State) -> None:
     \b
     Example:
         SMARTCAR_ETL_DATABASE_URL=postgresql+psycopg://etl@db/etl smartcar-etl db upgrade
+        SMARTCAR_ETL_DATABASE_URL=mariadb://etl:secret@db/etl smartcar-etl db upgrade
     """
     from etl.db.engine import safe_url
 

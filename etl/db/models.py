@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -20,13 +21,23 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    column,
+    event,
     text,
 )
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import DDL
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from etl.db.dialects import partial_index_where
+from etl.db.dialects import (
+    MARIADB,
+    PARTIAL_INDEXES,
+    TABLE_OPTIONS,
+    is_mariadb,
+    mariadb_partial_unique,
+    partial_index_where,
+)
 
 UTC = dt.UTC
 
@@ -44,8 +55,9 @@ class _SqliteUtcText(sqlite.DATETIME):
 class UtcDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC timestamp, to the microsecond, on every database.
 
-    PostgreSQL stores ``timestamptz``. SQLite has no such type, so the value is
-    stored as naive UTC text (``2026-03-01 12:00:00.000000``, SQLAlchemy's own
+    PostgreSQL stores ``timestamptz``. MariaDB stores naive UTC in ``DATETIME(6)`` (plain
+    ``DATETIME`` would drop the microseconds), whatever the session's time zone. SQLite has
+    no such type, so the value is stored as naive UTC text (``2026-03-01 12:00:00.000000``, SQLAlchemy's own
     format, which sorts and compares correctly as text) and given back its UTC
     zone when read; the text is made and parsed here by ``isoformat`` and
     ``fromisoformat``, which are several times faster than the generic path.
@@ -59,6 +71,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(_SqliteUtcText())  # type: ignore[no-untyped-call]
+        if is_mariadb(dialect):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
@@ -69,6 +83,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             raise ValueError(msg)
         if dialect.name == "sqlite":
             return _sqlite_text(value)
+        if is_mariadb(dialect):
+            return value.astimezone(UTC).replace(tzinfo=None)
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
@@ -105,6 +121,7 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dt.datetime: UtcDateTime(), str: Text()}
+    __table_args__: Any = TABLE_OPTIONS  # MariaDB: InnoDB, utf8mb4, binary collation (exact comparison)
 
 
 class User(Base):
@@ -145,6 +162,7 @@ class Connection(Base):
         Index(None, "user_id"),
         Index(None, "vehicle_id"),
         Index(None, "next_due_at"),
+        TABLE_OPTIONS,
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -167,16 +185,25 @@ class Connection(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
+OPEN_GRANT_INDEX = "uq_permission_grants_open"
+# MariaDB has no partial index: a generated column, 1 while the grant is open, NULL after, with a unique key.
+OPEN_GRANT_FLAG = "is_open"
+OPEN_GRANT_DDL = mariadb_partial_unique("permission_grants", name=OPEN_GRANT_INDEX, flag=OPEN_GRANT_FLAG,
+                                        columns=("connection_id", "permission"), condition="valid_to IS NULL")
+CHANGES = ("granted", "revoked")
+
+
 class PermissionGrant(Base):
     """One continuous interval in which a connection held a permission."""
 
     __tablename__ = "permission_grants"
     __table_args__ = (
-        # At most one open interval per connection and permission.
-        Index("uq_permission_grants_open", "connection_id", "permission", unique=True,
-              **partial_index_where("valid_to IS NULL")),
+        # At most one open interval per connection and permission (MariaDB: OPEN_GRANT_DDL below).
+        Index(OPEN_GRANT_INDEX, "connection_id", "permission", unique=True,
+              **partial_index_where("valid_to IS NULL")).ddl_if(dialect=PARTIAL_INDEXES),  # type: ignore[arg-type]
         Index(None, "permission", "valid_from"),
         CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="interval"),
+        TABLE_OPTIONS,
     )
 
     connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"), primary_key=True)
@@ -194,6 +221,7 @@ class SyncRun(Base):
             "status IN ('running', 'succeeded', 'partial', 'failed', 'aborted')", name="status"
         ),
         Index(None, "started_at"),
+        TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -225,9 +253,10 @@ class PermissionChange(Base):
 
     __tablename__ = "permission_changes"
     __table_args__ = (
-        CheckConstraint("change IN ('granted', 'revoked')", name="change"),
+        CheckConstraint(column("change").in_(CHANGES), name="change"),  # `change`: reserved on MariaDB
         Index(None, "connection_id", "permission", "observed_at"),
         Index(None, "observed_at"),
+        TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -252,6 +281,7 @@ class Backfill(Base):
         CheckConstraint("kind IN ('ids', 'all')", name="kind"),
         CheckConstraint("status IN ('running', 'done', 'abandoned')", name="status"),
         Index(None, "kind", "fingerprint", "status"),
+        TABLE_OPTIONS,
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -285,7 +315,7 @@ class FetchError(Base):
     """One connection that failed in one run."""
 
     __tablename__ = "fetch_errors"
-    __table_args__ = (Index(None, "run_id"), Index(None, "connection_id", "occurred_at"))
+    __table_args__ = (Index(None, "run_id"), Index(None, "connection_id", "occurred_at"), TABLE_OPTIONS)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(BigId, ForeignKey("sync_runs.id"))
@@ -305,3 +335,20 @@ sync_runs: Table = Base.metadata.tables["sync_runs"]
 fetch_errors: Table = Base.metadata.tables["fetch_errors"]
 backfills: Table = Base.metadata.tables["backfills"]
 rate_budgets: Table = Base.metadata.tables["rate_budgets"]
+
+def compared_objects(dialect: Dialect) -> Callable[..., bool]:
+    """Alembic's ``include_object`` for comparing these models with a database of this dialect.
+
+    On MariaDB it leaves out the stand-in for the partial unique index (the generated column and
+    its unique key), which models cannot declare for one database only; a test checks it instead.
+    """
+    def include(_object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object) -> bool:
+        stand_in = (type_ == "column" and name == OPEN_GRANT_FLAG) or (type_ == "index" and name == OPEN_GRANT_INDEX)
+        return not (stand_in and is_mariadb(dialect))
+
+    return include
+
+
+for _statement in OPEN_GRANT_DDL:  # create_all() on MariaDB, as migration 0001 does
+    event.listen(permission_grants, "after_create",
+                 DDL(_statement).execute_if(dialect=MARIADB))  # type: ignore[no-untyped-call,arg-type]

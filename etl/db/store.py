@@ -16,13 +16,14 @@ import logging
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, exc, func, insert, or_, select, update
 
 from etl.cadence import Cadence
 from etl.db import dialects
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
 EPSILON = 1e-9  # refill sums in floating point: 0.9 + 0.1 may be 0.9999999999999999
 MIN_WAIT = 0.001  # seconds: a wait that would round to nothing still moves the clock
+# A batch whose transaction lost a lock race (a deadlock) is rolled back whole; it runs again this many
+# times in all, after these pauses (seconds), before it counts as refused.
+BATCH_ATTEMPTS = 3
+RETRY_PAUSE = 0.05
 
 
 class FinishedRun(Protocol):
@@ -242,8 +247,8 @@ class Store:
 
         The bucket refills continuously at ``bucket.per_second`` up to ``bucket.capacity`` (the row
         follows the configuration). Time is ``at`` when given (tests), else the database server's
-        clock where there is one, else this machine's. Row-locked on PostgreSQL, ``BEGIN IMMEDIATE``
-        on SQLite: two processes never take the same token.
+        clock where there is one, else this machine's. Row-locked on PostgreSQL and MariaDB, ``BEGIN
+        IMMEDIATE`` on SQLite: two processes never take the same token.
         """
         with self._write() as conn:
             now = at or dialects.server_now(conn) or dt.datetime.now(dt.UTC)
@@ -294,7 +299,8 @@ class Store:
         # Most overdue first: never attempted, then by due time, so a pass cut short by --max-duration
         # leaves the freshest for later and never fetches one twice while another waits.
         query = select(c.id).where(c.tracked.is_(True)).order_by(
-            c.last_attempt_at.is_(None).desc(), c.next_due_at.asc().nulls_first(), c.id)
+            c.last_attempt_at.is_(None).desc(), c.next_due_at.is_(None).desc(), c.next_due_at, c.id)  # no NULLS FIRST
+
         if not ignore_due:
             query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= at))
         with self.read() as conn:
@@ -553,6 +559,21 @@ class BatchWriter:
             return self._transaction([Failed(outcome.connection_id, outcome.observed_at, rejected)], last=False)
 
     def _transaction(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
+        """Store the outcomes in one transaction; again, from the start, if the database rolled it back
+        to break a deadlock (``dialects.error_kind``: ``retry``)."""
+        attempt = 1
+        while True:
+            try:
+                return self._attempt(outcomes, last=last)
+            except exc.DBAPIError as error:
+                if dialects.error_kind(error) != "retry" or attempt == BATCH_ATTEMPTS:
+                    raise
+                log.warning("run %s: the database rolled back a batch of %d (%s); running it again (attempt %d)",
+                            self.run_id, len(outcomes), one_line(error), attempt + 1)
+                time.sleep(RETRY_PAUSE * attempt)
+                attempt += 1
+
+    def _attempt(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
         with self.store._write() as conn:
             counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
                                  pass_started_at=self.pass_started_at)

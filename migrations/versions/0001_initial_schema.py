@@ -3,6 +3,9 @@
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-28 13:43:01.056450
+
+Every step is skipped where it is already done (``etl.db.migrating``): MariaDB commits each DDL
+statement at once, so a failed upgrade is completed by running it again.
 """
 
 from collections.abc import Sequence
@@ -11,6 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import etl.db.models
+from etl.db.migrating import create_index, create_open_grant_index, create_table
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -19,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('sync_runs',
+    create_table('sync_runs',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('trigger', sa.String(length=16), nullable=False),
     sa.Column('started_at', etl.db.models.UtcDateTime(timezone=True), nullable=False),
@@ -37,16 +41,15 @@ def upgrade() -> None:
     sa.CheckConstraint("status IN ('running', 'succeeded', 'partial', 'failed', 'aborted')", name=op.f('ck_sync_runs_status')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sync_runs'))
     )
-    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_sync_runs_started_at'), ['started_at'], unique=False)
+    create_index('sync_runs', 'ix_sync_runs_started_at', ['started_at'])
 
-    op.create_table('users',
+    create_table('users',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('first_seen_at', etl.db.models.UtcDateTime(timezone=True), nullable=False),
     sa.Column('last_seen_at', etl.db.models.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users'))
     )
-    op.create_table('vehicles',
+    create_table('vehicles',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('make', sa.Text(), nullable=True),
     sa.Column('model', sa.Text(), nullable=True),
@@ -57,7 +60,7 @@ def upgrade() -> None:
     sa.Column('last_seen_at', etl.db.models.UtcDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_vehicles'))
     )
-    op.create_table('connections',
+    create_table('connections',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('user_id', sa.String(length=36), nullable=True),
     sa.Column('vehicle_id', sa.String(length=36), nullable=True),
@@ -76,12 +79,11 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['vehicle_id'], ['vehicles.id'], name=op.f('fk_connections_vehicle_id_vehicles')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_connections'))
     )
-    with op.batch_alter_table('connections', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_connections_status'), ['status'], unique=False)
-        batch_op.create_index(batch_op.f('ix_connections_user_id'), ['user_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_connections_vehicle_id'), ['vehicle_id'], unique=False)
+    create_index('connections', 'ix_connections_status', ['status'])
+    create_index('connections', 'ix_connections_user_id', ['user_id'])
+    create_index('connections', 'ix_connections_vehicle_id', ['vehicle_id'])
 
-    op.create_table('fetch_errors',
+    create_table('fetch_errors',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('connection_id', sa.String(length=36), nullable=False),
@@ -93,11 +95,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['sync_runs.id'], name=op.f('fk_fetch_errors_run_id_sync_runs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_fetch_errors'))
     )
-    with op.batch_alter_table('fetch_errors', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_fetch_errors_connection_id_occurred_at'), ['connection_id', 'occurred_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_fetch_errors_run_id'), ['run_id'], unique=False)
+    create_index('fetch_errors', 'ix_fetch_errors_connection_id_occurred_at', ['connection_id', 'occurred_at'])
+    create_index('fetch_errors', 'ix_fetch_errors_run_id', ['run_id'])
 
-    op.create_table('permission_changes',
+    create_table('permission_changes',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('connection_id', sa.String(length=36), nullable=False),
     sa.Column('permission', sa.String(length=100), nullable=False),
@@ -106,16 +107,15 @@ def upgrade() -> None:
     sa.Column('previous_observed_at', etl.db.models.UtcDateTime(timezone=True), nullable=True),
     sa.Column('source_updated_at', etl.db.models.UtcDateTime(timezone=True), nullable=True),
     sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.CheckConstraint("change IN ('granted', 'revoked')", name=op.f('ck_permission_changes_change')),
+    sa.CheckConstraint(sa.column('change').in_(('granted', 'revoked')), name=op.f('ck_permission_changes_change')),
     sa.ForeignKeyConstraint(['connection_id'], ['connections.id'], name=op.f('fk_permission_changes_connection_id_connections')),
     sa.ForeignKeyConstraint(['run_id'], ['sync_runs.id'], name=op.f('fk_permission_changes_run_id_sync_runs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_permission_changes'))
     )
-    with op.batch_alter_table('permission_changes', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_permission_changes_connection_id_permission_observed_at'), ['connection_id', 'permission', 'observed_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_permission_changes_observed_at'), ['observed_at'], unique=False)
+    create_index('permission_changes', 'ix_permission_changes_connection_id_permission_observed_at', ['connection_id', 'permission', 'observed_at'])
+    create_index('permission_changes', 'ix_permission_changes_observed_at', ['observed_at'])
 
-    op.create_table('permission_grants',
+    create_table('permission_grants',
     sa.Column('connection_id', sa.String(length=36), nullable=False),
     sa.Column('permission', sa.String(length=100), nullable=False),
     sa.Column('valid_from', etl.db.models.UtcDateTime(timezone=True), nullable=False),
@@ -124,37 +124,13 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['connection_id'], ['connections.id'], name=op.f('fk_permission_grants_connection_id_connections')),
     sa.PrimaryKeyConstraint('connection_id', 'permission', 'valid_from', name=op.f('pk_permission_grants'))
     )
-    with op.batch_alter_table('permission_grants', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_permission_grants_permission_valid_from'), ['permission', 'valid_from'], unique=False)
-        batch_op.create_index('uq_permission_grants_open', ['connection_id', 'permission'], unique=True, sqlite_where=sa.text('valid_to IS NULL'), postgresql_where=sa.text('valid_to IS NULL'))
+    create_index('permission_grants', 'ix_permission_grants_permission_valid_from', ['permission', 'valid_from'])
+    create_open_grant_index()
 
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('permission_grants', schema=None) as batch_op:
-        batch_op.drop_index('uq_permission_grants_open', sqlite_where=sa.text('valid_to IS NULL'), postgresql_where=sa.text('valid_to IS NULL'))
-        batch_op.drop_index(batch_op.f('ix_permission_grants_permission_valid_from'))
-
-    op.drop_table('permission_grants')
-    with op.batch_alter_table('permission_changes', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_permission_changes_observed_at'))
-        batch_op.drop_index(batch_op.f('ix_permission_changes_connection_id_permission_observed_at'))
-
-    op.drop_table('permission_changes')
-    with op.batch_alter_table('fetch_errors', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_fetch_errors_run_id'))
-        batch_op.drop_index(batch_op.f('ix_fetch_errors_connection_id_occurred_at'))
-
-    op.drop_table('fetch_errors')
-    with op.batch_alter_table('connections', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_connections_vehicle_id'))
-        batch_op.drop_index(batch_op.f('ix_connections_user_id'))
-        batch_op.drop_index(batch_op.f('ix_connections_status'))
-
-    op.drop_table('connections')
-    op.drop_table('vehicles')
-    op.drop_table('users')
-    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_sync_runs_started_at'))
-
-    op.drop_table('sync_runs')
+    # A table's indexes go with it (MariaDB refuses to drop one that a foreign key needs).
+    for table in ('permission_grants', 'permission_changes', 'fetch_errors', 'connections', 'vehicles', 'users',
+                  'sync_runs'):
+        op.drop_table(table)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import etl.db.models
+from etl.db.migrating import add_column, create_index
 
 revision: str = '0002'
 down_revision: str | None = '0001'
@@ -19,14 +20,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('connections', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('next_due_at', etl.db.models.UtcDateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column('consecutive_failures', sa.Integer(), server_default='0', nullable=False))
-        batch_op.create_index(batch_op.f('ix_connections_next_due_at'), ['next_due_at'], unique=False)
-
-    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('pid', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('host', sa.Text(), nullable=True))
+    # Each step is skipped where already done: safe to run again after a failure on MariaDB.
+    add_column('connections', sa.Column('next_due_at', etl.db.models.UtcDateTime(timezone=True), nullable=True))
+    add_column('connections', sa.Column('consecutive_failures', sa.Integer(), server_default='0', nullable=False))
+    create_index('connections', 'ix_connections_next_due_at', ['next_due_at'])
+    add_column('sync_runs', sa.Column('pid', sa.Integer(), nullable=True))
+    add_column('sync_runs', sa.Column('host', sa.Text(), nullable=True))
 
 
 

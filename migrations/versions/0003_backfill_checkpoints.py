@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import etl.db.models
+from etl.db.migrating import create_index, create_table
 
 revision: str = '0003'
 down_revision: str | None = '0002'
@@ -19,7 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('backfills',
+    # Each step is skipped where already done: safe to run again after a failure on MariaDB.
+    create_table('backfills',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('kind', sa.String(length=8), nullable=False),
     sa.Column('source', sa.Text(), nullable=False),
@@ -35,8 +37,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['last_run_id'], ['sync_runs.id'], name=op.f('fk_backfills_last_run_id_sync_runs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_backfills'))
     )
-    with op.batch_alter_table('backfills', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_backfills_kind_fingerprint_status'), ['kind', 'fingerprint', 'status'], unique=False)
+    create_index('backfills', 'ix_backfills_kind_fingerprint_status', ['kind', 'fingerprint', 'status'])
 
 
 

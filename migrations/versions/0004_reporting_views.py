@@ -4,13 +4,16 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-28 15:00:00
 
-Plain SQL that SQLite and PostgreSQL both understand; the views hold no data of
+Plain SQL that SQLite, PostgreSQL and MariaDB all understand (``pc.change`` needs no quotes on
+MariaDB, where ``change`` is a reserved word: a name after a dot is always an identifier); the views hold no data of
 their own, so they can be dropped and created again freely.
 """
 
 from collections.abc import Sequence
 
 from alembic import op
+
+from etl.db.migrating import create_view
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -50,7 +53,7 @@ VIEWS = {
 
 def upgrade() -> None:
     for name, query in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {query}")
+        create_view(name, query)  # skipped where it exists: safe to run again after a failure on MariaDB
 
 
 def downgrade() -> None:

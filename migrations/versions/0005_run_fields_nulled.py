@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from etl.db.migrating import add_column
+
 revision: str = '0005'
 down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
@@ -17,8 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('fields_nulled', sa.Integer(), server_default='0', nullable=False))
+    add_column('sync_runs', sa.Column('fields_nulled', sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:

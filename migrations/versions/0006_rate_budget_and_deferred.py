@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import etl.db.models
+from etl.db.migrating import add_column, create_table
 
 revision: str = '0006'
 down_revision: str | None = '0005'
@@ -20,7 +21,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    # Each step is skipped where already done: safe to run again after a failure on MariaDB.
+    create_table(
         'rate_budgets',
         sa.Column('key', sa.String(length=200), nullable=False),
         sa.Column('capacity', sa.Float(), nullable=False),
@@ -29,9 +31,8 @@ def upgrade() -> None:
         sa.Column('updated_at', etl.db.models.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('key', name=op.f('pk_rate_budgets')),
     )
-    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('connections_deferred', sa.Integer(), server_default='0', nullable=False))
-        batch_op.add_column(sa.Column('rate_limit_wait_seconds', sa.Float(), server_default='0', nullable=False))
+    add_column('sync_runs', sa.Column('connections_deferred', sa.Integer(), server_default='0', nullable=False))
+    add_column('sync_runs', sa.Column('rate_limit_wait_seconds', sa.Float(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:

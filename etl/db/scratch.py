@@ -1,0 +1,51 @@
+"""Databases of one's own on a shared server, for tests and benchmarks: created empty, dropped after.
+
+Only databases whose name starts with the given prefix are ever dropped, so nothing that was
+not created here is touched.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from etl.db.dialects import database_ddl, normalise_url
+
+
+def _run(admin_url: str, statement: str) -> None:
+    admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+def create_database(admin_url: str, prefix: str = "etl_test_") -> str:
+    """Create an empty database named ``prefix`` + random hex on the admin URL's server; return its URL."""
+    url = make_url(normalise_url(admin_url))
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
+    _run(admin_url, database_ddl(url.get_backend_name(), name)[0])
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str, prefix: str = "etl_test_") -> None:
+    """Drop a database that ``create_database`` made (with the same prefix)."""
+    parsed = make_url(url)
+    name = parsed.database
+    assert name and name.startswith(prefix), f"not a scratch database: {name!r}"
+    _run(admin_url, database_ddl(parsed.get_backend_name(), name)[1])
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str = "etl_test_") -> Iterator[str]:
+    """The URL of a new empty database, dropped on leaving."""
+    url = create_database(admin_url, prefix)
+    try:
+        yield url
+    finally:
+        drop_database(admin_url, url, prefix)
