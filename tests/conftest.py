@@ -1,9 +1,10 @@
-"""Fixtures: databases (SQLite file, PostgreSQL server), the fake API, a clock, a config.
+"""Fixtures: databases (SQLite file, PostgreSQL and MariaDB servers), the fake API, a clock, a config.
 
-PostgreSQL tests need ETL_TEST_POSTGRES_URL (an admin URL on a server where the
-tests may create databases); they skip without it, unless ETL_REQUIRE_POSTGRES=1,
-which turns the skip into a failure. Every PostgreSQL test gets a database of
-its own, created here and dropped afterwards; nothing else on the server is touched.
+PostgreSQL tests need ETL_TEST_POSTGRES_URL and MariaDB tests ETL_TEST_MARIADB_URL (an
+admin URL on a server where the tests may create databases); they skip without it, unless
+ETL_REQUIRE_POSTGRES=1 / ETL_REQUIRE_MARIADB=1, which turns the skip into a failure. Every
+such test gets a database of its own, created here and dropped afterwards; nothing else on
+the server is touched.
 """
 
 from __future__ import annotations
@@ -11,77 +12,64 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.context import Seams
+from etl.db.dialects import is_mariadb
 from etl.db.engine import make_engine, upgrade
+from etl.db.scratch import scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
 
-PG_URL = os.environ.get("ETL_TEST_POSTGRES_URL")
-REQUIRE_PG = os.environ.get("ETL_REQUIRE_POSTGRES") == "1"
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+# Servers the tests may create databases on: backend -> (admin URL variable, variable that makes them required).
+SERVERS = {
+    "postgresql": ("ETL_TEST_POSTGRES_URL", "ETL_REQUIRE_POSTGRES"),
+    "mariadb": ("ETL_TEST_MARIADB_URL", "ETL_REQUIRE_MARIADB"),
+}
+PG_URL = os.environ.get("ETL_TEST_POSTGRES_URL")
 
 
-def _pg_admin_url() -> str:
-    if not PG_URL:
-        if REQUIRE_PG:
-            pytest.fail("ETL_REQUIRE_POSTGRES=1 but ETL_TEST_POSTGRES_URL is not set")
-        pytest.skip("ETL_TEST_POSTGRES_URL is not set")
-    return PG_URL
+def admin_url(backend: str) -> str:
+    """The admin URL of the backend's test server; skip without one, fail where the server is required."""
+    variable, required = SERVERS[backend]
+    url = os.environ.get(variable)
+    if not url:
+        if os.environ.get(required) == "1":
+            pytest.fail(f"{required}=1 but {variable} is not set")
+        pytest.skip(f"{variable} is not set")
+    return url
 
 
-def _admin_engine(admin_url: str) -> Engine:
-    return create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=None)
-
-
-def create_pg_database(admin_url: str) -> str:
-    """Create an empty database of our own; return its URL."""
-    name = f"etl_test_{uuid.uuid4().hex[:16]}"
-    admin = _admin_engine(admin_url)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg_database(admin_url: str, url: str) -> None:
-    """Drop a database that create_pg_database made."""
-    name = make_url(url).database
-    assert name and name.startswith("etl_test_")
-    admin = _admin_engine(admin_url)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
+                        pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database URL: a SQLite file under tmp_path, or a fresh PostgreSQL database."""
+    """An empty database URL: a SQLite file under tmp_path, or a fresh database on the PostgreSQL or MariaDB server."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'etl.db'}"
         return
-    admin_url = _pg_admin_url()
-    url = create_pg_database(admin_url)
-    try:
+    with scratch_database(admin_url(request.param)) as url:
         yield url
-    finally:
-        drop_pg_database(admin_url, url)
+
+
+# Hypothesis examples per backend, as a share of SQLite's: a server round trip costs more than a file
+# write, and three databases must stay within CI's ten minutes.
+EXAMPLE_SHARE = {"sqlite": 1.0, "postgresql": 0.4, "mariadb": 0.4}
+
+
+def max_examples(engine: Engine, on_sqlite: int) -> int:
+    """How many hypothesis examples a property test runs on this engine's database."""
+    backend = "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+    return max(1, round(on_sqlite * EXAMPLE_SHARE[backend]))
 
 
 def _checked_in(engine: Engine) -> None:

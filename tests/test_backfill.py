@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select as selectmodule
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
+from sqlalchemy.engine import make_url
 
 from etl.db.engine import make_engine, upgrade
 from etl.db.models import backfills, connections, permission_changes, permission_grants, sync_runs, users, vehicles
+from etl.db.scratch import scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi
-from tests.conftest import PG_URL, create_pg_database, drop_pg_database
+from tests.conftest import admin_url
 
 CONFIG = ("api:\n  concurrency: 2\nsync:\n  batch_size: 10\n  page_size: 10\n"
           "rate_limit:\n  capacity: 100000\n  per_minute: 6000000\n")
@@ -46,18 +49,14 @@ def content(engine: Engine) -> dict[str, Any]:
 @pytest.fixture
 def other_engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
     """A second, migrated database on the same backend, for a reference run."""
-    if db_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'reference.db'}"
-    else:
-        assert PG_URL
-        url = create_pg_database(PG_URL)
-    engine = make_engine(url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    if not db_url.startswith("sqlite"):
-        assert PG_URL
-        drop_pg_database(PG_URL, url)
+    backend = make_url(db_url).get_backend_name()
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'reference.db'}" if backend == "sqlite"
+               else stack.enter_context(scratch_database(admin_url(backend))))
+        engine = make_engine(url)
+        upgrade(engine)
+        yield engine
+        engine.dispose()
 
 
 def env_for(engine: Engine, api: dict[str, str], fake: FakeApi, tmp_path: Path) -> dict[str, str]:

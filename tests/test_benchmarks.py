@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import admin_url
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def postgres_url() -> str:
-    """The PostgreSQL server to benchmark on (skip without one, fail where one is required)."""
-    url = os.environ.get("ETL_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("ETL_REQUIRE_POSTGRES") == "1":
-            pytest.fail("ETL_REQUIRE_POSTGRES=1 but ETL_TEST_POSTGRES_URL is not set")
-        pytest.skip("ETL_TEST_POSTGRES_URL is not set")
-    return url
+def servers() -> list[str]:
+    """``--postgres-url`` and ``--mariadb-url`` for the test servers (skip without them, fail where required)."""
+    return ["--postgres-url", admin_url("postgresql"), "--mariadb-url", admin_url("mariadb")]
 
 
 @pytest.mark.postgres
+@pytest.mark.mariadb
 def test_bench_sync_runs() -> None:
-    url = postgres_url()
-    done = subprocess.run([sys.executable, "bench_sync.py", "--connections", "60", "--postgres-url", url],
+    done = subprocess.run([sys.executable, "bench_sync.py", "--connections", "60", *servers()],
                           cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for label in ("raw fetch, no database", "sync SQLite, unchanged pass", "sync PostgreSQL, first pass",
-                  "store only PostgreSQL, unchanged"):
+                  "store only PostgreSQL, unchanged", "sync MariaDB, first pass", "sync MariaDB, unchanged pass",
+                  "store only MariaDB, first pass"):
         assert label in done.stdout
 
 
@@ -41,11 +38,11 @@ def test_bench_ratelimit_runs() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.mariadb
 @pytest.mark.parametrize("server", ["memory", "auto"])
 def test_bench_sync_static_mode_runs(server: str) -> None:
-    url = postgres_url()
     done = subprocess.run([sys.executable, "bench_sync.py", "--static", "--sizes", "150", "--server", server,
-                           "--postgres-url", url], cwd=BENCH, capture_output=True, text=True, timeout=300)
+                           *servers()], cwd=BENCH, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     served_by = done.stdout.split("served by ", 1)[1].split(":", 1)[0]
     assert served_by.startswith("in-memory asyncio server") if server == "memory" else served_by in (
@@ -53,4 +50,5 @@ def test_bench_sync_static_mode_runs(server: str) -> None:
     for label in ("httpx loop, per id", "sync --strategy ids, unchanged pass", "sync --strategy list, first pass",
                   "per-stage µs per connection, listing", "building rows", "ceiling"):
         assert label in done.stdout
-    assert done.stdout.count("MB") >= 8  # a peak RSS for each pass of each database
+    assert done.stdout.count("MB") >= 12  # a peak RSS for each pass of each of the three databases
+    assert "MariaDB" in done.stdout

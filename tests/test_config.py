@@ -100,7 +100,7 @@ def test_secret_from_a_file(tmp_path: Path) -> None:
     ({"SMARTCAR_CLIENT_ID": "abc"}, "client_id and client_secret go together"),
     ({"SMARTCAR_CLIENT_ID": "abc", "SMARTCAR_CLIENT_SECRET": "changethis"}, "placeholder"),
     ({"SMARTCAR_ACCESS_TOKEN": "<your token>"}, "placeholder"),
-    ({"SMARTCAR_ETL_DATABASE_URL": "mysql://root@localhost/x"}, "unsupported database 'mysql'"),
+    ({"SMARTCAR_ETL_DATABASE_URL": "mssql://root@localhost/x"}, "unsupported database 'mssql'"),
     ({"SMARTCAR_ETL_DATABASE_URL": "not a url"}, "not a SQLAlchemy database URL"),
     ({"SMARTCAR_API_BASE_URL": "https://user:pw@api.example.com/v3"}, "must not carry"),
 ])

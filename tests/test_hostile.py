@@ -34,7 +34,7 @@ from etl.errors import ApiError, AuthenticationError, MalformedDocumentError, Re
 from etl.fakeapi import FakeApi
 from etl.sync import sync
 from etl.tracking import track
-from tests.conftest import Clock, make_config
+from tests.conftest import Clock, make_config, max_examples
 
 GOOD = "32c4139a-e4aa-4c6c-b357-3ae9022dbf1b"
 
@@ -311,7 +311,7 @@ def test_arbitrary_json_never_stops_a_run(fake_api: FakeApi, engine: Engine, clo
     """Random values anywhere in a document (or as the whole body): the run completes (exit 0 or 1),
     the valid connections beside it are stored, and `check` passes (at teardown)."""
 
-    @settings(max_examples=40 if engine.dialect.name == "sqlite" else 15, deadline=None,
+    @settings(max_examples=max_examples(engine, on_sqlite=40), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(changes=st.lists(st.tuples(st.sampled_from(PATHS), json_values), min_size=1, max_size=3),
            whole=st.one_of(st.none(), json_values))

@@ -1,4 +1,4 @@
-"""Operations: the daemon, the run lock, cadence, status and metrics, on SQLite and PostgreSQL.
+"""Operations: the daemon, the run lock, cadence, status and metrics, on SQLite, PostgreSQL and MariaDB.
 
 Processes are real where the behaviour is about processes (signals, locks,
 SIGKILL); the fake API is served on loopback by the test process, so its

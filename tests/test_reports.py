@@ -1,4 +1,4 @@
-"""Views, point-in-time queries, reports, `check` and the README's SQL cookbook, on SQLite and PostgreSQL."""
+"""Views, point-in-time queries, reports, `check` and the README's SQL cookbook, on all three databases."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
@@ -20,13 +20,16 @@ from etl.api.documents import ConnectionRecord, VehicleAttributes
 from etl.check import check_history
 from etl.cli import cli
 from etl.db.batch import store_batch
+from etl.db.dialects import is_mariadb
 from etl.db.store import Store
 from etl.outcomes import Failed, Fetched, Gone, Outcome
 from etl.reports import changes_between, fleet, permissions_at
 from etl.tracking import track
-from tests.conftest import T0, Runner
+from tests.conftest import T0, Runner, max_examples
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# The reserved word, quoted as each database wants it (MariaDB reads "change" as a string).
+CHANGE = {"sqlite": '"change"', "postgresql": '"change"', "mariadb": "`change`"}
 UTC = dt.UTC
 
 
@@ -85,15 +88,21 @@ def history(run_sync: Runner, engine: Engine) -> History:
                    v={k: ids[k] for k in ids if k[0] == "v"})
 
 
-def cookbook(dialect: str) -> dict[str, str]:
-    """The README's cookbook queries for this dialect, by name."""
-    queries = {}
+def database(engine: Engine) -> str:
+    """The cookbook's name for the engine's database (``mysql://`` URLs are MariaDB too)."""
+    return "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+
+
+def cookbook(name: str) -> dict[str, str]:
+    """The README's cookbook queries for this database, by name; each name at most once."""
+    queries: dict[str, str] = {}
     for block in re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL):
-        match = re.match(r"-- cookbook: (\w+)(?: \((\w+)\))?\n", block)
+        match = re.match(r"-- cookbook: (\w+)(?: \(([\w, ]+)\))?\n", block)
         assert match, f"a README sql block without a cookbook name: {block[:60]}"
-        name, only = match.groups()
-        if only in (None, dialect):
-            queries[name] = block
+        query, only = match.groups()
+        if only is None or name in only.split(", "):
+            assert query not in queries, f"two variants of {query} for {name}"
+            queries[query] = block
     return queries
 
 
@@ -104,8 +113,8 @@ def run_query(engine: Engine, query: str) -> list[tuple[Any, ...]]:
 
 def test_every_cookbook_query_answers_its_question(history: History, engine: Engine) -> None:
     c, u, v = history.c, history.u, history.v
-    queries = cookbook(engine.dialect.name)
-    assert len(queries) >= 8
+    queries = cookbook(database(engine))
+    assert len(queries) == 8
     results = {name: run_query(engine, query) for name, query in queries.items()}
 
     assert [(r[0], r[1], r[2]) for r in results["locate_on_date"]] == [
@@ -132,7 +141,7 @@ def test_views_exist_and_agree_with_the_tables(history: History, engine: Engine)
                                                    "FROM connection_overview")}
     assert overview[history.c["c5"]][1:] == ("deleted", 0, "BMW")
     assert overview[history.c["c2"]][1:] == ("active", 2, "Ford")
-    log = run_query(engine, "SELECT change, permission FROM permission_change_log "
+    log = run_query(engine, f"SELECT {CHANGE[database(engine)]}, permission FROM permission_change_log "
                             f"WHERE connection_id = '{history.c['c5']}' ORDER BY id")
     assert log == [("granted", "read_vin"), ("revoked", "read_vin")]
 
@@ -219,43 +228,46 @@ step = st.one_of(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(histories=st.lists(st.lists(step, min_size=1, max_size=8), min_size=1, max_size=3),
-       probes=st.lists(st.integers(min_value=0, max_value=9_000), min_size=1, max_size=6))
-def test_point_in_time_agrees_with_a_replay(engine: Engine, histories: list[Any], probes: list[int]) -> None:
-    ids = [str(uuid.uuid4()) for _ in histories]
-    track(Store(engine), ids, now=lambda: T0)
-    observed: dict[str, list[tuple[dt.datetime, frozenset[str]]]] = {i: [] for i in ids}
-    from etl.errors import RetriableApiError
+def test_point_in_time_agrees_with_a_replay(engine: Engine) -> None:
+    @settings(max_examples=max_examples(engine, on_sqlite=30), deadline=None)
+    @given(histories=st.lists(st.lists(step, min_size=1, max_size=8), min_size=1, max_size=3),
+           probes=st.lists(st.integers(min_value=0, max_value=9_000), min_size=1, max_size=6))
+    def one_example(histories: list[Any], probes: list[int]) -> None:
+        ids = [str(uuid.uuid4()) for _ in histories]
+        track(Store(engine), ids, now=lambda: T0)
+        observed: dict[str, list[tuple[dt.datetime, frozenset[str]]]] = {i: [] for i in ids}
+        from etl.errors import RetriableApiError
 
-    for tick in range(max(len(h) for h in histories)):
-        at = T0 + dt.timedelta(seconds=tick + 1)
-        batch: list[Outcome] = []
-        for cid, history in zip(ids, histories, strict=True):
-            if tick < len(history):
-                kind, perms = history[tick]
-                if kind == "fetch":
-                    batch.append(Fetched(cid, at, ConnectionRecord(
-                        connection_id=cid, user_id=cid, vehicle_id=cid, permissions=frozenset(perms),
-                        vehicle=VehicleAttributes())))
-                    observed[cid].append((at, frozenset(perms)))
-                elif kind == "gone":
-                    batch.append(Gone(cid, at))
-                    observed[cid].append((at, frozenset()))
-                else:
-                    batch.append(Failed(cid, at, RetriableApiError(path="/", status=500)))
-        with engine.begin() as conn:
-            store_batch(conn=conn, run_id=None, outcomes=batch)
-    for probe_ms in probes:
-        instant = T0 + dt.timedelta(milliseconds=probe_ms)
-        got = {(r["connection_id"], r["permission"]) for r in permissions_at(engine, instant)
-               if r["connection_id"] in observed}
-        replay = set()
-        for cid, seen in observed.items():
-            before = [perms for at, perms in seen if at <= instant]
-            if before:
-                replay |= {(cid, p) for p in before[-1]}
-        assert got == replay
+        for tick in range(max(len(h) for h in histories)):
+            at = T0 + dt.timedelta(seconds=tick + 1)
+            batch: list[Outcome] = []
+            for cid, history in zip(ids, histories, strict=True):
+                if tick < len(history):
+                    kind, perms = history[tick]
+                    if kind == "fetch":
+                        batch.append(Fetched(cid, at, ConnectionRecord(
+                            connection_id=cid, user_id=cid, vehicle_id=cid, permissions=frozenset(perms),
+                            vehicle=VehicleAttributes())))
+                        observed[cid].append((at, frozenset(perms)))
+                    elif kind == "gone":
+                        batch.append(Gone(cid, at))
+                        observed[cid].append((at, frozenset()))
+                    else:
+                        batch.append(Failed(cid, at, RetriableApiError(path="/", status=500)))
+            with engine.begin() as conn:
+                store_batch(conn=conn, run_id=None, outcomes=batch)
+        for probe_ms in probes:
+            instant = T0 + dt.timedelta(milliseconds=probe_ms)
+            got = {(r["connection_id"], r["permission"]) for r in permissions_at(engine, instant)
+                   if r["connection_id"] in observed}
+            replay = set()
+            for cid, seen in observed.items():
+                before = [perms for at, perms in seen if at <= instant]
+                if before:
+                    replay |= {(cid, p) for p in before[-1]}
+            assert got == replay
+
+    one_example()
 
 
 # -- check ------------------------------------------------------------------------------------------
@@ -274,27 +286,30 @@ def test_check_names_each_kind_of_corruption(history: History, engine: Engine, c
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_history(engine).ok
     c1, c4, c5 = history.c["c1"], history.c["c4"], history.c["c5"]
-    sqlite = engine.dialect.name == "sqlite"
+    name = database(engine)
+    change = CHANGE[name]
 
     def ts(day: int, hour: int = 10) -> str:
         value = when(day, hour).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return f"'{value}'" if sqlite else f"'{value}+00'"
+        return f"'{value}+00'" if name == "postgresql" else f"'{value}'"
 
+    grant = "INSERT INTO permission_grants (connection_id, permission, valid_from, valid_to) VALUES"
+    drop_open_index = {"mariadb": "ALTER TABLE permission_grants DROP INDEX uq_permission_grants_open"}.get(
+        name, "DROP INDEX uq_permission_grants_open")
     statements, rule = {
-        "two_open": (["DROP INDEX uq_permission_grants_open",
-                      f"INSERT INTO permission_grants VALUES ('{c1}', 'read_location', {ts(3)}, NULL)"],
+        "two_open": ([drop_open_index, f"{grant} ('{c1}', 'read_location', {ts(3)}, NULL)"],
                      "more than one open grant"),
-        "overlap": ([f"INSERT INTO permission_grants VALUES ('{c4}', 'read_location', {ts(5)}, {ts(9)})"],
+        "overlap": ([f"{grant} ('{c4}', 'read_location', {ts(5)}, {ts(9)})"],
                     "overlapping intervals"),
         "no_granted_change": ([f"DELETE FROM permission_changes WHERE connection_id = '{c1}' "
-                               "AND permission = 'read_location' AND change = 'granted'"],
+                               f"AND permission = 'read_location' AND {change} = 'granted'"],
                               "interval without its granted change"),
-        "no_revoked_change": ([f"DELETE FROM permission_changes WHERE connection_id = '{c4}' AND change = 'revoked'"],
+        "no_revoked_change": ([f"DELETE FROM permission_changes WHERE connection_id = '{c4}' AND {change} = 'revoked'"],
                               "interval without its revoked change"),
         "deleted_open": ([f"UPDATE connections SET status = 'deleted' WHERE id = '{c1}'"],
                          "open grant on a deleted connection"),
         "out_of_order": ([f"UPDATE permission_changes SET observed_at = {ts(0, 9)} WHERE connection_id = '{c5}' "
-                          "AND change = 'revoked'",
+                          f"AND {change} = 'revoked'",
                           f"UPDATE permission_grants SET valid_to = {ts(0, 11)} WHERE connection_id = '{c5}'"],
                          "changes out of order"),
     }[case]

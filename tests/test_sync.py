@@ -1,4 +1,4 @@
-"""`sync` end to end: fake API over MockTransport, real store, SQLite and PostgreSQL."""
+"""`sync` end to end: fake API over MockTransport, real store, SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 

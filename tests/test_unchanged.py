@@ -1,4 +1,4 @@
-"""An unchanged pass writes no user, vehicle, grant or change row (counted by triggers, on every database).
+"""An unchanged pass writes no user, vehicle, grant or change row (counted by triggers, on all three databases).
 
 Users' and vehicles' ``last_seen_at`` is kept to the day: a row is written when
 something in it changed, or when it was last seen more than a day before.
@@ -11,6 +11,7 @@ from collections import Counter
 
 from sqlalchemy import Engine, text
 
+from etl.db.dialects import is_mariadb
 from tests.conftest import Runner
 
 COUNTED = ("users", "vehicles", "permission_grants", "permission_changes")
@@ -29,6 +30,9 @@ def count_writes(engine: Engine) -> None:
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
                                       "FOR EACH ROW EXECUTE FUNCTION log_write()"))
+                elif is_mariadb(engine.dialect):
+                    conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
+                                      f"FOR EACH ROW INSERT INTO write_log VALUES ('{table}', '{op}')"))
                 else:
                     conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
                                       f"BEGIN INSERT INTO write_log VALUES ('{table}', '{op}'); END"))
