@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench_sync import postgres_database
+from bench_sync import server_database
 from sqlalchemy.engine import make_url
 from static_api import serve, write_world
 from throughput import TOKEN, command, config_file
@@ -71,9 +71,9 @@ def main() -> None:
         ids_file = directory / "ids.txt"
         ids_file.write_text("\n".join(ids) + "\n")
         with serve(directory / "www") as (base_url, what):
-            with contextmanager(postgres_database)(args.postgres_url) as url:
+            with contextmanager(server_database)(args.postgres_url) as url:
                 dlt_seconds = dlt_passes(python, base_url, ids_file, url, directory / "dlt")
-            with contextmanager(postgres_database)(args.postgres_url) as url:
+            with contextmanager(server_database)(args.postgres_url) as url:
                 env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": TOKEN, "SMARTCAR_ETL_DATABASE_URL": url,
                        "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, args.concurrency))}
                 command(["db", "upgrade"], env)

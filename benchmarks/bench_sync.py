@@ -4,13 +4,14 @@ Starts `smartcar-etl fake-api` in its own process on loopback with N connections
 then measures, with the same client settings:
 
 - raw fetch: every GET through the job's client and thread pool, nothing stored;
-- sync into SQLite (a temporary file) and into PostgreSQL (a temporary database),
-  first pass (everything new) and second pass (nothing changed);
+- sync into SQLite (a temporary file), PostgreSQL and MariaDB (a temporary database
+  on each server), first pass (everything new) and second pass (nothing changed);
 - the store alone (parsed records written in batches, no HTTP), to show its headroom.
 
 Usage:
     .venv/bin/python benchmarks/bench_sync.py [--connections 10000] [--concurrency 8]
         [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--mariadb-url mariadb+pymysql://root@127.0.0.1:3306/test]
 
 With ``--static`` it measures instead the whole ``sync`` command against a
 server that is not the bottleneck (nginx if the machine has it, else an
@@ -30,29 +31,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from etl.api.documents import parse_connection
 from etl.config import ApiConfig, Config, RateLimitConfig, Secret, SyncConfig
 from etl.context import build_client
 from etl.db.batch import store_batch
 from etl.db.engine import make_engine
+from etl.db.scratch import scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi, urls
 from etl.fetch import fetch_outcomes
 from etl.outcomes import Fetched
 from etl.sync import sync
 from etl.tracking import track
-
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -124,18 +119,11 @@ def store_rate(url: str, fake: FakeApi, ids: list[str], batch_size: int) -> tupl
     return rates[0], rates[1]
 
 
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """The URL of a temporary PostgreSQL database, dropped afterwards (a generator for contextmanager)."""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"etl_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def server_database(admin_url: str) -> Iterator[str]:
+    """The URL of a temporary database on a server (PostgreSQL, MariaDB), dropped afterwards
+    (a generator for contextmanager)."""
+    with scratch_database(admin_url, prefix="etl_bench_") as url:
+        yield url
 
 
 def sqlite_database() -> Iterator[str]:
@@ -144,10 +132,13 @@ def sqlite_database() -> Iterator[str]:
         yield f"sqlite:///{Path(tmp) / 'bench.db'}"
 
 
-def with_database(admin_url: str, work: Callable[[str], T]) -> T:
-    """Run ``work`` on a temporary PostgreSQL database, dropped afterwards."""
-    with contextmanager(postgres_database)(admin_url) as url:
-        return work(url)
+def databases(args: argparse.Namespace) -> dict[str, Callable[[], Iterator[str]]]:
+    """The databases to measure, by name: SQLite, then each server given a URL (``""`` leaves it out)."""
+    chosen: dict[str, Callable[[], Iterator[str]]] = {"SQLite": sqlite_database}
+    for name, admin_url in (("PostgreSQL", args.postgres_url), ("MariaDB", args.mariadb_url)):
+        if admin_url:
+            chosen[name] = lambda url=admin_url: server_database(url)
+    return chosen
 
 
 def main() -> None:
@@ -156,7 +147,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--postgres-url", default=os.environ.get(
-        "ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+        "ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                        help='an admin URL where temporary databases may be created ("" to leave PostgreSQL out)')
+    parser.add_argument("--mariadb-url", default=os.environ.get(
+        "ETL_TEST_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306/test"),
+                        help='likewise for MariaDB ("" to leave it out)')
     parser.add_argument("--static", action="store_true",
                         help="the whole sync command against a static server, beside a plain httpx loop")
     parser.add_argument("--sizes", default="5000,100000", help="with --static: connection counts, comma-separated")
@@ -166,10 +161,7 @@ def main() -> None:
     if args.static:
         from throughput import static_mode
 
-        static_mode([int(n) for n in args.sizes.split(",")], {
-            "SQLite": sqlite_database,
-            "PostgreSQL": lambda: postgres_database(args.postgres_url),
-        }, args.concurrency, args.server)
+        static_mode([int(n) for n in args.sizes.split(",")], databases(args), args.concurrency, args.server)
         return
 
     ids = FakeApi().populate(args.connections, seed=0)  # the same world the server builds
@@ -187,23 +179,19 @@ def main() -> None:
         raw_fetch(config, ids)  # a warm-up round, discarded, as the fake server starts cold
         raw = raw_fetch(config, ids)
         results.append(("raw fetch, no database", raw))
-        with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-            first, second = sync_rate(replace(config, database_url=url), url, ids)
-            results += [("sync SQLite, first pass", first), ("sync SQLite, unchanged pass", second)]
-        first, second = with_database(
-            args.postgres_url, lambda url: sync_rate(replace(config, database_url=url), url, ids))
-        results += [("sync PostgreSQL, first pass", first), ("sync PostgreSQL, unchanged pass", second)]
+        for name, database in databases(args).items():
+            with contextmanager(database)() as url:
+                first, second = sync_rate(replace(config, database_url=url), url, ids)
+            results += [(f"sync {name}, first pass", first), (f"sync {name}, unchanged pass", second)]
     finally:
         server.terminate()
         server.wait(timeout=10)
     local = FakeApi()
     local.populate(args.connections, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        first, second = store_rate(f"sqlite:///{Path(tmp) / 'store.db'}", local, ids, args.batch_size)
-        results += [("store only SQLite, first pass", first), ("store only SQLite, unchanged", second)]
-    first, second = with_database(args.postgres_url, lambda url: store_rate(url, local, ids, args.batch_size))
-    results += [("store only PostgreSQL, first pass", first), ("store only PostgreSQL, unchanged", second)]
+    for name, database in databases(args).items():
+        with contextmanager(database)() as url:
+            first, second = store_rate(url, local, ids, args.batch_size)
+        results += [(f"store only {name}, first pass", first), (f"store only {name}, unchanged", second)]
 
     print(f"{args.connections} connections, concurrency {args.concurrency}, batch {args.batch_size}, "
           f"fake API in its own process on loopback")
