@@ -166,6 +166,20 @@ def test_the_same_server_announced_as_itself_is_accepted_through_the_proxy(db_ur
             engine.dispose()
 
 
+@mariadb_only
+def test_a_plain_mysql_url_works_end_to_end_on_mariadb(db_url: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = make_url(db_url).set(drivername="mysql").render_as_string(hide_password=False)
+    env = {"SMARTCAR_ETL_DATABASE_URL": plain, "SMARTCAR_ETL_CONFIG": ""}
+    first, second = (CliRunner().invoke(cli, ["db", "upgrade"], env=env) for _ in range(2))
+    assert first.exit_code == 0 and "upgraded from empty to" in first.stdout, first.output
+    assert second.exit_code == 0 and "already at revision" in second.stdout, second.output
+    added = CliRunner().invoke(cli, ["connections", "add", CID], env=env)
+    checked = CliRunner().invoke(cli, ["check"], env=env)
+    assert added.exit_code == 0 and checked.exit_code == 0, added.output + checked.output
+
+
 # -- the session and the schema -----------------------------------------------------------------------
 
 @mariadb_only
