@@ -13,6 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from etl.cli import cli
 from etl.db.engine import head_revision, make_engine
@@ -188,13 +189,27 @@ def test_unknown_option_is_usage_error() -> None:
     assert result.exit_code == 2 and "No such option" in result.output
 
 
-def test_database_unreachable_exits_3(tmp_path: Path) -> None:
-    run = Cli("postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:1/nothing", tmp_path)
+@pytest.mark.parametrize("url", ["postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:1/nothing",
+                                 "mariadb+pymysql://root:pw-not-shown@127.0.0.1:1/nothing"])
+def test_database_unreachable_exits_3(tmp_path: Path, url: str) -> None:
+    run = Cli(url, tmp_path)
     for args in (["db", "upgrade"], ["connections", "add", GOOD]):
         result = run(*args)
         assert result.exit_code == 3, result.output
-        assert "database postgresql+psycopg://postgres:***@127.0.0.1:1/nothing" in result.stderr
-        assert "pw-not-shown" not in result.output
+        assert f"database {url.replace(':pw-not-shown', ':***')}" in result.stderr
+        assert "pw-not-shown" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+def test_a_wrong_mariadb_password_exits_3_and_leaves_the_database_alone(db_url: str, tmp_path: Path) -> None:
+    Cli(db_url, tmp_path)("db", "upgrade")
+    Cli(db_url, tmp_path)("connections", "add", GOOD)
+    wrong = make_url(db_url).set(password="pw-not-shown").render_as_string(hide_password=False)
+    result = Cli(wrong, tmp_path)("sync")
+    assert result.exit_code == 3, result.output
+    assert "Access denied" in result.stderr and "pw-not-shown" not in result.output
+    listed = Cli(db_url, tmp_path)("connections", "list", "--format", "json")
+    assert [r["connection_id"] for r in json.loads(listed.stdout)] == [GOOD]
 
 
 def test_sqlite_folder_missing_exits_3(tmp_path: Path) -> None:
