@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.context import Seams
 from etl.db.dialects import is_mariadb
 from etl.db.engine import make_engine, upgrade
-from etl.db.scratch import scratch_database
+from etl.db.scratch import create_database, drop_database, scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
@@ -50,14 +52,62 @@ def admin_url(backend: str) -> str:
     return url
 
 
+class Templates:
+    """Databases migrated once per session, copied for each test that asks for a migrated one (``engine``):
+    a SQLite file, and a PostgreSQL template database. MariaDB has no template databases: there every
+    test's database is migrated afresh (about 0.2 s)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made: dict[str, str] = {}
+
+    def sqlite(self) -> Path:
+        path = self.folder / "template.db"
+        if "sqlite" not in self.made:
+            self.made["sqlite"] = self._migrate(f"sqlite:///{path}")
+        return path
+
+    def postgresql(self, admin: str) -> str:
+        if "postgresql" not in self.made:
+            self.made["postgresql"] = self._migrate(create_database(admin, prefix="etl_test_template_"))
+        name = make_url(self.made["postgresql"]).database
+        assert name
+        return name
+
+    @staticmethod
+    def _migrate(url: str) -> str:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()  # PostgreSQL copies a template only while nobody is connected to it
+        return url
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Templates]:
+    made = Templates(tmp_path_factory.mktemp("templates"))
+    yield made
+    if "postgresql" in made.made:
+        drop_database(admin_url("postgresql"), made.made["postgresql"], prefix="etl_test_template_")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
                         pytest.param("mariadb", marks=pytest.mark.mariadb)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database URL: a SQLite file under tmp_path, or a fresh database on the PostgreSQL or MariaDB server."""
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, templates: Templates) -> Iterator[str]:
+    """A database URL of the test's own: a SQLite file under tmp_path, or a fresh database on the
+    PostgreSQL or MariaDB server. Empty, unless the test also asks for ``engine`` (which migrates it):
+    then, where the database can be copied, already migrated from the session's template."""
+    migrated = "engine" in request.fixturenames
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'etl.db'}"
+        path = tmp_path / "etl.db"
+        if migrated:
+            shutil.copyfile(templates.sqlite(), path)
+        yield f"sqlite:///{path}"
         return
-    with scratch_database(admin_url(request.param)) as url:
+    admin = admin_url(request.param)
+    template = templates.postgresql(admin) if migrated and request.param == "postgresql" else None
+    with scratch_database(admin, template=template) as url:
         yield url
 
 

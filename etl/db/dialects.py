@@ -393,11 +393,16 @@ def _session_lock(engine: Engine, *, url: str, holder: Callable[[], str], sql: t
         conn.close()
 
 
-def database_ddl(dialect_name: str, name: str) -> tuple[str, str]:
-    """(CREATE, DROP) statements for a whole database of this name on a server (tests and benchmarks)."""
+def database_ddl(dialect_name: str, name: str, template: str | None = None) -> tuple[str, str]:
+    """(CREATE, DROP) statements for a whole database of this name on a server (tests and benchmarks).
+
+    ``template`` (PostgreSQL only) makes the new database a copy of that one.
+    """
     if dialect_name in MARIADB:
+        assert template is None, "MariaDB has no template databases"
         return f"CREATE DATABASE `{name}`", f"DROP DATABASE IF EXISTS `{name}`"
-    return f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    copy = f' TEMPLATE "{template}"' if template else ""
+    return f'CREATE DATABASE "{name}"{copy}', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
 def server_now(conn: Connection) -> dt.datetime | None:

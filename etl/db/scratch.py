@@ -25,11 +25,12 @@ def _run(admin_url: str, statement: str) -> None:
         admin.dispose()
 
 
-def create_database(admin_url: str, prefix: str = "etl_test_") -> str:
-    """Create an empty database named ``prefix`` + random hex on the admin URL's server; return its URL."""
+def create_database(admin_url: str, prefix: str = "etl_test_", template: str | None = None) -> str:
+    """Create an empty database named ``prefix`` + random hex on the admin URL's server (on PostgreSQL
+    optionally a copy of the ``template`` database); return its URL."""
     url = make_url(normalise_url(admin_url))
     name = f"{prefix}{uuid.uuid4().hex[:16]}"
-    _run(admin_url, database_ddl(url.get_backend_name(), name)[0])
+    _run(admin_url, database_ddl(url.get_backend_name(), name, template)[0])
     return url.set(database=name).render_as_string(hide_password=False)
 
 
@@ -42,9 +43,9 @@ def drop_database(admin_url: str, url: str, prefix: str = "etl_test_") -> None:
 
 
 @contextmanager
-def scratch_database(admin_url: str, prefix: str = "etl_test_") -> Iterator[str]:
-    """The URL of a new empty database, dropped on leaving."""
-    url = create_database(admin_url, prefix)
+def scratch_database(admin_url: str, prefix: str = "etl_test_", template: str | None = None) -> Iterator[str]:
+    """The URL of a new empty database (or a copy of ``template``), dropped on leaving."""
+    url = create_database(admin_url, prefix, template)
     try:
         yield url
     finally:
