@@ -146,6 +146,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """Whether every document the API sends is archived (``archive show``, ``rebuild``)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Log level and format (stderr)."""
 
@@ -166,6 +173,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "built-in defaults"
 
 
@@ -424,6 +432,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
         "metrics_listen": ("metrics_listen", _listen),
     },
     "metrics": {"textfile": ("textfile", _string)},
+    "archive": {"enabled": ("enabled", _boolean)},
     "logging": {
         "level": ("level", _choice(LOG_LEVELS, upper=True)),
         "format": ("format", _choice(LOG_FORMATS)),
@@ -564,5 +573,6 @@ def load_config(
         daemon=DaemonConfig(**values["daemon"]),
         metrics=MetricsConfig(**values["metrics"]),
         logging=LoggingConfig(**values["logging"]),
+        archive=ArchiveConfig(**values["archive"]),
         source=str(file) if file else "built-in defaults",
     )

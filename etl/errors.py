@@ -165,9 +165,17 @@ class RetriableApiError(ApiError):
 
 
 class MalformedDocumentError(ApiError):
-    """A 200 answer whose body is not a valid connection document."""
+    """A 200 answer whose body is not a valid connection document.
+
+    ``document``: the body (its ``data`` resource where it has one) as the archive keeps it, when it was
+    JSON at all; it is archived flagged as rejected, so that a later fix can reach it (``rebuild``).
+    """
 
     kind = "malformed"
+
+    def __init__(self, *, document: bytes | None = None, **fields: object) -> None:
+        self.document = document
+        super().__init__(**fields)  # type: ignore[arg-type]
 
 
 class RowRejected(ApiError):

@@ -211,11 +211,13 @@ class Runner:
     def __call__(self, *, advance: dt.timedelta = dt.timedelta(minutes=15), **kwargs: Any) -> RunResult:
         """One pass, ``advance`` (default: one schedule interval) after the previous one, as cron would.
 
-        ``cancelled``, ``metrics`` and ``limiter`` go into the pass's seams; the rest to ``sync``.
+        ``cancelled``, ``metrics`` and ``limiter`` go into the pass's seams; ``archive=False`` turns the
+        document archive off; the rest goes to ``sync``.
         """
         self.clock.advance(seconds=advance.total_seconds())
         seams = {k: kwargs.pop(k) for k in ("cancelled", "metrics", "limiter") if k in kwargs}
-        return sync(self.config, Store(self.engine), seams=Seams(
+        store = Store(self.engine, archive=kwargs.pop("archive", True))
+        return sync(self.config, store, seams=Seams(
             transport=httpx.MockTransport(self.fake.handle), sleep=self.sleeps.append, now=self.clock, **seams),
             **kwargs)
 

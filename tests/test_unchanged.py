@@ -67,7 +67,7 @@ def test_an_unchanged_pass_writes_no_user_vehicle_grant_or_change(run_sync: Runn
     assert not any(table.startswith("permission") for table, _ in day_later)
 
 
-def test_a_vehicle_seen_exactly_a_day_later_is_not_written_a_moment_more_is(engine: Engine) -> None:
+def test_a_vehicle_is_written_once_a_day_and_keeps_the_day_it_was_last_seen(engine: Engine) -> None:
     import uuid
 
     from sqlalchemy import select
@@ -88,7 +88,9 @@ def test_a_vehicle_seen_exactly_a_day_later_is_not_written_a_moment_more_is(engi
         with engine.connect() as conn:
             return conn.scalar(select(vehicles.c.last_seen_at))  # type: ignore[no-any-return]
 
-    assert seen(T0) == T0
-    assert seen(T0 + dt.timedelta(days=1)) == T0  # exactly a day: still "seen today"
-    later = T0 + dt.timedelta(days=1, microseconds=1)
-    assert seen(later) == later
+    assert seen(T0) == T0  # the first day: the first sighting itself (T0 is 12:00 UTC)
+    midnight = (T0 + dt.timedelta(days=1)).replace(hour=0, minute=0)
+    assert seen(midnight - dt.timedelta(microseconds=1)) == T0  # later the same day: not written
+    assert seen(midnight) == midnight  # a new day: written, as that day
+    assert seen(midnight + dt.timedelta(hours=23, minutes=59)) == midnight
+    assert seen(midnight + dt.timedelta(days=3, hours=5)) == midnight + dt.timedelta(days=3)

@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from etl.errors import MalformedDocumentError
@@ -105,6 +105,24 @@ class ConnectionRecord:
     source_created_at: dt.datetime | None = None
     source_updated_at: dt.datetime | None = None
     nulled: tuple[str, ...] = ()
+    # The resource as archived (``canonical_document``); empty for a record not made from a document.
+    document: bytes = field(default=b"", compare=False, repr=False)
+
+
+def canonical_document(resource: Any) -> bytes:
+    """A connection resource as the archive keeps it: canonical JSON (sorted keys, no whitespace, ASCII
+    with escapes) without any ``links`` member, which differ between a GET and a listing item of the
+    same state. A number no column can hold (``OutOfRange``) is kept as the text it was read as.
+    """
+    return json.dumps(_without_links(resource), sort_keys=True, separators=(",", ":"), default=repr).encode()
+
+
+def _without_links(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_links(v) for k, v in value.items() if k != "links"}
+    if isinstance(value, list):
+        return [_without_links(v) for v in value]
+    return value
 
 
 class _Problem(Exception):
@@ -245,7 +263,8 @@ def parse_resource(data: Any, *, expected_id: str | None, path: str) -> Connecti
         user_id = _uuid(data, "relationships", "user", "data", "id")
         vehicle_id = _uuid(data, "relationships", "vehicle", "data", "id")
     except _Problem as problem:
-        raise MalformedDocumentError(path=path, status=200, detail=str(problem)) from None
+        raise MalformedDocumentError(path=path, status=200, detail=str(problem),
+                                     document=canonical_document(data)) from None
     fields = _Descriptive(connection_id)
     vehicle = data["attributes"].get("vehicle")
     if vehicle is not None and not isinstance(vehicle, dict):
@@ -266,11 +285,13 @@ def parse_resource(data: Any, *, expected_id: str | None, path: str) -> Connecti
         source_created_at=fields.timestamp(data.get("meta"), "createdAt"),
         source_updated_at=fields.timestamp(data.get("meta"), "updatedAt"),
         nulled=tuple(fields.nulled),
+        document=canonical_document(data),
     )
 
 
 def parse_connection(body: Any, *, expected_id: str, path: str) -> ConnectionRecord:
     """Validate a ``GET /connections/{id}`` body for the id that was asked for."""
     if not isinstance(body, dict) or "data" not in body:
-        raise MalformedDocumentError(path=path, status=200, detail="body has no data member")
+        raise MalformedDocumentError(path=path, status=200, detail="body has no data member",
+                                     document=canonical_document(body))
     return parse_resource(body["data"], expected_id=expected_id, path=path)

@@ -88,7 +88,7 @@ class State:
         from etl.db.engine import make_engine
         from etl.db.store import Store
 
-        store = Store(make_engine(self.config.database_url, create=create))
+        store = Store(make_engine(self.config.database_url, create=create), archive=self.config.archive.enabled)
         self._stores.append(store)
         return store
 

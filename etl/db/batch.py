@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from etl.cadence import Cadence
+from etl.db.archive import archive_batch
 from etl.db.dialects import among, insert_rows, upsert
 from etl.db.models import (
     connections,
@@ -68,11 +69,13 @@ def store_batch(
     outcomes: Sequence[Outcome],
     cadence: Cadence = DEFAULT_CADENCE,
     pass_started_at: dt.datetime | None = None,
+    archive: bool = True,
 ) -> BatchCounts:
     """Write a batch; the caller owns the transaction (one per batch).
 
     ``cadence`` and ``pass_started_at`` set when each connection is due again.
     A connection not seen before (from a listing) is stored as tracked.
+    ``archive``: keep the documents too (``etl.db.archive``).
     """
     outcomes = one_per_connection(outcomes)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
@@ -160,6 +163,8 @@ def store_batch(
                 for o in failed
             ],
         )
+    if archive:
+        archive_batch(conn, run_id, outcomes)
     return BatchCounts(
         fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
         failed=len(failed), granted=delta.granted, revoked=delta.revoked,
@@ -168,7 +173,6 @@ def store_batch(
 
 
 VEHICLE_FIELDS = ("make", "model", "year", "mode", "powertrain_type")
-SEEN_PRECISION = dt.timedelta(days=1)  # users' and vehicles' last_seen_at is kept to the day
 # The connection columns a fetch can change besides the times; a healthy row whose IDENTITY is what the
 # API shows again only has its times refreshed (``_refresh_times``).
 IDENTITY = ("user_id", "vehicle_id", "status", "source_created_at", "source_updated_at")
@@ -180,23 +184,34 @@ def _as_stored(o: Fetched) -> tuple[object, ...]:
     return r.user_id, r.vehicle_id, "active", r.source_created_at, r.source_updated_at
 
 
+def seen_day(first_seen_at: dt.datetime, sighting: dt.datetime) -> dt.datetime:
+    """A user's or vehicle's ``last_seen_at`` for a sighting: the start (00:00 UTC) of its day, or the first
+    sighting itself on that first day. A function of the first and the latest sighting only, so that
+    ``rebuild``, which knows only when each archived version was first and last seen, gives the same."""
+    day = sighting.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(first_seen_at, day)
+
+
 def _worth_writing(
     conn: Connection, table: Table, rows: dict[str, dict[str, Any]], fields: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """The rows that are new, changed in ``fields``, or last seen more than a day before this sighting.
+    """The rows that are new, changed in ``fields``, or last seen on an earlier day than this sighting,
+    with ``last_seen_at`` kept to the day (``seen_day``).
 
     An unchanged pass then writes no user or vehicle row at all (no WAL, no dead
     tuples): ``last_seen_at`` is exact to the day, which the connections' own
     ``last_seen_at`` (written anyway, for the schedule) makes up for.
     """
     stored = {row.id: row for row in conn.execute(
-        select(table.c.id, table.c.last_seen_at, *(table.c[f] for f in fields))
+        select(table.c.id, table.c.first_seen_at, table.c.last_seen_at, *(table.c[f] for f in fields))
         .where(among(conn, table.c.id, list(rows))))}
     keep = []
     for key, row in rows.items():
         old = stored.get(key)
+        row["last_seen_at"] = seen_day(row["first_seen_at"] if old is None else old.first_seen_at,
+                                       row["last_seen_at"])
         if (old is None or any(getattr(old, f) != row[f] for f in fields)
-                or old.last_seen_at < row["last_seen_at"] - SEEN_PRECISION):
+                or old.last_seen_at < row["last_seen_at"]):
             keep.append(row)
     return keep
 

@@ -17,10 +17,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     column,
     event,
     text,
@@ -326,6 +328,40 @@ class FetchError(Base):
     detail: Mapped[str | None]
 
 
+class ArchiveBody(Base):
+    """One distinct document of one connection, as the API sent it: the ``data`` resource in canonical JSON
+    (sorted keys, no ``links``), zlib-compressed when that makes it smaller.
+
+    ``rejected``: validation refused it when it arrived (``rebuild`` validates it again).
+    """
+
+    __tablename__ = "archive_bodies"
+    __table_args__ = (UniqueConstraint("connection_id", "digest"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"))
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical JSON, hex
+    compressed: Mapped[bool] = mapped_column(Boolean)
+    body: Mapped[bytes] = mapped_column(LargeBinary().with_variant(mysql.LONGBLOB(), *MARIADB))
+    size: Mapped[int] = mapped_column(Integer)  # bytes of canonical JSON
+    rejected: Mapped[bool] = mapped_column(Boolean)
+
+
+class ArchiveSpan(Base):
+    """A run of identical observations of one connection: the same body (NULL: the API answered 404)
+    from ``first_seen_at`` to ``last_seen_at``; ``run_id`` is the run that saw it first."""
+
+    __tablename__ = "archive_spans"
+    __table_args__ = (Index(None, "connection_id", "first_seen_at"), TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"))
+    body_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("archive_bodies.id"))
+    first_seen_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
+
+
 users: Table = Base.metadata.tables["users"]
 vehicles: Table = Base.metadata.tables["vehicles"]
 connections: Table = Base.metadata.tables["connections"]
@@ -335,6 +371,8 @@ sync_runs: Table = Base.metadata.tables["sync_runs"]
 fetch_errors: Table = Base.metadata.tables["fetch_errors"]
 backfills: Table = Base.metadata.tables["backfills"]
 rate_budgets: Table = Base.metadata.tables["rate_budgets"]
+archive_bodies: Table = Base.metadata.tables["archive_bodies"]
+archive_spans: Table = Base.metadata.tables["archive_spans"]
 
 def compared_objects(dialect: Dialect) -> Callable[..., bool]:
     """Alembic's ``include_object`` for comparing these models with a database of this dialect.

@@ -27,9 +27,11 @@ from sqlalchemy import Connection, Engine, exc, func, insert, or_, select, updat
 
 from etl.cadence import Cadence
 from etl.db import dialects
+from etl.db.archive import Archived, archived_at
 from etl.db.batch import DEFAULT_CADENCE, one_per_connection, store_batch
 from etl.db.engine import current_revision, require_migrated, safe_url, translate_errors, upgrade
 from etl.db.models import backfills, connections, permission_grants, rate_budgets, sync_runs
+from etl.db.rebuild import RebuildResult, rebuild, uncovered
 from etl.errors import ConfigError, EtlError, RowRejected, one_line
 from etl.outcomes import BatchCounts, Failed, Outcome
 
@@ -123,9 +125,10 @@ def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
 class Store:
     """The database of one job: its engine, and a verb for everything the job reads or writes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, archive: bool = True) -> None:
         self.engine = engine
         self.url = safe_url(engine.url.render_as_string())
+        self.archive = archive  # batches archive their documents (config ``archive.enabled``)
 
     # -- transactions --------------------------------------------------------------------
 
@@ -239,6 +242,32 @@ class Store:
     ) -> BatchWriter:
         """A writer of the run's batches; ``checkpoint`` gives (backfill id, next page) to record with each."""
         return BatchWriter(self, run_id, cadence, pass_started_at, checkpoint)
+
+    # -- the archive ---------------------------------------------------------------------------------
+
+    def archived(self, connection_id: str, at: dt.datetime | None = None) -> Archived | None:
+        """The document (or 404) of the connection received by ``at`` (the latest by default), or None."""
+        with self.read() as conn:
+            return archived_at(conn, connection_id, at)
+
+    def rebuild(self, *, dry_run: bool = False) -> RebuildResult:
+        """Derive the history again from the archive (``etl.db.rebuild``), under the run lock, in one
+        transaction; with ``dry_run`` it is rolled back. ConfigError (exit 2), naming them, when some
+        connections have observations the archive does not hold."""
+        with self.lock(), translate_errors(self.engine), self.engine.connect() as conn:
+            conn.execution_options(**{dialects.IMMEDIATE: True})
+            with conn.begin() as transaction:
+                shown, total = uncovered(conn)
+                if total:
+                    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+                    msg = (f"the archive does not hold every observation of {total} connection(s) "
+                           f"({', '.join(shown)}{more}), e.g. from a time when archive.enabled was off; "
+                           "nothing was rebuilt (see the README: starting an archive)")
+                    raise ConfigError(msg)
+                result = rebuild(conn)
+                if dry_run:
+                    transaction.rollback()
+        return result
 
     # -- the rate budget -------------------------------------------------------------------------------
 
@@ -576,7 +605,7 @@ class BatchWriter:
     def _attempt(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
         with self.store._write() as conn:
             counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
-                                 pass_started_at=self.pass_started_at)
+                                 pass_started_at=self.pass_started_at, archive=self.store.archive)
             conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
             if last and self.checkpoint is not None:
                 self._record_checkpoint(conn)

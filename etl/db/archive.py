@@ -1,0 +1,155 @@
+"""The document archive: what the API sent, kept so that the history can be shown and derived again.
+
+Every successful fetch (per id or from the listing), every confirmed 404 and every document that
+validation rejected (it was JSON, within the size cap) is an observation. Each distinct document of a
+connection is kept once (``archive_bodies``, by the sha256 of its canonical JSON, zlib-compressed when
+that is smaller); each run of identical observations is one ``archive_spans`` row (body, or none for a
+404; first and last seen; the run that saw it first). An unchanged observation only moves its span's
+``last_seen_at``. A network failure or a 5xx is no observation and archives nothing.
+
+Written in the batch's transaction, set-based like the rest of the batch (``store_batch``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, func, select, update
+
+from etl.db.dialects import among, insert_rows
+from etl.db.models import archive_bodies, archive_spans
+from etl.errors import MalformedDocumentError
+from etl.outcomes import Failed, Fetched, Gone, Outcome
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One archived observation: a document (None: the API answered 404), and whether validation refused it."""
+
+    connection_id: str
+    observed_at: dt.datetime
+    document: bytes | None
+    rejected: bool = False
+
+    @property
+    def digest(self) -> str | None:
+        return None if self.document is None else hashlib.sha256(self.document).hexdigest()
+
+
+def observations(outcomes: Sequence[Outcome]) -> list[Seen]:
+    """The outcomes that are observations: fetched, gone, or rejected with a document to keep."""
+    seen: list[Seen] = []
+    for o in outcomes:
+        if isinstance(o, Fetched) and o.record.document:
+            seen.append(Seen(o.connection_id, o.observed_at, o.record.document))
+        elif isinstance(o, Gone):
+            seen.append(Seen(o.connection_id, o.observed_at, None))
+        elif isinstance(o, Failed) and isinstance(o.error, MalformedDocumentError) and o.error.document:
+            seen.append(Seen(o.connection_id, o.observed_at, o.error.document, rejected=True))
+    return seen
+
+
+def packed(document: bytes) -> tuple[bool, bytes]:
+    """(compressed, bytes to store): zlib when it makes the document smaller."""
+    squeezed = zlib.compress(document, 6)
+    return (True, squeezed) if len(squeezed) < len(document) else (False, document)
+
+
+def unpacked(compressed: bool, body: bytes) -> bytes:
+    """The canonical JSON of a stored body."""
+    return zlib.decompress(body) if compressed else bytes(body)
+
+
+def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> None:
+    """Archive a batch's observations (at most one per connection), in the caller's transaction."""
+    seen = observations(outcomes)
+    if not seen:
+        return
+    body_ids = _body_ids(conn, seen)
+    ids = [s.connection_id for s in seen]
+    latest_ids = select(func.max(archive_spans.c.id)).where(
+        among(conn, archive_spans.c.connection_id, ids)).group_by(archive_spans.c.connection_id)
+    latest = {row.connection_id: row for row in conn.execute(
+        select(archive_spans.c.id, archive_spans.c.connection_id, archive_spans.c.body_id,
+               archive_spans.c.last_seen_at).where(archive_spans.c.id.in_(latest_ids)))}
+    extend: list[dict[str, object]] = []
+    start: list[dict[str, object]] = []
+    for s in seen:
+        body_id = body_ids.get((s.connection_id, s.digest)) if s.digest else None
+        span = latest.get(s.connection_id)
+        if span is not None and span.body_id == body_id:
+            if s.observed_at > span.last_seen_at:
+                extend.append({"b_id": span.id, "b_at": s.observed_at})
+        else:
+            start.append({"connection_id": s.connection_id, "body_id": body_id, "first_seen_at": s.observed_at,
+                          "last_seen_at": s.observed_at, "run_id": run_id})
+    if extend:
+        conn.execute(update(archive_spans).where(archive_spans.c.id == bindparam("b_id"))
+                     .values(last_seen_at=bindparam("b_at")), extend)
+    insert_rows(conn, archive_spans, start)
+
+
+def _body_ids(conn: Connection, seen: Sequence[Seen]) -> dict[tuple[str, str | None], int]:
+    """The ids of the batch's documents in ``archive_bodies``, inserting those not stored yet."""
+    wanted = {(s.connection_id, s.digest): s for s in seen if s.document is not None}
+    if not wanted:
+        return {}
+
+    def stored() -> dict[tuple[str, str | None], int]:
+        b = archive_bodies.c
+        rows = conn.execute(select(b.id, b.connection_id, b.digest).where(
+            among(conn, b.connection_id, sorted({c for c, _ in wanted})),
+            among(conn, b.digest, sorted({d for _, d in wanted if d}))))
+        return {(r.connection_id, r.digest): r.id for r in rows if (r.connection_id, r.digest) in wanted}
+
+    have = stored()
+    new = []
+    for key, s in wanted.items():
+        if key not in have:
+            assert s.document is not None and s.digest is not None
+            compressed, body = packed(s.document)
+            new.append({"connection_id": s.connection_id, "digest": s.digest, "compressed": compressed,
+                        "body": body, "size": len(s.document), "rejected": s.rejected})
+    if not new:
+        return have
+    insert_rows(conn, archive_bodies, new)
+    return stored()
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What the archive holds for a connection at an instant: the latest observation received by then."""
+
+    connection_id: str
+    first_seen_at: dt.datetime
+    last_seen_at: dt.datetime
+    run_id: int | None
+    document: bytes | None  # canonical JSON; None: the API answered 404
+    rejected: bool
+
+    def as_json(self) -> dict[str, object]:
+        """The observation as the JSON that ``archive show`` prints."""
+        return {"connection_id": self.connection_id, "status": 404 if self.document is None else 200,
+                "first_seen_at": self.first_seen_at.isoformat(), "last_seen_at": self.last_seen_at.isoformat(),
+                "run_id": self.run_id, "rejected": self.rejected,
+                "document": None if self.document is None else json.loads(self.document)}
+
+
+def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) -> Archived | None:
+    """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None."""
+    s, b = archive_spans.c, archive_bodies.c
+    query = (select(s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body, b.rejected)
+             .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id))
+             .where(s.connection_id == connection_id).order_by(s.first_seen_at.desc(), s.id.desc()).limit(1))
+    if at is not None:
+        query = query.where(s.first_seen_at <= at)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    document = None if row.body is None else unpacked(row.compressed, row.body)
+    return Archived(connection_id, row.first_seen_at, row.last_seen_at, row.run_id, document, bool(row.rejected))

@@ -1,0 +1,173 @@
+"""Derive the history again from the document archive, with the code that sync uses (``store_batch``).
+
+Every archived span is replayed as observations in time order: its first sighting, and its last one
+when that is later. Each document is validated again, so a fix to the parser reaches the past; one that
+still fails counts as a failed fetch (which changes nothing in the rebuilt tables). Rebuilt: users,
+vehicles, the connections' fields that documents set (user, vehicle, status, source times, first and
+last seen, last success), every grant and change (``run_id`` from the spans). A connection's schedule
+and failure columns (due time, last attempt and error, failure count) are kept as they were.
+
+All in one transaction; ``dry_run`` rolls it back after counting what would differ.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, Table, bindparam, delete, exists, func, select, update
+
+from etl.api.documents import parse_resource
+from etl.db.archive import unpacked
+from etl.db.batch import store_batch
+from etl.db.models import (
+    archive_bodies,
+    archive_spans,
+    connections,
+    permission_changes,
+    permission_grants,
+    users,
+    vehicles,
+)
+from etl.errors import MalformedDocumentError
+from etl.outcomes import Fetched, Gone, Outcome
+
+BATCH = 500
+# What rebuild derives, table by table (permission_changes without its surrogate id).
+DERIVED: dict[str, tuple[Table, tuple[str, ...]]] = {
+    "users": (users, ("id", "first_seen_at", "last_seen_at")),
+    "vehicles": (vehicles, ("id", "make", "model", "year", "mode", "powertrain_type", "first_seen_at",
+                            "last_seen_at")),
+    "connections": (connections, ("id", "user_id", "vehicle_id", "status", "source_created_at",
+                                  "source_updated_at", "first_seen_at", "last_seen_at", "last_success_at")),
+    "permission_grants": (permission_grants, ("connection_id", "permission", "valid_from", "valid_to")),
+    "permission_changes": (permission_changes, ("connection_id", "permission", "change", "observed_at",
+                                                "previous_observed_at", "source_updated_at", "run_id")),
+}
+# The connection columns that sync's bookkeeping sets and rebuild keeps.
+KEPT = ("last_attempt_at", "last_error", "consecutive_failures", "next_due_at")
+SHOWN = 10
+
+
+@dataclass
+class RebuildResult:
+    """Per table, the rows the rebuild removed and added (a changed row counts once each way)."""
+
+    removed: dict[str, int] = field(default_factory=dict)
+    added: dict[str, int] = field(default_factory=dict)
+    observations: int = 0
+    still_rejected: int = 0
+
+    @property
+    def differs(self) -> bool:
+        return any(self.removed.values()) or any(self.added.values())
+
+
+@dataclass(frozen=True)
+class _Event:
+    connection_id: str
+    at: dt.datetime
+    run_id: int | None
+    document: bytes | None  # None: a 404
+    starts_span: bool
+
+
+def uncovered(conn: Connection) -> tuple[list[str], int]:
+    """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many):
+    a successful fetch after the last archived one, or a change at no archived span's start."""
+    c, s, pc = connections.c, archive_spans.c, permission_changes.c
+    late = select(c.id).where(c.last_success_at.is_not(None), ~exists().where(
+        s.connection_id == c.id, s.last_seen_at >= c.last_success_at))
+    unmatched = select(pc.connection_id).where(~exists().where(
+        s.connection_id == pc.connection_id, s.first_seen_at == pc.observed_at))
+    both = late.union(unmatched).subquery()
+    total = conn.scalar(select(func.count()).select_from(both)) or 0
+    shown = list(conn.scalars(select(both.c.id).order_by(both.c.id).limit(SHOWN)))
+    return shown, total
+
+
+def rebuild(conn: Connection) -> RebuildResult:
+    """Rebuild the derived tables from the archive in the caller's transaction; what changed."""
+    before = snapshot(conn)
+    kept = [dict(row._mapping) for row in conn.execute(select(connections.c.id, *(connections.c[k] for k in KEPT)))]
+    conn.execute(delete(permission_changes))
+    conn.execute(delete(permission_grants))
+    conn.execute(update(connections).values(
+        user_id=None, vehicle_id=None, status="pending", source_created_at=None, source_updated_at=None,
+        first_seen_at=None, last_seen_at=None, last_success_at=None))
+    conn.execute(delete(users))
+    conn.execute(delete(vehicles))
+    result = RebuildResult()
+    for run_id, batch in _batches(_events(conn)):
+        outcomes = _outcomes(batch, result)
+        store_batch(conn=conn, run_id=run_id, outcomes=outcomes, archive=False)
+    if kept:
+        conn.execute(update(connections).where(connections.c.id == bindparam("b_id")).values(
+            **{k: bindparam(f"b_{k}") for k in KEPT}), [{f"b_{k}": v for k, v in row.items()} for row in kept])
+    after = snapshot(conn)
+    for name in DERIVED:
+        result.removed[name] = sum((before[name] - after[name]).values())
+        result.added[name] = sum((after[name] - before[name]).values())
+    return result
+
+
+def snapshot(conn: Connection) -> dict[str, Counter[tuple[object, ...]]]:
+    """Every derived row, as a multiset per table (what ``rebuild`` compares)."""
+    return {name: Counter(tuple(row) for row in conn.execute(select(*(table.c[c] for c in columns))))
+            for name, (table, columns) in DERIVED.items()}
+
+
+def _events(conn: Connection) -> Iterator[_Event]:
+    """Every archived observation worth replaying, in time order (a span's last sighting after its first)."""
+    s, b = archive_spans.c, archive_bodies.c
+    rows = conn.execute(
+        select(s.connection_id, s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body)
+        .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id)))
+    events: list[_Event] = []
+    for row in rows:
+        document = None if row.body is None else unpacked(row.compressed, row.body)
+        events.append(_Event(row.connection_id, row.first_seen_at, row.run_id, document, True))
+        if row.last_seen_at > row.first_seen_at:
+            events.append(_Event(row.connection_id, row.last_seen_at, row.run_id, document, False))
+    events.sort(key=lambda e: (e.at, e.connection_id))
+    return iter(events)
+
+
+def _batches(events: Iterator[_Event]) -> Iterator[tuple[int | None, list[_Event]]]:
+    """Batches for ``store_batch``: one observation per connection each, and one run (that of the spans they
+    start; a later sighting creates no change, so its run does not matter)."""
+    batch: list[_Event] = []
+    run_id: int | None = None
+    ids: set[str] = set()
+    for event in events:
+        other_run = event.starts_span and batch and any(e.starts_span for e in batch) and event.run_id != run_id
+        if batch and (len(batch) >= BATCH or event.connection_id in ids or other_run):
+            yield run_id, batch
+            batch, ids, run_id = [], set(), None
+        if event.starts_span and not any(e.starts_span for e in batch):
+            run_id = event.run_id
+        batch.append(event)
+        ids.add(event.connection_id)
+    if batch:
+        yield run_id, batch
+
+
+def _outcomes(batch: Sequence[_Event], result: RebuildResult) -> list[Outcome]:
+    """The batch's observations, each document validated again."""
+    outcomes: list[Outcome] = []
+    for event in batch:
+        result.observations += 1
+        if event.document is None:
+            outcomes.append(Gone(event.connection_id, event.at))
+            continue
+        try:
+            record = parse_resource(json.loads(event.document), expected_id=event.connection_id,
+                                    path=f"/connections/{event.connection_id}")
+        except MalformedDocumentError:
+            result.still_rejected += 1
+            continue
+        outcomes.append(Fetched(event.connection_id, event.at, record))
+    return outcomes

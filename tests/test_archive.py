@@ -1,0 +1,197 @@
+"""The document archive: what is kept, once, and what is not (on every database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from etl.api.documents import canonical_document
+from etl.db.archive import unpacked
+from etl.db.models import Base, archive_bodies, archive_spans
+from etl.db.store import Store
+from etl.tracking import track
+from tests.conftest import Runner
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {name: conn.scalar(select(func.count()).select_from(table)) or 0
+                for name, table in Base.metadata.tables.items()}
+
+
+def spans(engine: Engine, cid: str) -> list[Any]:
+    s, b = archive_spans.c, archive_bodies.c
+    with engine.connect() as conn:
+        return list(conn.execute(
+            select(s.body_id, s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body, b.rejected)
+            .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id))
+            .where(s.connection_id == cid).order_by(s.id)))
+
+
+def document(row: Any) -> Any:
+    return None if row.body_id is None else json.loads(unpacked(row.compressed, row.body))
+
+
+def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_moves_the_span(run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(5, seed=2)
+    track(Store(engine), ids)
+    run_sync(ignore_due=True)
+    before = row_counts(engine)
+    assert before["archive_bodies"] == before["archive_spans"] == 5
+    [(_, first, last, run_id, *_)] = spans(engine, ids[0])
+    assert first == last
+    again = run_sync(ignore_due=True)
+    after = row_counts(engine)
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"sync_runs": 1}
+    [(_, first_again, last_again, run_again, *_)] = spans(engine, ids[0])
+    assert (first_again, run_again) == (first, run_id) and last_again > last
+    assert again.counts.fetched == 5
+
+
+def test_a_network_failure_or_a_5xx_archives_nothing(run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(2, seed=3)
+    track(Store(engine), ids)
+    run_sync.fake.fail_next(500, times=100)
+    run_sync(ignore_due=True)
+    run_sync.fake.fail_next(None, error="connect", times=100)
+    result = run_sync(ignore_due=True)
+    assert result.counts.failed == 2
+    counts = row_counts(engine)
+    assert counts["archive_bodies"] == counts["archive_spans"] == 0 and counts["fetch_errors"] == 4
+
+
+def test_a_rejected_document_is_archived_flagged_and_a_404_is_a_span_without_a_body(
+        run_sync: Runner, engine: Engine) -> None:
+    fake = run_sync.fake
+    ids = fake.populate(2, seed=4)
+    track(Store(engine), ids)
+    fake.connections[ids[0]].broken = "bad_permission"
+    fake.remove(ids[1])
+    result = run_sync(ignore_due=True)
+    assert (result.counts.failed, result.counts.deleted) == (1, 1)
+    [rejected] = spans(engine, ids[0])
+    assert rejected.rejected is True or rejected.rejected == 1
+    assert "read_vin\nread_location" in document(rejected)["attributes"]["permissions"]
+    [gone] = spans(engine, ids[1])
+    assert gone.body_id is None and document(gone) is None
+
+
+def test_a_to_b_to_a_is_three_spans_over_two_bodies(run_sync: Runner, engine: Engine) -> None:
+    fake = run_sync.fake
+    [cid] = fake.populate(1, seed=5)
+    track(Store(engine), [cid])
+    conn = fake.connections[cid]
+    a = list(conn.permissions)
+    for permissions, updated in ((a, conn.updated_at), (["read_vin"], "2026-02-01T00:00:00Z"),
+                                 (["read_vin"], "2026-02-01T00:00:00Z"), (a, conn.updated_at)):
+        conn.permissions, conn.updated_at = list(permissions), updated  # A, B, B, then exactly A again
+        run_sync(ignore_due=True)
+    rows = spans(engine, cid)
+    assert [sorted(document(r)["attributes"]["permissions"]) for r in rows] == [sorted(a), ["read_vin"], sorted(a)]
+    assert rows[0].body_id == rows[2].body_id != rows[1].body_id
+    assert rows[1].last_seen_at > rows[1].first_seen_at  # seen twice
+    assert row_counts(engine)["archive_bodies"] == 2
+
+
+def test_a_get_and_a_listing_item_of_the_same_state_are_one_version(run_sync: Runner, engine: Engine) -> None:
+    fake = run_sync.fake
+    ids = fake.populate(3, seed=6)
+    track(Store(engine), ids)
+    run_sync(ignore_due=True)                 # one GET each
+    run_sync(ignore_due=True, strategy="list")  # the listing: same states, other links
+    counts = row_counts(engine)
+    assert counts["archive_bodies"] == counts["archive_spans"] == 3
+    [row] = spans(engine, ids[0])
+    assert "links" not in json.dumps(document(row))
+
+
+def test_with_the_archive_off_nothing_is_archived(run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(2, seed=7)
+    track(Store(engine), ids)
+    result = run_sync(ignore_due=True, archive=False)
+    assert result.counts.fetched == 2
+    counts = row_counts(engine)
+    assert counts["archive_bodies"] == counts["archive_spans"] == 0 and counts["permission_changes"] > 0
+
+
+def test_no_token_or_secret_reaches_the_archive(run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(4, seed=8)
+    track(Store(engine), ids)
+    run_sync(ignore_due=True, strategy="list")
+    run_sync(ignore_due=True)
+    with engine.connect() as conn:
+        stored = b"".join(unpacked(c, b) for c, b in conn.execute(
+            select(archive_bodies.c.compressed, archive_bodies.c.body)))
+    tokens = {t.encode() for t in run_sync.fake.issued_tokens}
+    assert len(stored) > 1000 and tokens
+    for secret in {run_sync.fake.client_secret.encode(), run_sync.fake.client_id.encode(), *tokens}:
+        assert secret not in stored
+
+
+@pytest.mark.parametrize("resource", [
+    {"id": "x", "links": {"self": "/a"}, "relationships": {"user": {"links": {"related": "/u"}, "data": {}}}},
+    {"b": 1, "a": [2, {"links": 3, "c": "é"}]},
+])
+def test_the_canonical_document_sorts_keys_and_drops_every_links_member(resource: Any) -> None:
+    text = canonical_document(resource)
+    assert b"links" not in text and b" " not in text and text.isascii()
+    assert json.loads(text) == json.loads(canonical_document(json.loads(text)))  # a fixed point
+    keys = list(json.loads(text))
+    assert keys == sorted(keys)
+
+
+def test_archive_show_as_of_returns_the_version_received_then(run_sync: Runner, engine: Engine, tmp_path: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    fake = run_sync.fake
+    [cid] = fake.populate(1, seed=9)
+    track(Store(engine), [cid])
+    times = []
+    for permissions in (["read_vin"], ["read_vin", "read_location"], ["read_odometer"]):
+        fake.set_permissions(cid, permissions)
+        run_sync(ignore_due=True)
+        times.append(run_sync.clock.now)
+        run_sync(ignore_due=True)  # seen again: the same version, a later last_seen_at
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+
+    def show(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["archive", "show", cid, *args], env=env)
+
+    for at, permissions in zip(times, (["read_vin"], ["read_location", "read_vin"], ["read_odometer"]), strict=True):
+        for probe in (at, at + dt.timedelta(minutes=5)):  # within the version's span and after its last sighting
+            result = show("--as-of", probe.isoformat())
+            assert result.exit_code == 0, result.output
+            shown = json.loads(result.stdout)
+            assert sorted(shown["document"]["attributes"]["permissions"]) == permissions
+            assert shown["status"] == 200 and shown["rejected"] is False and shown["connection_id"] == cid
+            assert dt.datetime.fromisoformat(shown["first_seen_at"]) <= probe
+            assert dt.datetime.fromisoformat(shown["last_seen_at"]) > dt.datetime.fromisoformat(shown["first_seen_at"])
+    assert json.loads(show().stdout)["document"]["attributes"]["permissions"] == ["read_odometer"]
+    before = show("--as-of", (times[0] - dt.timedelta(seconds=1)).isoformat())
+    assert before.exit_code == 1 and "holds nothing" in before.stderr and before.stdout == ""
+    bad = show("--as-of", "yesterday")
+    assert bad.exit_code == 2
+    wrong = CliRunner().invoke(cli, ["archive", "show", "not-a-uuid"], env=env)
+    assert wrong.exit_code == 2 and "not-a-uuid" in wrong.stderr
+
+
+def test_archive_enabled_is_read_from_the_config_and_checked(tmp_path: Any) -> None:
+    from etl.config import load_config
+    from etl.errors import ConfigError
+
+    assert load_config(env={}).archive.enabled is True
+    off = tmp_path / "off.yaml"
+    off.write_text("archive:\n  enabled: false\n")
+    assert load_config(str(off), env={}).archive.enabled is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("archive:\n  enabled: sometimes\n")
+    with pytest.raises(ConfigError, match="archive.enabled"):
+        load_config(str(bad), env={})
