@@ -157,11 +157,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,100000", help="with --static: connection counts, comma-separated")
     parser.add_argument("--server", choices=("auto", "nginx", "memory"), default="auto",
                         help="with --static: what serves the documents (auto: nginx if the machine has it)")
+    parser.add_argument("--archive", choices=("on", "off", "both"), default="on",
+                        help="with --static: config archive.enabled for the job's passes (both: each, in one run)")
     args = parser.parse_args()
     if args.static:
         from throughput import static_mode
 
-        static_mode([int(n) for n in args.sizes.split(",")], databases(args), args.concurrency, args.server)
+        archive = {"on": (True,), "off": (False,), "both": (True, False)}[args.archive]
+        static_mode([int(n) for n in args.sizes.split(",")], databases(args), args.concurrency, args.server, archive)
         return
 
     ids = FakeApi().populate(args.connections, seed=0)  # the same world the server builds

@@ -64,12 +64,13 @@ class Figures:
         self.rows.append((label, rate, rate / reference, rss))
 
 
-def config_file(directory: Path, base_url: str, concurrency: int) -> Path:
-    """The job's YAML for the static server."""
+def config_file(directory: Path, base_url: str, concurrency: int, archive: bool = True) -> Path:
+    """The job's YAML for the static server (``archive``: config archive.enabled)."""
     path = directory / "config.yaml"
     path.write_text(json.dumps({
         "api": {"base_url": base_url, "token_url": base_url + "/token", "concurrency": concurrency},
         "rate_limit": {"capacity": CAPACITY, "per_minute": PER_MINUTE},
+        "archive": {"enabled": archive},
     }))
     return path
 
@@ -225,14 +226,15 @@ def job_passes(env: dict[str, str], strategy: str, ids_file: Path) -> list[tuple
     return [command(args, env) for _ in range(2)]
 
 
-def measure(database: str, url: str, world: tuple[str, list[str], Path], concurrency: int) -> Figures:
+def measure(database: str, url: str, world: tuple[str, list[str], Path], concurrency: int,
+            archive: bool = True) -> Figures:
     """The whole comparison for one database (``url`` of an empty database) and one world."""
     base_url, ids, directory = world
     figures = Figures(database, len(ids))
     ref_ids, ref_list = httpx_ids(base_url, ids), httpx_listing(base_url, len(ids))
     figures.add("httpx loop, per id", ref_ids, ref_ids)
     env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": TOKEN, "SMARTCAR_ETL_DATABASE_URL": url,
-           "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency))}
+           "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency, archive))}
     ids_file = directory / "ids.txt"
     ids_file.write_text("\n".join(ids) + "\n")
     for (seconds, rss), label in zip(job_passes(env, "ids", ids_file), ("first", "unchanged"), strict=True):
@@ -241,12 +243,13 @@ def measure(database: str, url: str, world: tuple[str, list[str], Path], concurr
     return figures
 
 
-def listing_figures(figures: Figures, url: str, world: tuple[str, list[str], Path], concurrency: int) -> None:
+def listing_figures(figures: Figures, url: str, world: tuple[str, list[str], Path], concurrency: int,
+                    archive: bool = True) -> None:
     """Add the listing's passes (on their own empty database ``url``) to ``figures``."""
     base_url, ids, directory = world
     ref_list = figures.rows[-1][1]
     env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": TOKEN, "SMARTCAR_ETL_DATABASE_URL": url,
-           "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency))}
+           "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency, archive))}
     for (seconds, rss), label in zip(job_passes(env, "list", directory / "ids.txt"), ("first", "unchanged"),
                                      strict=True):
         figures.add(f"sync --strategy list, {label} pass", len(ids) / seconds, ref_list, rss)
@@ -276,8 +279,11 @@ def print_breakdown(figures: Figures, count: int, kind: str, passes: list[dict[s
 
 
 def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[str]]], concurrency: int,
-                server: str = "auto") -> None:
-    """The whole static-server comparison; ``databases`` maps a name to a context giving an empty database."""
+                server: str = "auto", archive: tuple[bool, ...] = (True,)) -> None:
+    """The whole static-server comparison; ``databases`` maps a name to a context giving an empty database.
+
+    ``archive``: the settings of archive.enabled to measure the job's passes with (each in the same run).
+    """
     for count in counts:
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
@@ -289,11 +295,13 @@ def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[st
                 httpx_listing(base_url, len(ids))
                 world = (base_url, ids, directory)
                 for name, database in databases.items():
-                    with contextmanager(database)() as url:
-                        figures = measure(name, url, world, concurrency)
-                    with contextmanager(database)() as url:
-                        listing_figures(figures, url, world, concurrency)
-                    print_figures(figures)
+                    for archived in archive:
+                        label = name if archive == (True,) else f"{name}, archive {'on' if archived else 'off'}"
+                        with contextmanager(database)() as url:
+                            figures = measure(label, url, world, concurrency, archived)
+                        with contextmanager(database)() as url:
+                            listing_figures(figures, url, world, concurrency, archived)
+                        print_figures(figures)
                     sample = ids[:5000]
                     config = Config(api=ApiConfig(base_url=base_url, access_token=Secret(TOKEN)),
                                     rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE))

@@ -52,3 +52,16 @@ def test_bench_sync_static_mode_runs(server: str) -> None:
         assert label in done.stdout
     assert done.stdout.count("MB") >= 12  # a peak RSS for each pass of each of the three databases
     assert "MariaDB" in done.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.mariadb
+def test_bench_archive_runs() -> None:
+    done = subprocess.run([sys.executable, "bench_archive.py", "--connections", "40", "--passes", "3", *servers()],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[2:]}
+    assert set(rows) == {"SQLite", "PostgreSQL", "MariaDB"}
+    for figures in rows.values():
+        archive, history, payload, canonical, spans = (float(f.replace(",", "")) for f in figures)
+        assert archive > 0 and history > 0 and 0 < payload <= canonical and spans >= 1

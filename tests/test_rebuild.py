@@ -132,3 +132,40 @@ def test_rebuild_dry_run_counts_what_differs_and_changes_nothing(run_sync: Runne
     done = CliRunner().invoke(cli, ["rebuild"], env=env)
     assert done.exit_code == 0 and "rebuilt" in done.stdout
     assert state(engine) == built
+
+
+def test_a_parser_fix_reaches_the_past_through_rebuild(run_sync: Runner, engine: Engine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser changed in a controlled way: too strict for a while (permission names of 12 characters at
+    most; makes of 3), then fixed. What it refused or nulled meanwhile comes back from the archive."""
+    from etl.api import documents
+    from etl.db.models import sync_runs, vehicles
+
+    fake = run_sync.fake
+    cid = fake.add(permissions=["read_location", "read_vin"], vehicle={"make": "Tesla", "model": "Model 3",
+                                                                       "year": 2022, "mode": "live",
+                                                                       "powertrainType": "BEV"}).id
+    track(Store(engine), [cid])
+    with monkeypatch.context() as bug:
+        bug.setattr(documents, "MAX_PERMISSION_LENGTH", 12)  # "read_location" has 13
+        refused = run_sync(ignore_due=True)
+        bug.setattr(documents, "MAX_PERMISSION_LENGTH", 100)
+        bug.setattr(documents, "MAX_TEXT_LENGTH", 3)  # "Tesla", "Model 3", "live" do not fit: stored as NULL
+        nulled = run_sync(ignore_due=True)
+    assert refused.counts.failed == 1 and nulled.counts.nulled == 3
+    with engine.connect() as conn:
+        first_run = conn.scalar(select(sync_runs.c.id).order_by(sync_runs.c.id).limit(1))
+        assert conn.execute(select(vehicles.c.make, vehicles.c.model, vehicles.c.mode)).one() == (None, None, None)
+        assert {(r.permission, r.run_id) for r in conn.execute(select(permission_changes))} == {
+            ("read_location", first_run + 1), ("read_vin", first_run + 1)}  # seen first by the second run
+
+    result = Store(engine).rebuild()  # the fixed parser, over the archive
+    assert result.differs and result.still_rejected == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(vehicles.c.make, vehicles.c.model, vehicles.c.mode)).one() == (
+            "Tesla", "Model 3", "live")
+        changes = {(r.permission, r.change, r.run_id) for r in conn.execute(select(permission_changes))}
+        granted_at = set(conn.scalars(select(permission_grants.c.valid_from)))
+        first_seen = conn.scalar(select(connections.c.first_seen_at))
+    assert changes == {("read_location", "granted", first_run), ("read_vin", "granted", first_run)}
+    assert granted_at == {first_seen} and first_seen is not None  # from the refused document's time

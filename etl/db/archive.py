@@ -18,6 +18,7 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
@@ -77,7 +78,7 @@ def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outco
     latest = {row.connection_id: row for row in conn.execute(
         select(archive_spans.c.id, archive_spans.c.connection_id, archive_spans.c.body_id,
                archive_spans.c.last_seen_at).where(archive_spans.c.id.in_(latest_ids)))}
-    extend: list[dict[str, object]] = []
+    extend: list[dict[str, Any]] = []
     start: list[dict[str, object]] = []
     for s in seen:
         body_id = body_ids.get((s.connection_id, s.digest)) if s.digest else None
@@ -88,10 +89,23 @@ def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outco
         else:
             start.append({"connection_id": s.connection_id, "body_id": body_id, "first_seen_at": s.observed_at,
                           "last_seen_at": s.observed_at, "run_id": run_id})
+    _extend(conn, extend)
+    insert_rows(conn, archive_spans, start)
+
+
+def _extend(conn: Connection, extend: Sequence[dict[str, Any]]) -> None:
+    """Move spans' ``last_seen_at``: one UPDATE per time when a page of the listing shares one, else one
+    executemany (as ``batch._refresh_times`` does for the connections)."""
+    by_time: dict[dt.datetime, list[int]] = {}
+    for row in extend:
+        by_time.setdefault(row["b_at"], []).append(row["b_id"])
+    if len(by_time) * 4 <= len(extend):
+        for at, ids in by_time.items():
+            conn.execute(update(archive_spans).where(archive_spans.c.id.in_(ids)).values(last_seen_at=at))
+        return
     if extend:
         conn.execute(update(archive_spans).where(archive_spans.c.id == bindparam("b_id"))
-                     .values(last_seen_at=bindparam("b_at")), extend)
-    insert_rows(conn, archive_spans, start)
+                     .values(last_seen_at=bindparam("b_at")), list(extend))
 
 
 def _body_ids(conn: Connection, seen: Sequence[Seen]) -> dict[tuple[str, str | None], int]:

@@ -405,6 +405,22 @@ def database_ddl(dialect_name: str, name: str, template: str | None = None) -> t
     return f'CREATE DATABASE "{name}"{copy}', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
+def table_bytes(conn: Connection, tables: Sequence[str]) -> dict[str, int]:
+    """Bytes each table takes on disk, its indexes included (benchmarks): SQLite's ``dbstat``, PostgreSQL's
+    ``pg_total_relation_size``, MariaDB's ``data_length + index_length`` after ``ANALYZE``."""
+    if conn.dialect.name == "postgresql":
+        return {t: int(conn.scalar(text("SELECT pg_total_relation_size(:t)"), {"t": t}) or 0) for t in tables}
+    if is_mariadb(conn.dialect):
+        for t in tables:
+            conn.exec_driver_sql(f"ANALYZE TABLE {t}").all()
+        return {t: int(conn.scalar(text(
+            "SELECT data_length + index_length FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = :t"), {"t": t}) or 0) for t in tables}
+    return {t: int(conn.scalar(text(
+        "SELECT SUM(pgsize) FROM dbstat WHERE name IN "
+        "(SELECT name FROM sqlite_master WHERE tbl_name = :t)"), {"t": t}) or 0) for t in tables}
+
+
 def server_now(conn: Connection) -> dt.datetime | None:
     """The database server's clock, shared by every host; None where there is no server (SQLite)."""
     if conn.dialect.name == "postgresql":

@@ -77,12 +77,16 @@ class _Event:
 
 def uncovered(conn: Connection) -> tuple[list[str], int]:
     """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many):
-    a successful fetch after the last archived one, or a change at no archived span's start."""
+    a successful fetch after the last archived one, or a change outside every archived span.
+
+    A change inside a span is covered: it is the span's start, or (the same document, which validation
+    refused at first and accepted later, after a parser change) a sighting the span stands for.
+    """
     c, s, pc = connections.c, archive_spans.c, permission_changes.c
     late = select(c.id).where(c.last_success_at.is_not(None), ~exists().where(
         s.connection_id == c.id, s.last_seen_at >= c.last_success_at))
     unmatched = select(pc.connection_id).where(~exists().where(
-        s.connection_id == pc.connection_id, s.first_seen_at == pc.observed_at))
+        s.connection_id == pc.connection_id, s.first_seen_at <= pc.observed_at, s.last_seen_at >= pc.observed_at))
     both = late.union(unmatched).subquery()
     total = conn.scalar(select(func.count()).select_from(both)) or 0
     shown = list(conn.scalars(select(both.c.id).order_by(both.c.id).limit(SHOWN)))
@@ -140,15 +144,16 @@ def _batches(events: Iterator[_Event]) -> Iterator[tuple[int | None, list[_Event
     """Batches for ``store_batch``: one observation per connection each, and one run (that of the spans they
     start; a later sighting creates no change, so its run does not matter)."""
     batch: list[_Event] = []
-    run_id: int | None = None
     ids: set[str] = set()
+    run_id: int | None = None
+    starts = False  # the batch holds a span's start: its run is the batch's
     for event in events:
-        other_run = event.starts_span and batch and any(e.starts_span for e in batch) and event.run_id != run_id
+        other_run = event.starts_span and starts and event.run_id != run_id
         if batch and (len(batch) >= BATCH or event.connection_id in ids or other_run):
             yield run_id, batch
-            batch, ids, run_id = [], set(), None
-        if event.starts_span and not any(e.starts_span for e in batch):
-            run_id = event.run_id
+            batch, ids, run_id, starts = [], set(), None, False
+        if event.starts_span and not starts:
+            run_id, starts = event.run_id, True
         batch.append(event)
         ids.add(event.connection_id)
     if batch:
