@@ -17,13 +17,13 @@ import hashlib
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from etl.db.dialects import among, insert_rows
-from etl.db.models import archive_bodies, archive_spans
+from etl.db.models import archive_bodies, archive_spans, connections
 from etl.errors import MalformedDocumentError
 from etl.outcomes import Failed, Fetched, Gone, Outcome
 
@@ -36,10 +36,11 @@ class Seen:
     observed_at: dt.datetime
     document: bytes | None
     rejected: bool = False
+    digest: str | None = field(init=False)  # sha256 of the document, hex
 
-    @property
-    def digest(self) -> str | None:
-        return None if self.document is None else hashlib.sha256(self.document).hexdigest()
+    def __post_init__(self) -> None:
+        digest = None if self.document is None else hashlib.sha256(self.document).hexdigest()
+        object.__setattr__(self, "digest", digest)
 
 
 def observations(outcomes: Sequence[Outcome]) -> list[Seen]:
@@ -67,30 +68,44 @@ def unpacked(compressed: bool, body: bytes) -> bytes:
 
 
 def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> None:
-    """Archive a batch's observations (at most one per connection), in the caller's transaction."""
+    """Archive a batch's observations (at most one per connection), in the caller's transaction.
+
+    One SELECT finds each connection's current span (``connections.archive_span_id``) and its document's
+    digest; an observation of the same document (or a 404 again) only moves that span's ``last_seen_at``.
+    Only a new document costs more: its body (once per connection), a new span, the pointer.
+    """
     seen = observations(outcomes)
     if not seen:
         return
-    body_ids = _body_ids(conn, seen)
-    ids = [s.connection_id for s in seen]
-    latest_ids = select(func.max(archive_spans.c.id)).where(
-        among(conn, archive_spans.c.connection_id, ids)).group_by(archive_spans.c.connection_id)
-    latest = {row.connection_id: row for row in conn.execute(
-        select(archive_spans.c.id, archive_spans.c.connection_id, archive_spans.c.body_id,
-               archive_spans.c.last_seen_at).where(archive_spans.c.id.in_(latest_ids)))}
+    c, s, b = connections.c, archive_spans.c, archive_bodies.c
+    current = {row.connection_id: row for row in conn.execute(
+        select(c.id.label("connection_id"), s.id, s.last_seen_at, b.digest)
+        .select_from(connections.join(archive_spans, s.id == c.archive_span_id)
+                     .outerjoin(archive_bodies, b.id == s.body_id))
+        .where(among(conn, c.id, [o.connection_id for o in seen])))}
     extend: list[dict[str, Any]] = []
-    start: list[dict[str, object]] = []
-    for s in seen:
-        body_id = body_ids.get((s.connection_id, s.digest)) if s.digest else None
-        span = latest.get(s.connection_id)
-        if span is not None and span.body_id == body_id:
-            if s.observed_at > span.last_seen_at:
-                extend.append({"b_id": span.id, "b_at": s.observed_at})
+    new: list[Seen] = []
+    for o in seen:
+        span = current.get(o.connection_id)
+        if span is not None and span.digest == o.digest:
+            if o.observed_at > span.last_seen_at:
+                extend.append({"b_id": span.id, "b_at": o.observed_at})
         else:
-            start.append({"connection_id": s.connection_id, "body_id": body_id, "first_seen_at": s.observed_at,
-                          "last_seen_at": s.observed_at, "run_id": run_id})
+            new.append(o)
     _extend(conn, extend)
-    insert_rows(conn, archive_spans, start)
+    if new:
+        _start(conn, run_id, new)
+
+
+def _start(conn: Connection, run_id: int | None, seen: Sequence[Seen]) -> None:
+    """New spans for new documents (and 404s after a document), and the connections' pointers to them."""
+    body_ids = _body_ids(conn, seen)
+    insert_rows(conn, archive_spans, [
+        {"connection_id": o.connection_id, "body_id": body_ids[(o.connection_id, o.digest)] if o.digest else None,
+         "first_seen_at": o.observed_at, "last_seen_at": o.observed_at, "run_id": run_id} for o in seen])
+    s, c = archive_spans.c, connections.c
+    conn.execute(update(connections).where(among(conn, c.id, [o.connection_id for o in seen])).values(
+        archive_span_id=select(func.max(s.id)).where(s.connection_id == c.id).scalar_subquery()))
 
 
 def _extend(conn: Connection, extend: Sequence[dict[str, Any]]) -> None:
@@ -101,7 +116,7 @@ def _extend(conn: Connection, extend: Sequence[dict[str, Any]]) -> None:
         by_time.setdefault(row["b_at"], []).append(row["b_id"])
     if len(by_time) * 4 <= len(extend):
         for at, ids in by_time.items():
-            conn.execute(update(archive_spans).where(archive_spans.c.id.in_(ids)).values(last_seen_at=at))
+            conn.execute(update(archive_spans).where(among(conn, archive_spans.c.id, ids)).values(last_seen_at=at))
         return
     if extend:
         conn.execute(update(archive_spans).where(archive_spans.c.id == bindparam("b_id"))
@@ -116,9 +131,8 @@ def _body_ids(conn: Connection, seen: Sequence[Seen]) -> dict[tuple[str, str | N
 
     def stored() -> dict[tuple[str, str | None], int]:
         b = archive_bodies.c
-        rows = conn.execute(select(b.id, b.connection_id, b.digest).where(
-            among(conn, b.connection_id, sorted({c for c, _ in wanted})),
-            among(conn, b.digest, sorted({d for _, d in wanted if d}))))
+        rows = conn.execute(select(b.id, b.connection_id, b.digest).where(  # a few bodies per connection
+            among(conn, b.connection_id, sorted({c for c, _ in wanted}))))
         return {(r.connection_id, r.digest): r.id for r in rows if (r.connection_id, r.digest) in wanted}
 
     have = stored()

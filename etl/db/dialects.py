@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     Table,
     any_,
@@ -281,17 +283,18 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
         cursor.close()
 
 
-def among(conn: Connection, column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+def among(conn: Connection, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
     """``column IN values`` as one bound parameter, so that the statement compiles once and is cached.
 
     A plain ``IN`` renders a parameter per value at every execution (on
     PostgreSQL each with a cast), which costs more than the query for a batch
     of 500. PostgreSQL: ``= ANY(array)``; SQLite: ``IN (SELECT value FROM
     json_each(text))``. MariaDB: a plain ``IN``, expanded by PyMySQL on this side (it has no
-    server-side statements to cache anyway).
+    server-side statements to cache anyway). Text or integer columns.
     """
     if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(String()), unique=True))
+        element = BigInteger() if isinstance(column.type, Integer) else String()
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(element), unique=True))
     if is_mariadb(conn.dialect):
         return column.in_(bindparam(None, list(values), expanding=True, unique=True))
     every = bindparam(None, json.dumps(list(values)), type_=String(), unique=True)

@@ -185,6 +185,9 @@ class Connection(Base):
     # many fetches in a row have failed (failing ones back off, deleted ones wait).
     next_due_at: Mapped[dt.datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The connection's latest archive span (``archive_spans.id``, no foreign key: the two tables would
+    # refer to each other): what an unchanged observation extends, without a search.
+    archive_span_id: Mapped[int | None] = mapped_column(BigId)
 
 
 OPEN_GRANT_INDEX = "uq_permission_grants_open"

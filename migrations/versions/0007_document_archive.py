@@ -15,7 +15,7 @@ from sqlalchemy.dialects import mysql
 
 import etl.db.models
 from etl.db.dialects import MARIADB
-from etl.db.migrating import create_index, create_table
+from etl.db.migrating import add_column, create_index, create_table
 
 revision: str = '0007'
 down_revision: str | None = '0006'
@@ -53,8 +53,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('id', name=op.f('pk_archive_spans')),
     )
     create_index('archive_spans', 'ix_archive_spans_connection_id_first_seen_at', ['connection_id', 'first_seen_at'])
+    add_column('connections', sa.Column('archive_span_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'),
+                                        nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('connections', schema=None) as batch_op:
+        batch_op.drop_column('archive_span_id')
     op.drop_table('archive_spans')
     op.drop_table('archive_bodies')
