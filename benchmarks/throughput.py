@@ -302,6 +302,7 @@ def static_mode(counts: list[int], databases: dict[str, Callable[[], Iterator[st
                         with contextmanager(database)() as url:
                             listing_figures(figures, url, world, concurrency, archived)
                         print_figures(figures)
+                    figures.database = name  # the breakdown below runs in this process, with the archive on
                     sample = ids[:5000]
                     config = Config(api=ApiConfig(base_url=base_url, access_token=Secret(TOKEN)),
                                     rate_limit=RateLimitConfig(capacity=CAPACITY, per_minute=PER_MINUTE))
