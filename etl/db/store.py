@@ -262,7 +262,7 @@ class Store:
                     more = f" and {total - len(shown)} more" if total > len(shown) else ""
                     msg = (f"the archive does not hold every observation of {total} connection(s) "
                            f"({', '.join(shown)}{more}), e.g. from a time when archive.enabled was off; "
-                           "nothing was rebuilt (see the README: starting an archive)")
+                           "nothing was rebuilt (see the README: The document archive)")
                     raise ConfigError(msg)
                 result = rebuild(conn)
                 if dry_run:
@@ -329,7 +329,6 @@ class Store:
         # leaves the freshest for later and never fetches one twice while another waits.
         query = select(c.id).where(c.tracked.is_(True)).order_by(
             c.last_attempt_at.is_(None).desc(), c.next_due_at.is_(None).desc(), c.next_due_at, c.id)  # no NULLS FIRST
-
         if not ignore_due:
             query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= at))
         with self.read() as conn:
