@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 
 from etl.api.documents import canonical_document
 from etl.db.archive import unpacked
-from etl.db.models import Base, archive_bodies, archive_spans
+from etl.db.models import Base, archive_bodies, archive_spans, sync_runs
 from etl.db.store import Store
 from etl.tracking import track
 from tests.conftest import Runner
@@ -49,6 +49,8 @@ def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_moves_the_span(run_
     assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"sync_runs": 1}
     [(_, first_again, last_again, run_again, *_)] = spans(engine, ids[0])
     assert (first_again, run_again) == (first, run_id) and last_again > last
+    with engine.connect() as conn:  # the span names the run that first saw it
+        assert run_id == conn.scalar(select(func.min(sync_runs.c.id)))
     assert again.counts.fetched == 5
 
 
@@ -195,3 +197,20 @@ def test_archive_enabled_is_read_from_the_config_and_checked(tmp_path: Any) -> N
     bad.write_text("archive:\n  enabled: sometimes\n")
     with pytest.raises(ConfigError, match="archive.enabled"):
         load_config(str(bad), env={})
+
+
+def test_a_batch_stored_directly_archives_by_default(engine: Engine) -> None:
+    from etl.api.documents import parse_connection
+    from etl.db.batch import store_batch
+    from etl.fakeapi import FakeApi
+    from etl.outcomes import Fetched
+    from tests.conftest import T0
+
+    fake = FakeApi()
+    [cid] = fake.populate(1, seed=10)
+    track(Store(engine), [cid])
+    record = parse_connection({"data": fake.document(fake.connections[cid])}, expected_id=cid, path="-")
+    with engine.begin() as conn:
+        store_batch(conn=conn, run_id=None, outcomes=[Fetched(cid, T0, record)])
+    [row] = spans(engine, cid)
+    assert document(row)["id"] == cid and row.first_seen_at == T0

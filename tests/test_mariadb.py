@@ -3,15 +3,14 @@
 The rest of the suite runs on MariaDB as on SQLite and PostgreSQL (the ``db_url`` fixture);
 these tests are about the differences: URLs, the server check, the session, the schema's
 stand-ins (microseconds, exact comparison, the open-grant key, the reserved word), the run
-lock's name, how driver errors sort (the retry after a deadlock runs on PostgreSQL too), and
-migrations that fail part-way.
+lock's name, how driver errors sort, and migrations that fail part-way (the retry of a batch after
+a deadlock is in test_deadlock.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import socket
 import threading
 import uuid
@@ -353,43 +352,6 @@ def test_deadlocks_and_lock_timeouts_sort_as_worth_a_retry(engine: Engine) -> No
     finally:
         first.close()
         second.close()
-
-
-def deadlock(backend: str) -> Exception:
-    """The driver's own error for a transaction the server rolled back to break a deadlock."""
-    if backend == "postgresql":
-        import psycopg.errors
-
-        return psycopg.errors.DeadlockDetected("deadlock detected")
-    return pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock; try restarting transaction")
-
-
-@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres),
-                                    pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
-@pytest.mark.parametrize("deadlocks", [1, 2, 3])
-def test_a_batch_rolled_back_by_a_deadlock_is_run_again_and_stored_once(
-        run_sync: Any, engine: Engine, deadlocks: int, caplog: pytest.LogCaptureFixture) -> None:
-    """Up to 3 attempts in all; a batch that loses every one is stored connection by connection."""
-    ids = run_sync.fake.populate(3, seed=4)
-    track(Store(engine), ids)
-    victims: list[str] = []
-    backend = "postgresql" if engine.dialect.name == "postgresql" else "mariadb"
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def deadlock_at_the_counters(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("UPDATE sync_runs SET connections_fetched") and len(victims) < deadlocks:
-            victims.append(statement)  # raised where the driver raises it: SQLAlchemy wraps it as for the server's
-            raise deadlock(backend)
-
-    with caplog.at_level(logging.WARNING, logger="etl.db.store"):
-        result = run_sync(ignore_due=True)
-    assert len(victims) == deadlocks and result.counts.fetched == 3 and result.counts.failed == 0
-    retried = [r.getMessage() for r in caplog.records if "the database rolled back a batch" in r.getMessage()]
-    assert [m.split("(attempt ")[1] for m in retried] == [f"{n})" for n in range(2, min(deadlocks, 2) + 2)]
-    assert ("storing them one by one" in caplog.text) == (deadlocks == 3)
-    with engine.connect() as conn:
-        assert conn.scalar(text("SELECT COUNT(*) FROM permission_changes")) == conn.scalar(
-            text("SELECT COUNT(*) FROM permission_grants")) > 0
 
 
 # -- migrations that fail part-way --------------------------------------------------------------------------

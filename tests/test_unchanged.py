@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
+import pytest
 from sqlalchemy import Engine, text
 
 from etl.db.dialects import is_mariadb
@@ -93,4 +94,22 @@ def test_a_vehicle_is_written_once_a_day_and_keeps_the_day_it_was_last_seen(engi
     assert seen(midnight - dt.timedelta(microseconds=1)) == T0  # later the same day: not written
     assert seen(midnight) == midnight  # a new day: written, as that day
     assert seen(midnight + dt.timedelta(hours=23, minutes=59)) == midnight
-    assert seen(midnight + dt.timedelta(days=3, hours=5)) == midnight + dt.timedelta(days=3)
+    assert seen(midnight + dt.timedelta(days=3, hours=5, seconds=7, microseconds=8)) == midnight + dt.timedelta(days=3)
+
+
+def test_the_day_a_vehicle_was_last_seen_is_the_utc_day_whatever_the_machines_zone(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from etl.db.batch import seen_day
+    from tests.conftest import T0
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # 02:00 UTC is 11:00 there, 23:00 UTC the next day's 08:00
+    time.tzset()
+    try:
+        late = T0.replace(hour=23)
+        assert seen_day(T0 - dt.timedelta(days=2), late) == late.replace(hour=0)
+        assert seen_day(T0 - dt.timedelta(days=2), T0.replace(hour=2)) == T0.replace(hour=0)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -436,6 +436,7 @@ def server_now(conn: Connection) -> dt.datetime | None:
 
 
 ErrorKind = Literal["unreachable", "rejected", "retry"]
+SQLITE_RETRY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
 # MariaDB error codes (the server's, and PyMySQL's own client ones, 2000-2999).
 MARIADB_RETRY = {1205, 1213}  # lock wait timeout, deadlock: the transaction was rolled back; run it again
 MARIADB_UNREACHABLE = {
@@ -450,13 +451,16 @@ def error_kind(error: exc.DBAPIError) -> ErrorKind:
     lock race and was rolled back (``retry``: running it again is expected to work).
 
     PyMySQL raises OperationalError for a deadlock, a CHECK failure or a bad string as well as for a lost
-    server, so MariaDB's errors sort by their code; PostgreSQL's by SQLSTATE class (40: retry).
+    server, so MariaDB's errors sort by their code; PostgreSQL's by SQLSTATE class (40: retry); SQLite's
+    busy or locked file (after the 30 s busy timeout) is worth a retry too.
     """
     if _mariadb_error(error):
         return _mariadb_kind(error)
     sqlstate = getattr(error.orig, "sqlstate", None) or ""
     if sqlstate.startswith("40"):  # serialization failure, deadlock detected
         return "retry"
+    if (getattr(error.orig, "sqlite_errorcode", 0) or 0) & 0xFF in SQLITE_RETRY:
+        return "retry"  # another writer held the file past the busy timeout: nothing was written
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
         return "unreachable"
     # SQLite reports a file that is not a database, or is corrupt, as a plain DatabaseError.

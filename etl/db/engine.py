@@ -59,12 +59,17 @@ def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
 
 
 @contextmanager
-def translate_errors(engine: Engine) -> Iterator[None]:
-    """Turn errors of the database itself (cannot connect, not a database) into DatabaseError (exit 3)."""
+def translate_errors(engine: Engine, *, retried: bool = False) -> Iterator[None]:
+    """Turn errors of the database itself (cannot connect, not a database) into DatabaseError (exit 3).
+
+    A transaction the database gave up (a deadlock, a busy SQLite file) is one too, unless the caller
+    runs it again (``retried``: the batch writer), which then sees the driver's error.
+    """
     try:
         yield
     except exc.DBAPIError as error:
-        if not dialects.is_unreachable(error):
+        kind = dialects.error_kind(error)
+        if kind == "rejected" or (kind == "retry" and retried):
             raise  # one statement's data was refused: the caller decides what that costs
         reason = one_line(error).split(": ", 1)[-1] or type(error).__name__
         raise DatabaseError(url=safe_url(engine.url.render_as_string()), reason=reason) from error

@@ -139,9 +139,10 @@ class Store:
             yield conn
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` on SQLite: the write lock from the start)."""
-        with translate_errors(self.engine), self.engine.connect() as conn:
+    def _write(self, *, retried: bool = False) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite: the write lock from the start);
+        ``retried``: the caller runs it again if the database gives it up (``translate_errors``)."""
+        with translate_errors(self.engine, retried=retried), self.engine.connect() as conn:
             conn.execution_options(**{dialects.IMMEDIATE: True})
             with conn.begin():
                 yield conn
@@ -602,7 +603,7 @@ class BatchWriter:
                 attempt += 1
 
     def _attempt(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
-        with self.store._write() as conn:
+        with self.store._write(retried=True) as conn:
             counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
                                  pass_started_at=self.pass_started_at, archive=self.store.archive)
             conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
