@@ -12,6 +12,7 @@ from sqlalchemy import Engine, event, text
 
 from etl.db.dialects import is_mariadb
 from etl.db.store import Store
+from etl.errors import one_line
 from etl.tracking import track
 
 
@@ -51,6 +52,8 @@ def test_a_batch_rolled_back_by_a_deadlock_is_run_again_and_stored_once(
     assert len(victims) == deadlocks and result.counts.fetched == 3 and result.counts.failed == 0
     retried = [r.getMessage() for r in caplog.records if "the database rolled back a batch" in r.getMessage()]
     assert [m.split("(attempt ")[1] for m in retried] == [f"{n})" for n in range(2, min(deadlocks, 2) + 2)]
+    assert retried[0] == (f"run {result.run_id}: the database rolled back a batch of 3 "
+                          f"({one_line(deadlock(backend))}); running it again (attempt 2)")
     assert ("storing them one by one" in caplog.text) == (deadlocks == 3)
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT COUNT(*) FROM permission_changes")) == conn.scalar(
