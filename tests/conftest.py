@@ -2,7 +2,8 @@
 
 PostgreSQL tests need ETL_TEST_POSTGRES_URL and MariaDB tests ETL_TEST_MARIADB_URL (an
 admin URL on a server where the tests may create databases); they skip without it, unless
-ETL_REQUIRE_POSTGRES=1 / ETL_REQUIRE_MARIADB=1, which turns the skip into a failure. Every
+ETL_REQUIRE_POSTGRES=1 / ETL_REQUIRE_MARIADB=1, which turns the skip into a failure. A server that
+does not answer is skipped the same way (and fails where it is required). Every
 such test gets a database of its own, created here and dropped afterwards; nothing else on
 the server is touched.
 """
@@ -10,8 +11,10 @@ the server is touched.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,14 +45,29 @@ PG_URL = os.environ.get("ETL_TEST_POSTGRES_URL")
 
 
 def admin_url(backend: str) -> str:
-    """The admin URL of the backend's test server; skip without one, fail where the server is required."""
+    """The admin URL of the backend's test server; skip without one (or when it does not answer), fail
+    where the server is required."""
     variable, required = SERVERS[backend]
     url = os.environ.get(variable)
-    if not url:
+    problem = f"{variable} is not set" if not url else _unanswered(url)
+    if problem:
         if os.environ.get(required) == "1":
-            pytest.fail(f"{required}=1 but {variable} is not set")
-        pytest.skip(f"{variable} is not set")
+            pytest.fail(f"{required}=1 but {problem}")
+        pytest.skip(problem)
+    assert url
     return url
+
+
+@functools.cache
+def _unanswered(url: str) -> str | None:
+    """Why nothing answers at the URL's host and port (None when something does), asked once a session."""
+    parsed = make_url(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or {"postgresql": 5432}.get(parsed.get_backend_name(), 3306)
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as error:
+        return f"nothing answers at {host}:{port} ({error.strerror or error})"
+    return None
 
 
 class Templates:
