@@ -41,7 +41,7 @@ SERVERS = {
     "postgresql": ("ETL_TEST_POSTGRES_URL", "ETL_REQUIRE_POSTGRES"),
     "mariadb": ("ETL_TEST_MARIADB_URL", "ETL_REQUIRE_MARIADB"),
 }
-PG_URL = os.environ.get("ETL_TEST_POSTGRES_URL")
+DEFAULT_PORTS = {"postgresql": 5432, "mariadb": 3306, "mysql": 3306}
 
 
 def admin_url(backend: str) -> str:
@@ -62,7 +62,7 @@ def admin_url(backend: str) -> str:
 def _unanswered(url: str) -> str | None:
     """Why nothing answers at the URL's host and port (None when something does), asked once a session."""
     parsed = make_url(url)
-    host, port = parsed.host or "127.0.0.1", parsed.port or {"postgresql": 5432}.get(parsed.get_backend_name(), 3306)
+    host, port = parsed.host or "127.0.0.1", parsed.port or DEFAULT_PORTS[parsed.get_backend_name()]
     try:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as error:

@@ -214,3 +214,61 @@ def test_a_batch_stored_directly_archives_by_default(engine: Engine) -> None:
         store_batch(conn=conn, run_id=None, outcomes=[Fetched(cid, T0, record)])
     [row] = spans(engine, cid)
     assert document(row)["id"] == cid and row.first_seen_at == T0
+
+
+def test_hostile_values_are_archived_shown_and_rebuilt(run_sync: Runner, engine: Engine, tmp_path: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numbers no column holds, NaN, control characters and a lone surrogate: archived as read, shown
+    as JSON, and rebuilt to what the live pass stored."""
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    fake = run_sync.fake
+    conn = fake.add(permissions=["read_vin"])
+    body = json.dumps({"data": fake.document(conn)})
+    body = body.replace('"year": ' + str(conn.vehicle["year"]), '"year": 1e400, "huge": ' + "9" * 60
+                        + ', "nan": NaN').replace(f'"make": "{conn.vehicle["make"]}"',
+                                                  '"make": "Ki\\u0000a\\ud800"')
+    conn.raw = body.encode()
+    track(Store(engine), [conn.id])
+    result = run_sync(ignore_due=True)
+    assert result.counts.fetched == 1 and result.counts.nulled >= 2  # make and year stored as NULL
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    shown = CliRunner().invoke(cli, ["archive", "show", conn.id], env=env)
+    assert shown.exit_code == 0, shown.output
+    vehicle = json.loads(shown.stdout)["document"]["attributes"]["vehicle"]
+    assert vehicle["make"] == "Ki\x00a\ud800" and vehicle["year"] == "Infinity"  # 1e400 read as a double
+    assert vehicle["huge"] == "9" * 60 and vehicle["nan"] == "NaN"  # kept whole, as the text read
+    dry = CliRunner().invoke(cli, ["rebuild", "--dry-run"], env=env)
+    assert dry.exit_code == 0 and "the history is as rebuilt" in dry.stdout, dry.output
+
+
+@pytest.mark.corrupts_history  # rebuilding without the unreadable document leaves its grants without changes
+@pytest.mark.parametrize("stored", ["garbage", "bomb"])
+def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_skips_it(
+        run_sync: Runner, engine: Engine, stored: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    from click.testing import CliRunner
+    from sqlalchemy import update
+
+    from etl.cli import cli
+
+    ids = run_sync.fake.populate(2, seed=14)
+    track(Store(engine), ids)
+    run_sync(ignore_due=True)
+    bad = b"\x78\x9cnot zlib at all" if stored == "garbage" else zlib.compress(b" " * (64 * 1024 * 1024), 9)
+    with engine.begin() as conn:
+        conn.execute(update(archive_bodies).where(archive_bodies.c.connection_id == ids[0])
+                     .values(compressed=True, body=bad))
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    shown = CliRunner().invoke(cli, ["archive", "show", ids[0]], env=env)
+    assert shown.exit_code == 3 and "Traceback" not in shown.output
+    assert f"the archived document of connection {ids[0]} cannot be read" in shown.stderr
+    assert ("corrupt" if stored == "garbage" else "inflates past") in shown.stderr
+    assert CliRunner().invoke(cli, ["archive", "show", ids[1]], env=env).exit_code == 0  # the other one is fine
+    dry = CliRunner().invoke(cli, ["rebuild", "--dry-run"], env=env)
+    assert dry.exit_code == 0 and "1 unreadable (corrupt), skipped" in dry.stdout, dry.output

@@ -50,9 +50,10 @@ def canonical_id(value: object) -> str | None:
 class OutOfRange:
     """A JSON number no column can hold: NaN, Infinity, or an integer of more than MAX_NUMBER_DIGITS digits."""
 
-    __slots__ = ("text",)
+    __slots__ = ("raw", "text")
 
     def __init__(self, text: str) -> None:
+        self.raw = text  # as read (the archive keeps it whole)
         self.text = text if len(text) <= 24 else f"{text[:10]}…({len(text)} characters)"
 
     def __repr__(self) -> str:
@@ -112,9 +113,17 @@ class ConnectionRecord:
 def canonical_document(resource: Any) -> bytes:
     """A connection resource as the archive keeps it: canonical JSON (sorted keys, no whitespace, ASCII
     with escapes) without any ``links`` member, which differ between a GET and a listing item of the
-    same state. A number no column can hold (``OutOfRange``) is kept as the text it was read as.
+    same state. A number no column can hold (``OutOfRange``) is kept whole, as a string of the text it was
+    read as; a float too large for a double reads back as ``Infinity``.
     """
-    return json.dumps(_without_links(resource), sort_keys=True, separators=(",", ":"), default=repr).encode()
+    return json.dumps(_without_links(resource), sort_keys=True, separators=(",", ":"), default=_as_read).encode()
+
+
+def _as_read(value: Any) -> str:
+    if isinstance(value, OutOfRange):
+        return value.raw
+    msg = f"not JSON: {type(value).__name__}"
+    raise TypeError(msg)
 
 
 def _without_links(value: Any) -> Any:

@@ -44,7 +44,8 @@ def archive_show(state: State, connection_id: str, as_of: dt.datetime | None) ->
         when = f" by {as_of.isoformat()}" if as_of is not None else ""
         click.echo(f"the archive holds nothing for connection {cid}{when}", err=True)
         raise click.exceptions.Exit(1)
-    click.echo(json.dumps(found.as_json(), indent=2, sort_keys=True))
+    # default=repr: a number no column can hold was kept as the text it was read as (documents.OutOfRange)
+    click.echo(json.dumps(found.as_json(), indent=2, sort_keys=True, default=repr))
 
 
 @cli.command("rebuild")
@@ -67,7 +68,8 @@ def rebuild_command(state: State, dry_run: bool) -> None:
     for name in result.removed:
         click.echo(f"{name}: {result.removed[name]:,} rows removed, {result.added[name]:,} added")
     click.echo(f"{result.observations:,} archived observations replayed; "
-               f"{result.still_rejected:,} documents still rejected by validation")
+               f"{result.still_rejected:,} documents still rejected by validation"
+               + (f"; {result.unreadable:,} unreadable (corrupt), skipped" if result.unreadable else ""))
     if dry_run:
         click.echo("dry run: nothing was changed" + ("" if result.differs else "; the history is as rebuilt"))
     else:

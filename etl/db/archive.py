@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
+from etl.api.documents import decode_json
 from etl.db.dialects import among, insert_rows
 from etl.db.models import archive_bodies, archive_spans, connections
 from etl.errors import MalformedDocumentError
@@ -56,6 +56,11 @@ def observations(outcomes: Sequence[Outcome]) -> list[Seen]:
     return seen
 
 
+# The largest canonical document read back: a body is at most 1 MiB when it arrives, and escaping
+# non-ASCII text as \uXXXX makes it at most six times that.
+MAX_DOCUMENT = 8 * 1024 * 1024
+
+
 def packed(document: bytes) -> tuple[bool, bytes]:
     """(compressed, bytes to store): zlib when it makes the document smaller."""
     squeezed = zlib.compress(document, 6)
@@ -63,8 +68,25 @@ def packed(document: bytes) -> tuple[bool, bytes]:
 
 
 def unpacked(compressed: bool, body: bytes) -> bytes:
-    """The canonical JSON of a stored body."""
-    return zlib.decompress(body) if compressed else bytes(body)
+    """The canonical JSON of a stored body; ValueError if it is corrupt or inflates past ``MAX_DOCUMENT``."""
+    if not compressed:
+        return bytes(body)
+    inflater = zlib.decompressobj()
+    try:
+        document = inflater.decompress(body, MAX_DOCUMENT)
+    except zlib.error as error:
+        msg = f"the stored body is corrupt ({error})"
+        raise ValueError(msg) from None
+    if inflater.unconsumed_tail:
+        msg = f"the stored body inflates past {MAX_DOCUMENT:,} bytes"
+        raise ValueError(msg)
+    return document
+
+
+def readable(compressed: bool, body: bytes) -> Any:
+    """A stored document as JSON, read as the API's answers are (``decode_json``: bounded numbers and
+    depth); ValueError naming what is wrong with it."""
+    return decode_json(unpacked(compressed, body))
 
 
 def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> None:
@@ -157,19 +179,19 @@ class Archived:
     first_seen_at: dt.datetime
     last_seen_at: dt.datetime
     run_id: int | None
-    document: bytes | None  # canonical JSON; None: the API answered 404
+    document: Any  # the document as JSON; None: the API answered 404
     rejected: bool
 
     def as_json(self) -> dict[str, object]:
         """The observation as the JSON that ``archive show`` prints."""
         return {"connection_id": self.connection_id, "status": 404 if self.document is None else 200,
                 "first_seen_at": self.first_seen_at.isoformat(), "last_seen_at": self.last_seen_at.isoformat(),
-                "run_id": self.run_id, "rejected": self.rejected,
-                "document": None if self.document is None else json.loads(self.document)}
+                "run_id": self.run_id, "rejected": self.rejected, "document": self.document}
 
 
 def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) -> Archived | None:
-    """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None."""
+    """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None;
+    ValueError if its stored document cannot be read (``readable``)."""
     s, b = archive_spans.c, archive_bodies.c
     query = (select(s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body, b.rejected)
              .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id))
@@ -179,5 +201,5 @@ def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) ->
     row = conn.execute(query).first()
     if row is None:
         return None
-    document = None if row.body is None else unpacked(row.compressed, row.body)
+    document = None if row.body is None else readable(row.compressed, row.body)
     return Archived(connection_id, row.first_seen_at, row.last_seen_at, row.run_id, document, bool(row.rejected))

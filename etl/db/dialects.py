@@ -479,12 +479,3 @@ def _mariadb_kind(error: exc.DBAPIError) -> ErrorKind:
     if isinstance(error, exc.InterfaceError) or code < 1000 or 2000 <= code < 3000 or code in MARIADB_UNREACHABLE:
         return "unreachable"
     return "rejected"
-
-
-def is_unreachable(error: exc.DBAPIError) -> bool:
-    """True when the database itself failed (gone, refused, not a database file), not one statement's data.
-
-    A refused row (a value out of range, a NUL in text, a broken constraint)
-    costs only its connection; anything here aborts the run (exit 3).
-    """
-    return error_kind(error) == "unreachable"

@@ -13,7 +13,7 @@ All in one transaction; ``dry_run`` rolls it back after counting what would diff
 from __future__ import annotations
 
 import datetime as dt
-import json
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Table, bindparam, delete, exists, func, select, update
 
 from etl.api.documents import parse_resource
-from etl.db.archive import unpacked
+from etl.db.archive import readable
 from etl.db.batch import store_batch
 from etl.db.models import (
     archive_bodies,
@@ -35,6 +35,7 @@ from etl.db.models import (
 from etl.errors import MalformedDocumentError
 from etl.outcomes import Fetched, Gone, Outcome
 
+log = logging.getLogger(__name__)
 BATCH = 500
 # What rebuild derives, table by table (permission_changes without its surrogate id).
 DERIVED: dict[str, tuple[Table, tuple[str, ...]]] = {
@@ -60,6 +61,7 @@ class RebuildResult:
     added: dict[str, int] = field(default_factory=dict)
     observations: int = 0
     still_rejected: int = 0
+    unreadable: int = 0
 
     @property
     def differs(self) -> bool:
@@ -71,7 +73,7 @@ class _Event:
     connection_id: str
     at: dt.datetime
     run_id: int | None
-    document: bytes | None  # None: a 404
+    body: tuple[bool, bytes] | None  # (compressed, stored bytes) of the document; None: a 404
     starts_span: bool
 
 
@@ -132,10 +134,10 @@ def _events(conn: Connection) -> Iterator[_Event]:
         .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id)))
     events: list[_Event] = []
     for row in rows:
-        document = None if row.body is None else unpacked(row.compressed, row.body)
-        events.append(_Event(row.connection_id, row.first_seen_at, row.run_id, document, True))
+        body = None if row.body is None else (bool(row.compressed), bytes(row.body))
+        events.append(_Event(row.connection_id, row.first_seen_at, row.run_id, body, True))
         if row.last_seen_at > row.first_seen_at:
-            events.append(_Event(row.connection_id, row.last_seen_at, row.run_id, document, False))
+            events.append(_Event(row.connection_id, row.last_seen_at, row.run_id, body, False))
     events.sort(key=lambda e: (e.at, e.connection_id))
     return iter(events)
 
@@ -161,18 +163,24 @@ def _batches(events: Iterator[_Event]) -> Iterator[tuple[int | None, list[_Event
 
 
 def _outcomes(batch: Sequence[_Event], result: RebuildResult) -> list[Outcome]:
-    """The batch's observations, each document validated again."""
+    """The batch's observations, each document read and validated again; one that cannot be read (a corrupt
+    stored body) or is still refused counts as a failed fetch, which changes nothing rebuilt."""
     outcomes: list[Outcome] = []
     for event in batch:
         result.observations += 1
-        if event.document is None:
+        if event.body is None:
             outcomes.append(Gone(event.connection_id, event.at))
             continue
         try:
-            record = parse_resource(json.loads(event.document), expected_id=event.connection_id,
+            record = parse_resource(readable(*event.body), expected_id=event.connection_id,
                                     path=f"/connections/{event.connection_id}")
         except MalformedDocumentError:
             result.still_rejected += 1
+            continue
+        except ValueError as error:
+            log.warning("connection %s: the archived document seen at %s is unreadable (%s); skipped",
+                        event.connection_id, event.at, error)
+            result.unreadable += 1
             continue
         outcomes.append(Fetched(event.connection_id, event.at, record))
     return outcomes

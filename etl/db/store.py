@@ -32,7 +32,7 @@ from etl.db.batch import DEFAULT_CADENCE, one_per_connection, store_batch
 from etl.db.engine import current_revision, require_migrated, safe_url, translate_errors, upgrade
 from etl.db.models import backfills, connections, permission_grants, rate_budgets, sync_runs
 from etl.db.rebuild import RebuildResult, rebuild, uncovered
-from etl.errors import ConfigError, EtlError, RowRejected, one_line
+from etl.errors import ConfigError, DatabaseError, EtlError, RowRejected, one_line
 from etl.outcomes import BatchCounts, Failed, Outcome
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,11 @@ class Store:
     def archived(self, connection_id: str, at: dt.datetime | None = None) -> Archived | None:
         """The document (or 404) of the connection received by ``at`` (the latest by default), or None."""
         with self.read() as conn:
-            return archived_at(conn, connection_id, at)
+            try:
+                return archived_at(conn, connection_id, at)
+            except ValueError as error:
+                raise DatabaseError(url=self.url, reason=f"the archived document of connection {connection_id} "
+                                                         f"cannot be read: {error}") from None
 
     def rebuild(self, *, dry_run: bool = False) -> RebuildResult:
         """Derive the history again from the archive (``etl.db.rebuild``), under the run lock, in one
