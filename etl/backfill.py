@@ -163,7 +163,7 @@ def backfill(
         outcomes: OutcomeSource
         page: Callable[[], int | None] = lambda: None  # noqa: E731 - the page to resume at, for the checkpoint
         if source.ids is None:
-            listing = Listing(ctx, start_page=opened.next_page, since=opened.started_at)
+            listing = Listing(ctx, start_page=opened.next_page, since=opened.started_at, track_new=True)
             outcomes, estimate, page = listing, store.known_connections() or None, lambda: listing.page or None
         else:
             remaining = store.not_attempted_since(source.ids, opened.started_at if resume else None)

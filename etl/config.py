@@ -67,6 +67,8 @@ class ApiConfig:
     client_id: str | None = None
     client_secret: Secret | None = None
     access_token: Secret | None = None
+    client_secret_file: str | None = None  # where client_secret was read from, if from a file
+    access_token_file: str | None = None
     timeout_seconds: float = 310.0
     concurrency: int = 8
     request_deadline_seconds: float = 330.0
@@ -114,8 +116,9 @@ class SyncConfig:
     batch_size: int = 500
     strategy: str = "auto"
     page_size: int = 100
-    track_listed: bool = True
+    track_listed: bool = False  # tracking what a listing shows is an explicit choice
     max_duration_seconds: float | None = None  # None: sync takes schedule.interval (or the next cron firing)
+    if_locked: str = "fail"  # fail: exit 4 when another run holds the lock; skip: exit 0
 
 
 @dataclass(frozen=True)
@@ -175,11 +178,14 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     source: str = "built-in defaults"
+    # dotted key -> (default | file | environment | option, the variable or option's name); absent: default
+    sources: Mapping[str, tuple[str, str | None]] = field(default_factory=dict, compare=False)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 STRATEGIES = ("auto", "ids", "list")
 LOG_FORMATS = ("text", "json")
+IF_LOCKED = ("fail", "skip")
 
 # The YAML schema: section -> key -> parser. Parsers take (path, value, errors)
 # and return the parsed value or None after appending to errors.
@@ -384,81 +390,137 @@ def _database_url(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 DAY = 86400.0
-# The YAML schema: section -> key -> (attribute, parser). Every number and duration has a range,
-# listed in config.example.yaml and the README.
-_SCHEMA: dict[str, dict[str, tuple[str, _Parser]]] = {
-    "database": {"url": ("database_url", _database_url)},
-    "api": {
-        "base_url": ("base_url", _api_url),
-        "token_url": ("token_url", _api_url),
-        "client_id": ("client_id", _string),
-        "client_secret_file": ("client_secret", _file_secret),
-        "access_token_file": ("access_token", _file_secret),
-        "timeout_seconds": ("timeout_seconds", _number(0.1, 3600)),
-        "concurrency": ("concurrency", _number(1, 256, whole=True)),
-        "request_deadline": ("request_deadline_seconds", _duration(1, 6 * 3600)),
-        "retry_deadline": ("retry_deadline_seconds", _duration(1, DAY)),
-        "max_response_bytes": ("max_response_bytes", _number(1024, 1024**3, whole=True)),
-    },
-    "retry": {
-        "max_attempts": ("max_attempts", _number(1, 100, whole=True)),
-        "initial_backoff_seconds": ("initial_backoff_seconds", _number(0, 3600)),
-        "max_backoff_seconds": ("max_backoff_seconds", _number(0, DAY)),
-        "max_retry_after_seconds": ("max_retry_after_seconds", _number(0, DAY)),
-    },
-    "rate_limit": {
-        "capacity": ("capacity", _number(1, 10_000_000, whole=True)),
-        "per_minute": ("per_minute", _number(0.001, 10_000_000)),
-        "key": ("key", _short_string),
-    },
-    "sync": {
-        "batch_size": ("batch_size", _number(1, 10_000, whole=True)),
-        "strategy": ("strategy", _choice(STRATEGIES)),
-        "page_size": ("page_size", _number(1, 100, whole=True)),
-        "track_listed": ("track_listed", _boolean),
-        "max_duration": ("max_duration_seconds", _duration(1, 30 * DAY)),
-    },
-    "schedule": {
-        "interval": ("interval_seconds", _duration(1, 30 * DAY)),
-        "cron": ("cron", _cron),
-        # APScheduler takes whole seconds here.
-        "misfire_grace": ("misfire_grace_seconds", _duration(1, DAY, whole=True)),
-        "retry_failed_after": ("retry_failed_after_seconds", _duration(1, 30 * DAY)),
-        "retry_failed_max": ("retry_failed_max_seconds", _duration(1, 365 * DAY)),
-        "recheck_deleted_every": ("recheck_deleted_seconds", _duration(1, 365 * DAY)),
-    },
-    "daemon": {
-        "stop_timeout": ("stop_timeout_seconds", _duration(0.1, 3600)),
-        "metrics_listen": ("metrics_listen", _listen),
-    },
-    "metrics": {"textfile": ("textfile", _string)},
-    "archive": {"enabled": ("enabled", _boolean)},
-    "logging": {
-        "level": ("level", _choice(LOG_LEVELS, upper=True)),
-        "format": ("format", _choice(LOG_FORMATS)),
-    },
-}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: where it lives in the YAML, the attribute it sets, how it is read and documented.
+
+    ``kind`` says how an environment variable's text is read before the parser checks it:
+    ``number``, ``whole`` (an integer), ``bool`` or ``text`` (durations are text: ``15m``).
+    """
+
+    section: str
+    key: str
+    attr: str
+    parser: _Parser
+    help: str
+    kind: str = "text"
+    aliases: tuple[str, ...] = ()  # older environment variables that still work
+
+    @property
+    def dotted(self) -> str:
+        """``section.key``, as error messages and ``config show`` name it."""
+        return f"{self.section}.{self.key}"
+
+    @property
+    def variable(self) -> str:
+        """The environment variable: ``SMARTCAR_ETL_<SECTION>_<KEY>``."""
+        return f"SMARTCAR_ETL_{self.section}_{self.key}".upper()
+
+
+# Every key, in the order of config.example.yaml. Every number and duration has a range, listed here,
+# in config.example.yaml and in the README's table (generated from this list).
+KEYS: tuple[Key, ...] = (
+    Key("database", "url", "database_url", _database_url,
+        "SQLAlchemy URL: `sqlite:///PATH`, `postgresql+psycopg://…` (plain `postgresql://` is read with psycopg 3), "
+        "`mariadb://…` or `mysql://…` (read with PyMySQL; MariaDB 10.5 or newer)"),
+    Key("api", "base_url", "base_url", _api_url, "Vehicle API v3 base; `http://` only for loopback",
+        aliases=("SMARTCAR_API_BASE_URL",)),
+    Key("api", "token_url", "token_url", _api_url, "client-credentials token endpoint; `http://` only for loopback",
+        aliases=("SMARTCAR_TOKEN_URL",)),
+    Key("api", "client_id", "client_id", _string, "application client id (goes with a client secret)",
+        aliases=("SMARTCAR_CLIENT_ID",)),
+    Key("api", "client_secret_file", "client_secret", _file_secret,
+        "a file holding the client secret (else `SMARTCAR_CLIENT_SECRET`)"),
+    Key("api", "access_token_file", "access_token", _file_secret,
+        "a file holding a ready bearer token, used without client credentials (else `SMARTCAR_ACCESS_TOKEN`)"),
+    Key("api", "timeout_seconds", "timeout_seconds", _number(0.1, 3600),
+        "seconds to wait for bytes of an answer, 0.1-3600", kind="number"),
+    Key("api", "concurrency", "concurrency", _number(1, 256, whole=True), "requests in flight at most, 1-256",
+        kind="whole"),
+    Key("api", "request_deadline", "request_deadline_seconds", _duration(1, 6 * 3600),
+        "the whole of one request, 1s-6h, at least `api.timeout_seconds`"),
+    Key("api", "retry_deadline", "retry_deadline_seconds", _duration(1, DAY),
+        "one request with all its retries, 1s-1d, at least `api.request_deadline`"),
+    Key("api", "max_response_bytes", "max_response_bytes", _number(1024, 1024**3, whole=True),
+        "largest answer read, decoded, 1024 bytes to 1 GiB", kind="whole"),
+    Key("retry", "max_attempts", "max_attempts", _number(1, 100, whole=True),
+        "attempts per request for 429, 5xx, timeouts and network errors, 1-100", kind="whole"),
+    Key("retry", "initial_backoff_seconds", "initial_backoff_seconds", _number(0, 3600),
+        "first backoff, 0-3600 seconds, doubling up to `retry.max_backoff_seconds`", kind="number"),
+    Key("retry", "max_backoff_seconds", "max_backoff_seconds", _number(0, DAY), "longest backoff, 0-86400 seconds",
+        kind="number"),
+    Key("retry", "max_retry_after_seconds", "max_retry_after_seconds", _number(0, DAY),
+        "a `Retry-After` is honoured up to this, 0-86400 seconds", kind="number"),
+    Key("rate_limit", "capacity", "capacity", _number(1, 10_000_000, whole=True),
+        "the application's request bucket, 1-10,000,000", kind="whole"),
+    Key("rate_limit", "per_minute", "per_minute", _number(0.001, 10_000_000),
+        "its refill a minute, 0.001-10,000,000", kind="number"),
+    Key("rate_limit", "key", "key", _short_string,
+        "the bucket's name in the database (default: the client id), at most 200 characters"),
+    Key("sync", "batch_size", "batch_size", _number(1, 10_000, whole=True),
+        "connections written per transaction, 1-10,000", kind="whole"),
+    Key("sync", "strategy", "strategy", _choice(STRATEGIES),
+        "`ids`, `list` or `auto` (whichever needs fewer requests)"),
+    Key("sync", "page_size", "page_size", _number(1, 100, whole=True), "listing page size, 1-100", kind="whole"),
+    Key("sync", "track_listed", "track_listed", _boolean,
+        "`true`: a sync that lists also tracks connections it has not seen before", kind="bool"),
+    Key("sync", "max_duration", "max_duration_seconds", _duration(1, 30 * DAY),
+        "start no request that cannot finish within this, 1s-30d (default: the schedule's period)"),
+    Key("sync", "if_locked", "if_locked", _choice(IF_LOCKED),
+        "when another run holds the lock: `fail` (exit 4) or `skip` (exit 0)"),
+    Key("schedule", "interval", "interval_seconds", _duration(1, 30 * DAY),
+        "how often each connection is fetched (and the daemon runs a pass), 1s-30d"),
+    Key("schedule", "cron", "cron", _cron, "daemon: a crontab expression (UTC) instead of the interval"),
+    # APScheduler takes whole seconds here.
+    Key("schedule", "misfire_grace", "misfire_grace_seconds", _duration(1, DAY, whole=True),
+        "daemon: a pass missed by at most this still runs, 1s-1d, whole seconds"),
+    Key("schedule", "retry_failed_after", "retry_failed_after_seconds", _duration(1, 30 * DAY),
+        "a failing connection waits this long, doubling each time, 1s-30d"),
+    Key("schedule", "retry_failed_max", "retry_failed_max_seconds", _duration(1, 365 * DAY),
+        "...up to this, 1s-365d"),
+    Key("schedule", "recheck_deleted_every", "recheck_deleted_seconds", _duration(1, 365 * DAY),
+        "a deleted connection is re-checked this often, 1s-365d"),
+    Key("daemon", "stop_timeout", "stop_timeout_seconds", _duration(0.1, 3600),
+        "after SIGTERM, how long requests in flight may take, 0.1s-1h"),
+    Key("daemon", "metrics_listen", "metrics_listen", _listen,
+        "Prometheus `/metrics` at host:port; `off` (null in YAML) turns it off"),
+    Key("metrics", "textfile", "textfile", _string, "one-shot runs write Prometheus metrics to this file"),
+    Key("archive", "enabled", "enabled", _boolean, "keep every document the API sends", kind="bool"),
+    Key("logging", "level", "level", _choice(LOG_LEVELS, upper=True), "`DEBUG`, `INFO`, `WARNING` or `ERROR`"),
+    Key("logging", "format", "format", _choice(LOG_FORMATS), "`text` or `json` (JSON lines), on stderr"),
+)
+_SCHEMA: dict[str, dict[str, Key]] = {}
+for _key in KEYS:
+    _SCHEMA.setdefault(_key.section, {})[_key.key] = _key
 
 
 def parse_setting(dotted: str, value: Any, *, where: str) -> Any:
     """One setting (``schedule.interval``) checked as the config file's would be; ConfigError names ``where``."""
     section, key = dotted.split(".", 1)
     errors: list[str] = []
-    parsed = _SCHEMA[section][key][1](where, value, errors)
+    parsed = _SCHEMA[section][key].parser(where, value, errors)
     if errors:
         raise ConfigError(errors)
     return parsed
 
 
 _SECRET_KEYS = {"client_secret": "client_secret_file", "access_token": "access_token_file"}
+# Secrets themselves come only from these variables (or from the files the *_file keys name).
+SECRET_VARIABLES = {"SMARTCAR_CLIENT_SECRET": "client_secret", "SMARTCAR_ACCESS_TOKEN": "access_token"}
+NUMBER_RE = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
-_ENV: dict[str, tuple[str, str, _Parser]] = {
-    "SMARTCAR_ETL_DATABASE_URL": ("database", "url", _database_url),
-    "SMARTCAR_API_BASE_URL": ("api", "base_url", _api_url),
-    "SMARTCAR_TOKEN_URL": ("api", "token_url", _api_url),
-    "SMARTCAR_CLIENT_ID": ("api", "client_id", _string),
-}
-_ENV_SECRETS = {"SMARTCAR_CLIENT_SECRET": "client_secret", "SMARTCAR_ACCESS_TOKEN": "access_token"}
+
+def _from_text(key: Key, text: str) -> Any:
+    """An environment variable's text as the config file would hold it; the key's parser judges the result."""
+    text = text.strip()
+    if key.kind in ("number", "whole") and NUMBER_RE.fullmatch(text):
+        return float(text) if "." in text else int(text)
+    if key.kind == "bool" and text.lower() in TRUE_WORDS + FALSE_WORDS:
+        return text.lower() in TRUE_WORDS
+    return text
 
 
 def _clip_yaml_error(exc: BaseException) -> str:
@@ -479,31 +541,52 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
     return default if default.is_file() else None
 
 
-def load_config(
-    path: str | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Config:
-    """Build the config from a YAML file and the environment; raise ConfigError listing all problems.
+DEFAULT, FILE, ENVIRONMENT, OPTION = "default", "file", "environment", "option"
 
-    ``overrides`` maps dotted keys (``logging.level``) to values from the command line.
-    """
-    env = os.environ if env is None else env
-    file = find_config_file(path, env)
-    raw: Any = {}
-    if file is not None:
-        text = read_text(str(file), where=f"config file {file}", limit=MAX_CONFIG_BYTES)
-        try:
-            raw = yaml.safe_load(text) or {}
-        except (yaml.YAMLError, RecursionError) as exc:
-            msg = f"{file}: cannot read YAML: {_clip_yaml_error(exc)}"
-            raise ConfigError(msg) from None
-        if not isinstance(raw, dict):
-            msg = f"{file}: expected a mapping at the top level"
-            raise ConfigError(msg)
-    errors: list[str] = []
-    values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+
+@dataclass
+class _Loading:
+    """Values parsed so far (section -> attribute -> value), where each came from, and every problem."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=lambda: {section: {} for section in _SCHEMA})
+    sources: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def set(self, key: Key, value: Any, where: str, source: str) -> None:
+        """Parse ``value`` for ``key`` (an error names ``where``) and record it with its source."""
+        parsed = key.parser(where, value, self.errors) if value is not None else None
+        if parsed is None and value is not None:
+            return
+        self.values[key.section][key.attr] = parsed
+        origin = where if source in (ENVIRONMENT, OPTION) else None
+        self.sources[key.dotted] = (source, origin)
+        if key.key in _SECRET_KEYS.values():  # the file's name is no secret; the secret is its content
+            self.values["api"][key.key] = str(value).strip()
+            self.sources[f"api.{key.attr}"] = (source, origin)
+
+    def secret(self, variable: str, text: str) -> None:
+        attr = SECRET_VARIABLES[variable]
+        secret = _check_secret(variable, text.strip(), self.errors)
+        if secret is not None:
+            self.values["api"][attr] = secret
+            self.sources[f"api.{attr}"] = (ENVIRONMENT, variable)
+
+
+def _read_file(file: Path) -> dict[Any, Any]:
+    text = read_text(str(file), where=f"config file {file}", limit=MAX_CONFIG_BYTES)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, RecursionError) as exc:
+        msg = f"{file}: cannot read YAML: {_clip_yaml_error(exc)}"
+        raise ConfigError(msg) from None
+    if not isinstance(raw, dict):
+        msg = f"{file}: expected a mapping at the top level"
+        raise ConfigError(msg)
+    return raw
+
+
+def _take_file(raw: Mapping[Any, Any], loading: _Loading) -> None:
+    errors = loading.errors
     for section, body in raw.items():
         if section not in _SCHEMA:
             errors.append(f"{_name(section)}: unknown section (expected one of {', '.join(_SCHEMA)})")
@@ -513,40 +596,65 @@ def load_config(
         if not isinstance(body, dict):
             errors.append(f"{section}: expected a mapping")
             continue
-        for key, value in body.items():
-            if section == "api" and key in _SECRET_KEYS:
-                errors.append(f"api.{key}: secrets are not read from the config file; set "
-                              f"the environment variable or api.{_SECRET_KEYS[key]}")
-                continue
-            if key not in _SCHEMA[section]:
-                errors.append(f"{section}.{_name(key)}: unknown key")
-                continue
-            attr, parser = _SCHEMA[section][key]
-            if value is None:
-                if (section, key) == ("daemon", "metrics_listen"):
-                    values[section][attr] = None  # null turns the metrics endpoint off
-                continue
-            parsed = parser(f"{section}.{key}", value, errors)
-            if parsed is not None:
-                values[section][attr] = parsed
-    for var, (section, key, parser) in _ENV.items():
-        if env.get(var):
-            parsed = parser(var, env[var], errors)
-            if parsed is not None:
-                values[section][_SCHEMA[section][key][0]] = parsed
-    for var, attr in _ENV_SECRETS.items():
-        if env.get(var):
-            secret = _check_secret(var, env[var].strip(), errors)
-            if secret is not None:
-                values["api"][attr] = secret
+        for name, value in body.items():
+            if section == "api" and name in _SECRET_KEYS:
+                errors.append(f"api.{name}: secrets are not read from the config file; set "
+                              f"the environment variable or api.{_SECRET_KEYS[name]}")
+            elif name not in _SCHEMA[section]:
+                errors.append(f"{section}.{_name(name)}: unknown key")
+            elif value is not None or (section, name) == ("daemon", "metrics_listen"):  # null: metrics off
+                key = _SCHEMA[section][name]
+                loading.set(key, value, key.dotted, FILE)
+
+
+OFF_WORDS = ("off", "none", "null")
+
+
+def _take_environment(env: Mapping[str, str], loading: _Loading) -> None:
+    for key in KEYS:
+        given = {name: env[name] for name in (key.variable, *key.aliases) if env.get(name, "").strip()}
+        if len({text.strip() for text in given.values()}) > 1:
+            loading.errors.append(f"{' and '.join(given)} are both set and differ (they are the same setting, "
+                                  f"{key.dotted}): unset one")
+        elif given:
+            name, text = next(iter(given.items()))
+            off = key.dotted == "daemon.metrics_listen" and text.strip().lower() in OFF_WORDS
+            loading.set(key, None if off else _from_text(key, text), name, ENVIRONMENT)
+    for variable in SECRET_VARIABLES:
+        if env.get(variable, "").strip():
+            loading.secret(variable, env[variable])
+    for attr in SECRET_VARIABLES.values():
+        variable = f"SMARTCAR_ETL_API_{attr.upper()}"
+        if env.get(variable):  # never echoed: it holds a secret
+            loading.errors.append(f"{variable}: secrets are read from "
+                                  f"{next(v for v, a in SECRET_VARIABLES.items() if a == attr)} or "
+                                  f"{variable}_FILE, not from this variable")
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    option_names: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the config from defaults, a YAML file, the environment and options, in that order of precedence
+    (the last wins); raise ConfigError listing all problems.
+
+    ``overrides`` maps dotted keys (``logging.level``) to values from the command line; ``option_names``
+    names their options (``--log-level``) for error messages and ``config show``.
+    """
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    loading = _Loading()
+    if file is not None:
+        _take_file(_read_file(file), loading)
+    _take_environment(env, loading)
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, key = dotted.split(".", 1)
-        attr, parser = _SCHEMA[section][key]
-        parsed = parser(dotted, value, errors)
-        if parsed is not None:
-            values[section][attr] = parsed
+        if value is not None:
+            section, name = dotted.split(".", 1)
+            loading.set(_SCHEMA[section][name], value, (option_names or {}).get(dotted, dotted), OPTION)
+    values, errors = loading.values, loading.errors
     if bool(values["api"].get("client_id")) != bool(values["api"].get("client_secret")):
         errors.append("api: client_id and client_secret go together (SMARTCAR_CLIENT_ID, "
                       "SMARTCAR_CLIENT_SECRET or api.client_secret_file)")
@@ -575,4 +683,59 @@ def load_config(
         logging=LoggingConfig(**values["logging"]),
         archive=ArchiveConfig(**values["archive"]),
         source=str(file) if file else "built-in defaults",
+        sources=loading.sources,
     )
+
+
+def _value(config: Config, key: Key) -> Any:
+    if key.section == "database":
+        return config.database_url
+    section = getattr(config, key.section)
+    if key.key in _SECRET_KEYS.values():
+        return getattr(section, key.key)  # the file's name, not the secret
+    return getattr(section, key.attr)
+
+
+def effective_settings(config: Config) -> list[dict[str, Any]]:
+    """Every setting's effective value and where it came from, for ``config show``; secrets as set or unset.
+
+    Each row: ``key`` (dotted), ``value``, ``source`` (default, file, environment, option) and ``origin``
+    (the variable or option that set it, or the config file).
+    """
+    rows = []
+    for key in KEYS:
+        rows.append(_row(config, key.dotted, _value(config, key)))
+        if key.key in _SECRET_KEYS.values():
+            dotted = f"api.{key.attr}"
+            rows.append(_row(config, dotted, "set" if getattr(config.api, key.attr) is not None else "unset"))
+    return rows
+
+
+def _row(config: Config, dotted: str, value: Any) -> dict[str, Any]:
+    source, origin = config.sources.get(dotted, (DEFAULT, None))
+    if source == FILE:
+        origin = config.source
+    return {"key": dotted, "value": value, "source": source, "origin": origin}
+
+
+def variables_table() -> list[str]:
+    """The README's table of environment variables, generated from ``KEYS`` (a test keeps the README equal)."""
+    defaults = Config()
+    lines = ["| variable | key | default | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        default = _value(defaults, key)
+        shown = "none" if default is None else f"`{_default_text(key, default)}`"
+        names = ", ".join(f"`{name}`" for name in (key.variable, *key.aliases))
+        lines.append(f"| {names} | `{key.dotted}` | {shown} | {key.help} |")
+    for variable, attr in SECRET_VARIABLES.items():
+        lines.append(f"| `{variable}` | (secret) | none | the {attr.replace('_', ' ')}; "
+                     f"or name a file in `api.{attr}_file` |")
+    return lines
+
+
+def _default_text(key: Key, value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float) and key.kind == "text":  # a duration
+        return _span(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -244,7 +244,7 @@ class Listing:
     """Every connection of the listing, then a direct GET of each tracked one it did not show.
 
     Connections the user untracked are skipped, and so are new ones unless
-    ``sync.track_listed``. A connection that paging shows again on a nearby page
+    ``track_new`` (``backfill --all``, or ``sync.track_listed``). A connection that paging shows again on a nearby page
     (the last ``batch_size`` + 10 pages of ids are remembered) counts once. Only
     a complete listing leads to confirmations: if a page fails (after retries)
     or the paging goes wrong, ``incomplete`` says why and nothing is confirmed,
@@ -263,8 +263,11 @@ class Listing:
         first_page: ListingPage | None = None,
         start_page: int = 1,
         since: dt.datetime | None = None,
+        track_new: bool | None = None,
     ) -> None:
+        """``track_new``: store and track connections seen for the first time (default: ``sync.track_listed``)."""
         self.ctx = ctx
+        self.track_new = ctx.config.sync.track_listed if track_new is None else track_new
         self.first_page = first_page
         self.start_page = start_page
         self.since = since
@@ -284,7 +287,7 @@ class Listing:
         page_size = ctx.config.sync.page_size
         log.info("the full listing, %d a page", page_size, extra={"strategy": "list"})
         self.since = self.since or ctx.now()  # what is attempted from now on was listed
-        untracked, track_new = ctx.store.untracked_ids(), ctx.config.sync.track_listed
+        untracked, track_new = ctx.store.untracked_ids(), self.track_new
         known: set[str] = set()  # without sync.track_listed: which of the page's ids are stored
 
         def wanted(connection_id: str) -> bool:

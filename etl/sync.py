@@ -12,8 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from etl.cadence import EARLY
 from etl.config import Config
 from etl.context import Pass, Seams
 from etl.db.store import Store
@@ -38,11 +39,19 @@ class RunResult:
     seconds: float = 0.0
     deferred: int = 0  # due connections left for the next pass (--max-duration)
     rate_limit_wait: float = 0.0  # seconds the run's requests waited for the rate limit
+    hint: str | None = None  # what to do when a pass had nothing to fetch
 
     @property
     def exit_code(self) -> int:
         """The contract's exit code for this outcome."""
         return EXIT_BY_STATUS[self.status]
+
+    def as_dict(self) -> dict[str, object]:
+        """The outcome as ``sync --format json`` prints it and the daemon logs it."""
+        return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code, "planned": self.planned,
+                **asdict(self.counts), "requests": self.requests, "seconds": round(self.seconds, 3),
+                "deferred": self.deferred, "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
+                "hint": self.hint, "error": None}
 
     def summary(self) -> str:
         """One line for humans and logs."""
@@ -100,16 +109,22 @@ class RunLoop:
         except (FatalApiError, DatabaseError) as error:
             self._end_quietly("aborted", str(error))
             log.error("%s; %d fetched results were not stored; cause: %s", self.result.summary(), len(batch), error,
-                      extra={"run_id": self.run_id, "status": "aborted"})
+                      extra={"run_id": self.run_id, "status": "aborted",
+                             "result": {**self.result.as_dict(), "exit_code": 3, "error": str(error)}})
             raise SyncAborted(run_id=self.run_id, cause=error) from error
         except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
             self._end_quietly("aborted", one_line(error, limit=500))
             raise
         self._end(*self._verdict())
-        log.info(self.result.summary(), extra={"run_id": self.run_id, "status": self.result.status,
-                                               "duration_seconds": round(self.result.seconds, 3),
-                                               "rate_limit_wait_seconds": round(self.result.rate_limit_wait, 3)})
+        self.log_end()
         return self.result
+
+    def log_end(self) -> None:
+        """The run's one closing record (its JSON form carries the whole result, as ``sync --format json``)."""
+        r = self.result
+        log.info(r.summary() + (f"; {r.hint}" if r.hint else ""),
+                 extra={"run_id": self.run_id, "status": r.status, "duration_seconds": round(r.seconds, 3),
+                        "rate_limit_wait_seconds": round(r.rate_limit_wait, 3), "result": r.as_dict()})
 
     def _take(self, batch: list[Outcome], outcome: Outcome) -> None:
         if isinstance(outcome, Failed):
@@ -204,11 +219,32 @@ def sync(
     strategy = strategy or config.sync.strategy
     max_duration = config.sync.max_duration_seconds or default_max_duration(config, seams.now)
     with Pass.open(config, store, seams, max_duration=max_duration).locked() as ctx:
-        due = [] if strategy == "list" else store.due_ids(at=ctx.now(), ignore_due=ignore_due)
+        at = ctx.now()
+        due = [] if strategy == "list" else \
+            store.due_ids(at=at, ignore_due=ignore_due, fetched_before=at - ctx.cadence.interval * (1 - EARLY))
         source: ByIds | ResumableListing | Cheapest = ResumableListing(ctx) if strategy == "list" \
             else ByIds(ctx, due) if strategy == "ids" else Cheapest(ctx, due)
         run_id, started_at = store.start_run(trigger=trigger, planned=len(due), at=ctx.now())
         log.info("run %s: %d connection(s) due, strategy %s", run_id, len(due), strategy,
                  extra={"run_id": run_id, "strategy": strategy})
         checkpoint = None if isinstance(source, ByIds) else source.checkpoint
-        return RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint)()
+        loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint)
+        if not due and strategy != "list":
+            loop.result.hint = idle_hint(store, at=ctx.now())
+        return loop()
+
+
+def idle_hint(store: Store, *, at: dt.datetime) -> str:
+    """What to do when nothing was due: track something, or wait for (or force) the next due connection."""
+    from etl.backfill import human_duration
+
+    tracked, next_due = store.tracked_and_next_due()
+    if not tracked:
+        return ("nothing is tracked: add connection ids with `smartcar-etl connections add ID...` or "
+                "`connections import FILE`, or track every connection of the application with "
+                "`smartcar-etl backfill --all`")
+    when = ""
+    if next_due is not None:
+        wait = human_duration(max(0.0, (next_due - at).total_seconds()))
+        when = f"; the next is due at {next_due.isoformat(timespec='seconds')} (in {wait})"
+    return f"none of the {tracked} tracked connection(s) is due{when}; `smartcar-etl sync --all` fetches them now"

@@ -22,6 +22,24 @@ from tests.conftest import Clock, Runner
 LISTING = "/v3/connections"
 
 
+@pytest.fixture(autouse=True)
+def track_listed(request: pytest.FixtureRequest) -> None:
+    """These tests are about the listing itself: the syncs here track what it shows (sync.track_listed)."""
+    if "run_sync" in request.fixturenames:
+        run_sync: Runner = request.getfixturevalue("run_sync")
+        run_sync.config = replace(run_sync.config, sync=replace(run_sync.config.sync, track_listed=True))
+
+
+def test_by_default_a_listing_never_widens_the_tracked_set(run_sync: Runner, engine: Engine) -> None:
+    fake = run_sync.fake
+    ids = fake.populate(150, seed=12)
+    track(Store(engine), ids[:20])
+    run_sync.config = replace(run_sync.config, sync=replace(run_sync.config.sync, track_listed=False))
+    result = run_sync(strategy="list")
+    assert (result.status, result.counts.fetched) == ("succeeded", 20)
+    assert statuses(engine) == dict.fromkeys(ids[:20], "active")  # the other 130 were listed, not stored
+
+
 def listing_requests(fake: FakeApi) -> int:
     return sum(1 for m, p in fake.requests if m == "GET" and p == LISTING)
 

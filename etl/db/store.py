@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, exc, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, exc, func, insert, or_, select, update
 
 from etl.cadence import Cadence
 from etl.db import dialects
@@ -327,17 +327,33 @@ class Store:
 
     # -- which connections ------------------------------------------------------------------------
 
-    def due_ids(self, *, at: dt.datetime, ignore_due: bool = False) -> list[str]:
-        """Tracked connection ids that are due at ``at`` (every tracked one with ``ignore_due``), most overdue first."""
+    def due_ids(self, *, at: dt.datetime, ignore_due: bool = False, fetched_before: dt.datetime | None = None,
+                ) -> list[str]:
+        """Tracked connection ids that are due at ``at`` (every tracked one with ``ignore_due``), most overdue first.
+
+        ``fetched_before``: a healthy active connection last fetched before then is due too, whatever
+        due time an earlier, longer ``schedule.interval`` gave it (a shorter interval applies at once).
+        """
         c = connections.c
         # Most overdue first: never attempted, then by due time, so a pass cut short by --max-duration
         # leaves the freshest for later and never fetches one twice while another waits.
         query = select(c.id).where(c.tracked.is_(True)).order_by(
             c.last_attempt_at.is_(None).desc(), c.next_due_at.is_(None).desc(), c.next_due_at, c.id)  # no NULLS FIRST
         if not ignore_due:
-            query = query.where(or_(c.next_due_at.is_(None), c.next_due_at <= at))
+            due = [c.next_due_at.is_(None), c.next_due_at <= at]
+            if fetched_before is not None:
+                due.append(and_(c.status == "active", c.consecutive_failures == 0, c.last_attempt_at < fetched_before))
+            query = query.where(or_(*due))
         with self.read() as conn:
             return list(conn.scalars(query))
+
+    def tracked_and_next_due(self) -> tuple[int, dt.datetime | None]:
+        """How many connections are tracked, and the earliest due time among them (None: one is due now)."""
+        c = connections.c
+        query = select(func.count(), func.min(c.next_due_at), func.count(c.next_due_at)).where(c.tracked.is_(True))
+        with self.read() as conn:
+            tracked, earliest, timed = conn.execute(query).one()
+        return tracked, (earliest if timed == tracked else None)
 
     def known_connections(self) -> int:
         """How many connections the database knows that are not deleted: a lower bound of the application's size."""
