@@ -739,3 +739,24 @@ def _default_text(key: Key, value: Any) -> str:
     if isinstance(value, int | float) and key.kind == "text":  # a duration
         return _span(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# SMARTCAR_ETL_ variables that are not config keys but are read (or refused) on purpose.
+OTHER_VARIABLES = {"SMARTCAR_ETL_CONFIG", *(f"SMARTCAR_ETL_API_{attr.upper()}" for attr in SECRET_VARIABLES.values())}
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """``SMARTCAR_ETL_*`` variables that set nothing (a typo?), each with the nearest real name.
+
+    Not an error: a Kubernetes Service named smartcar-etl puts ``SMARTCAR_ETL_SERVICE_HOST`` and the
+    like into every pod of its namespace.
+    """
+    import difflib
+
+    known = {name for key in KEYS for name in (key.variable, *key.aliases)} | OTHER_VARIABLES
+    found = []
+    for name in sorted(env):
+        if name.startswith("SMARTCAR_ETL_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1)
+            found.append(name + (f" (did you mean {near[0]}?)" if near else ""))
+    return found

@@ -13,6 +13,7 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from etl.errors import ConfigError
@@ -91,3 +92,16 @@ def read_lines(file: BinaryIO, *, where: str, limit: int = MAX_IDS_BYTES) -> Ite
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError:
             yield number, None
+
+
+def write_text(name: str, text: str, *, where: str) -> None:
+    """Write ``text`` to the file ``name`` through a temporary file beside it, so a reader never sees half of it;
+    a ConfigError (exit 2) names ``where`` when it cannot be written."""
+    path = Path(name)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise _refuse(where, f"cannot write {name}: {error.strerror or error}") from None

@@ -31,9 +31,9 @@ from etl.clock import utcnow
 from etl.config import Config
 from etl.context import Seams
 from etl.db.store import Store
-from etl.errors import ConfigError, EtlError, LockHeld, one_line
+from etl.errors import ConfigError, EtlError, LockHeld, SyncAborted, one_line
 from etl.metrics import Metrics
-from etl.sync import RunResult, sync
+from etl.sync import RunResult, outcome_without_result, sync
 
 log = logging.getLogger(__name__)
 JOB_ID = "sync-pass"
@@ -90,11 +90,19 @@ class Daemon:
             return sync(self.config, self.store, seams=replace(self.seams, cancelled=self._cancel), trigger="daemon")
         except LockHeld as error:
             self.metrics.lock_skips.inc()
-            log.warning("skipping this pass: %s", error)
+            log.warning("skipping this pass: %s", error,
+                        extra={"result": outcome_without_result("skipped", error.exit_code, str(error))})
+        except SyncAborted as error:
+            if error.run_id is None:  # else the run's own closing record has said it, with its result
+                log.error("pass failed: %s", error, extra={"result": outcome_without_result(
+                    "aborted", error.exit_code, str(error))})
         except EtlError as error:
-            log.error("pass failed: %s", error)
+            log.error("pass failed: %s", error, extra={"result": outcome_without_result(
+                "error" if error.exit_code == 2 else "aborted", error.exit_code, str(error))})
         except Exception as error:  # the daemon goes on; the traceback only inside a JSON log record
-            log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True)
+            message = f"internal error ({one_line(error)})"
+            log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True,
+                      extra={"result": outcome_without_result("aborted", 3, message)})
         finally:
             with self._lock:
                 self._cancel = None

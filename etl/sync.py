@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from etl.cadence import EARLY
 from etl.config import Config
@@ -46,7 +47,7 @@ class RunResult:
         """The contract's exit code for this outcome."""
         return EXIT_BY_STATUS[self.status]
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         """The outcome as ``sync --format json`` prints it and the daemon logs it."""
         return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code, "planned": self.planned,
                 **asdict(self.counts), "requests": self.requests, "seconds": round(self.seconds, 3),
@@ -64,6 +65,12 @@ class RunResult:
                 f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
                 f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s"
                 f"{waited}{nulled}{deferred}")
+
+
+def outcome_without_result(status: str, exit_code: int, error: str, run_id: int | None = None) -> dict[str, Any]:
+    """A pass's outcome when it ended without a result (skipped, aborted): a result's keys, the counts null."""
+    return {**dict.fromkeys(RunResult(run_id=0, status="succeeded", planned=0).as_dict()),
+            "run_id": run_id, "status": status, "exit_code": exit_code, "error": error}
 
 
 @dataclass

@@ -438,25 +438,32 @@ class SmartcarClient:
 
     def list_page(self, number: int, size: int) -> ListingPage:
         """One page of ``GET /connections``, its items validated one by one."""
-        path = "/connections"
-        response = self.get(path, params={"page[number]": number, "page[size]": size})
+        return listing_page(number, self.get(LISTING_PATH, params={"page[number]": number, "page[size]": size}))
+
+
+LISTING_PATH = "/connections"
+
+
+def listing_page(number: int, response: httpx.Response) -> ListingPage:
+    """The listing's page ``number`` from the API's answer, its items validated one by one."""
+    path = LISTING_PATH
+    try:
+        body = decode_json(response.content)
+    except ValueError as exc:
+        raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: data is not an array")
+    page = ListingPage(number=number, body=body)
+    for item in body["data"]:
         try:
-            body = decode_json(response.content)
-        except ValueError as exc:
-            raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: {exc}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise MalformedDocumentError(path=path, status=200, detail=f"page {number}: data is not an array")
-        page = ListingPage(number=number, body=body)
-        for item in body["data"]:
-            try:
-                page.records.append(parse_resource(item, expected_id=None, path=path))
-            except MalformedDocumentError as error:
-                item_id = canonical_id(item.get("id")) if isinstance(item, dict) else None
-                if item_id is None:
-                    page.unreadable.append(str(error))
-                else:
-                    page.malformed.append((item_id, error))
-        return page
+            page.records.append(parse_resource(item, expected_id=None, path=path))
+        except MalformedDocumentError as error:
+            item_id = canonical_id(item.get("id")) if isinstance(item, dict) else None
+            if item_id is None:
+                page.unreadable.append(str(error))
+            else:
+                page.malformed.append((item_id, error))
+    return page
 
 
 @dataclass

@@ -4,7 +4,7 @@ Commands live by topic in the modules of this package; importing them attaches
 them to the root group ``cli``.
 """
 
-from etl.cli import archive, data, reports, runs, tools  # noqa: F401 - they register their commands
+from etl.cli import archive, data, health, reports, runs, tools  # noqa: F401 - they register their commands
 from etl.cli.base import cli
 
 

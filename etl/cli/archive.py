@@ -23,8 +23,10 @@ def archive() -> None:
 @archive.command("show")
 @click.argument("connection_id")
 @click.option("--as-of", "as_of", type=Instant(), help="The instant (ISO-8601; UTC if no offset); default: latest.")
+@click.option("--format", "fmt", type=click.Choice(("json", "table")), default="json", show_default=True,
+              help="json: one JSON object on stdout; table: the fields one a line, then the document.")
 @pass_state
-def archive_show(state: State, connection_id: str, as_of: dt.datetime | None) -> None:
+def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fmt: str) -> None:
     """Print the connection's document as received at an instant, as JSON, with when it was first and last seen.
 
     Exit 1 when the archive holds nothing for the connection by then. A 404 shows as status 404 with no
@@ -44,8 +46,16 @@ def archive_show(state: State, connection_id: str, as_of: dt.datetime | None) ->
         when = f" by {as_of.isoformat()}" if as_of is not None else ""
         click.echo(f"the archive holds nothing for connection {cid}{when}", err=True)
         raise click.exceptions.Exit(1)
-    # default=repr: a number no column can hold was kept as the text it was read as (documents.OutOfRange)
-    click.echo(json.dumps(found.as_json(), indent=2, sort_keys=True, default=repr))
+    shown = found.as_json()
+    if fmt == "json":
+        # default=repr: a number no column can hold was kept as the text it was read as (documents.OutOfRange)
+        click.echo(json.dumps(shown, indent=2, sort_keys=True, default=repr))
+        return
+    document = shown.pop("document")
+    for name, value in shown.items():
+        click.echo(f"{name}: {'' if value is None else value}")
+    click.echo("document:" + ("" if document is None else "\n" + json.dumps(document, indent=2, sort_keys=True,
+                                                                          default=repr)))
 
 
 @cli.command("rebuild")

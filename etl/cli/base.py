@@ -9,6 +9,7 @@ its exit code: 0 done, 1 some connections failed, 2 bad usage or configuration,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -20,7 +21,6 @@ import click
 if TYPE_CHECKING:
     from etl.db.store import Store
 
-from etl import __version__
 from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
 from etl.errors import EtlError, one_line
 from etl.output import FORMATS
@@ -79,6 +79,7 @@ class State:
             self._config = load_config(
                 self.config_path,
                 overrides={"logging.level": self.log_level, "logging.format": self.log_format},
+                option_names={"logging.level": "--log-level", "logging.format": "--log-format"},
             )
             setup_logging(self._config.logging.level, self._config.logging.format)
         return self._config
@@ -105,7 +106,7 @@ pass_state = click.make_pass_decorator(State)
               help="YAML config (else $SMARTCAR_ETL_CONFIG, else ./config.yaml if present).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO.")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), help="text (default) or json lines, on stderr.")
-@click.version_option(__version__, prog_name="smartcar-etl")
+@click.version_option(package_name="smartcar-etl", prog_name="smartcar-etl")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, log_level: str | None, log_format: str | None) -> None:
     """Mirror Smartcar connections, vehicles and users into SQL, with exact permission history.
@@ -136,6 +137,21 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
                       param, ctx)
         return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
+
+def echo_json(value: Any) -> None:
+    """One JSON document on stdout; times as ISO-8601."""
+    click.echo(json.dumps(value, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return repr(value)  # a number no column holds, kept as text (documents.OutOfRange)
+
+
+result_format_option = click.option(
+    "--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True,
+    help="table for people; json: one JSON object on stdout, for machines.")
 
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
                              help="table for people; csv (with a header row) and json for machines.")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from etl.cli.base import EtlGroup, State, cli, format_option, pass_state
+from etl.cli.base import EtlGroup, State, cli, echo_json, format_option, pass_state, result_format_option
 from etl.output import render_lines
 
 
@@ -41,18 +41,22 @@ def db_upgrade(state: State) -> None:
 
 
 @db.command("current")
+@result_format_option
 @pass_state
-def db_current(state: State) -> None:
+def db_current(state: State, fmt: str) -> None:
     """Print the database's migration revision (and whether it is the latest).
 
     \b
     Example:
         smartcar-etl db current
+        smartcar-etl db current --format json | jq .latest
     """
     from etl.db.engine import head_revision
 
     current, head = state.store().current_revision(), head_revision()
-    if current is None:
+    if fmt == "json":
+        echo_json({"current": current, "head": head, "latest": current == head})
+    elif current is None:
         click.echo(f"none (empty database; latest is {head})")
     else:
         click.echo(f"{current}" + (" (latest)" if current == head else f" (latest is {head})"))

@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from etl.cli.base import EtlGroup, Instant, State, cli, format_option, pass_state
+from etl.cli.base import EtlGroup, Instant, State, cli, echo_json, format_option, pass_state, result_format_option
 from etl.output import render
 
 
@@ -75,18 +75,24 @@ def report_fleet(state: State, fmt: str) -> None:
 
 
 @cli.command("check")
+@result_format_option
 @click.pass_context
-def check_command(ctx: click.Context) -> None:
+def check_command(ctx: click.Context, fmt: str) -> None:
     """Verify the history invariants on the whole database; exit 1 naming each violation.
 
     \b
     Example:
         smartcar-etl check || alert "smartcar-etl history is inconsistent"
+        smartcar-etl check --format json | jq '.violations[]'
     """
     from etl.check import check_history
 
     state: State = ctx.obj
     result = check_history(state.store().engine)
+    if fmt == "json":
+        echo_json({"ok": result.ok, "grants": result.grants, "changes": result.changes,
+                   "violations": result.violations})
+        ctx.exit(0 if result.ok else 1)
     for violation in result.violations:
         click.echo(violation)
     if result.ok:

@@ -2,14 +2,91 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from etl.cli.base import State, cli, log, pass_state
+from etl.cli.base import State, cli, echo_json, log, pass_state, result_format_option
+from etl.config import IF_LOCKED
 from etl.output import render
+
+if TYPE_CHECKING:
+    from etl.sync import RunResult
+
+
+if_locked_option = click.option(
+    "--if-locked", type=click.Choice(IF_LOCKED),
+    help="When another run holds the lock: fail (exit 4) or skip (exit 0, for schedulers that count any other "
+         "exit as a failure). Default: sync.if_locked, else fail.")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) interrupts the run as Ctrl-C does: it is recorded as aborted."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (tests invoking the CLI from a thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locked: str) -> None:
+    """Run, print the outcome (one JSON object for every outcome with --format json) and exit with its code."""
+    from etl.errors import EtlError, LockHeld, one_line
+    from etl.sync import outcome_without_result
+
+    outcome: dict[str, Any]
+    try:
+        with _sigterm_interrupts():
+            result = run()
+    except LockHeld as error:
+        code = 0 if if_locked == "skip" else error.exit_code
+        if fmt != "json" and code:
+            raise
+        outcome = outcome_without_result("skipped", code, str(error))
+        click.echo(f"skipped: {error}", err=True)
+    except EtlError as error:
+        if fmt != "json":
+            raise
+        outcome = outcome_without_result("error" if error.exit_code == 2 else "aborted", error.exit_code, str(error),
+                           getattr(error, "run_id", None))
+        click.echo(f"Error: {error}", err=True)
+    except KeyboardInterrupt:
+        outcome = outcome_without_result("aborted", INTERRUPTED,
+                                         "interrupted (SIGINT or SIGTERM); the run is recorded as aborted")
+        click.echo(f"Error: {outcome['error']}", err=True)
+    except Exception as error:
+        if fmt != "json":
+            raise
+        log.error("internal error: %s", one_line(error), exc_info=True)
+        outcome = outcome_without_result(
+            "aborted", 3, f"internal error ({one_line(error)}); the run, if any, is recorded as aborted")
+        click.echo(f"Error: {outcome['error']}", err=True)
+    else:
+        outcome = result.as_dict()
+        if fmt != "json":
+            click.echo(result.summary())
+            if result.hint:
+                click.echo(result.hint)
+    if fmt == "json":
+        echo_json(outcome)
+    ctx.exit(outcome["exit_code"])
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 @cli.command("sync")
@@ -24,9 +101,11 @@ from etl.output import render
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
                    "default: metrics.textfile from the config.")
+@if_locked_option
+@result_format_option
 @click.pass_context
 def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max_duration: str | None,
-                 metrics_file: str | None) -> None:
+                 metrics_file: str | None, if_locked: str | None, fmt: str) -> None:
     """One pass now over the tracked connections that are due; what cron calls.
 
     A connection is due when it has not been fetched for schedule.interval, or
@@ -35,12 +114,13 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
 
     Exit 0: every connection fetched and stored, or found deleted; 1: some failed;
     2: bad configuration; 3: aborted (credentials refused, billing, database down);
-    4: skipped, another run holds the lock.
+    4: skipped, another run holds the lock (0 with --if-locked skip); 130: interrupted.
 
     \b
     Example:
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
-        smartcar-etl sync --strategy list   # every connection of the application
+        smartcar-etl sync --strategy list   # refresh the tracked ones through the listing
+        smartcar-etl sync --format json --if-locked skip | jq .status
     """
     from etl.context import Seams
     from etl.errors import LockHeld
@@ -51,18 +131,20 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
     config = _with_max_duration(state.config, max_duration)
     textfile = metrics_file or config.metrics.textfile
     metrics = Metrics() if textfile else None
-    store = state.store()
-    try:
-        result = sync(config, store, seams=Seams(metrics=metrics), ignore_due=ignore_due, strategy=strategy)
-    except LockHeld:
-        if metrics is not None:
-            metrics.lock_skips.inc()
-        raise
-    finally:
-        if metrics is not None and textfile:
-            _write_metrics(metrics, state, textfile)
-    click.echo(result.summary())
-    ctx.exit(result.exit_code)
+
+    def run() -> RunResult:
+        try:
+            return sync(config, state.store(), seams=Seams(metrics=metrics), ignore_due=ignore_due,
+                        strategy=strategy)
+        except LockHeld:
+            if metrics is not None:
+                metrics.lock_skips.inc()
+            raise
+        finally:
+            if metrics is not None and textfile:
+                _write_metrics(metrics, state, textfile)
+
+    _report(ctx, run, fmt, if_locked or config.sync.if_locked)
 
 
 def _with_max_duration(config: Any, max_duration: str | None) -> Any:
@@ -120,16 +202,20 @@ class _Bar:
               "it take; fetch and write nothing (--all sends one listing request to count).")
 @click.option("--max-duration", metavar="DURATION",
               help="Stop starting requests that cannot finish within DURATION; --resume continues later.")
+@if_locked_option
+@result_format_option
 @click.pass_context
 def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool,
-                     dry_run: bool, max_duration: str | None) -> None:
-    """A large one-off fetch, with a progress bar on a terminal; resumable.
+                     dry_run: bool, max_duration: str | None, if_locked: str | None, fmt: str) -> None:
+    """A large one-off fetch, with a progress bar on a terminal; resumable. The ids it fetches become tracked:
+    with --all, every connection of the application.
 
     Each batch stored is a checkpoint: after an interruption (Ctrl-C, a crash,
     SIGKILL) the same command with --resume fetches only what is left.
 
     \b
     Example:
+        smartcar-etl backfill --all                           # track and fetch every connection
         smartcar-etl backfill --ids-file all-ids.txt --dry-run
         smartcar-etl backfill --ids-file all-ids.txt          # interrupted? then:
         smartcar-etl backfill --ids-file all-ids.txt --resume
@@ -142,19 +228,23 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         msg = "give exactly one of --ids-file FILE and --all"
         raise click.UsageError(msg)
     state: State = ctx.obj
-    if ids_file is not None:
-        source = Source(name="stdin" if ids_file == "-" else ids_file, ids=ids_from_file(ids_file))
-    else:
-        source = Source(name="the full listing")
-    store = state.store()
+    config = _with_max_duration(state.config, max_duration)
+
+    def source() -> Source:  # read once the configuration has loaded: a bad id is then one JSON outcome
+        if ids_file is None:
+            return Source(name="the full listing")
+        return Source(name="stdin" if ids_file == "-" else ids_file, ids=ids_from_file(ids_file))
+
     if dry_run:
-        click.echo(describe(state.config, store, source, resume=resume).describe())
+        plan = describe(config, state.store(), source(), resume=resume)
+        if fmt == "json":
+            echo_json(asdict(plan))
+        else:
+            click.echo(plan.describe())
         return
-    progress = _Bar() if sys.stderr.isatty() else None
-    result = backfill(_with_max_duration(state.config, max_duration), store, source, resume=resume,
-                      progress=progress)
-    click.echo(result.summary())
-    ctx.exit(result.exit_code)
+    progress = _Bar() if sys.stderr.isatty() and fmt != "json" else None
+    _report(ctx, lambda: backfill(config, state.store(), source(), resume=resume, progress=progress), fmt,
+            if_locked or config.sync.if_locked)
 
 
 @cli.command("daemon")
@@ -201,21 +291,20 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
 
 
 @cli.command("status")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@result_format_option
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json (kept as an alias).")
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many recent runs.")
 @click.option("--max-age", metavar="DURATION", help="Exit 1 when a tracked pending or active connection has no "
               "successful fetch within DURATION (15m, 1h), for monitoring; the output says how many.")
 @pass_state
-def status_command(state: State, as_json: bool, runs: int, max_age: str | None) -> None:
+def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: str | None) -> None:
     """Recent runs, how fresh the mirror is, the rate budget, and the connections that are failing.
 
     \b
     Example:
-        smartcar-etl status --json | jq '.failing[] | .connection_id'
+        smartcar-etl status --format json | jq '.failing[] | .connection_id'
         smartcar-etl status --max-age 1h || alert "smartcar mirror is stale"
     """
-    import json
-
     from etl.clock import utcnow
     from etl.config import parse_setting
     from etl.status import budget, freshness, stale, status_report
@@ -227,8 +316,8 @@ def status_command(state: State, as_json: bool, runs: int, max_age: str | None) 
     report["budget"] = budget(store, config, at=at, tracked=report["freshness"]["tracked"])
     if limit is not None:
         report["stale"] = {"max_age_seconds": limit, "connections": stale(store, at=at, max_age=limit)}
-    if as_json:
-        click.echo(json.dumps(report, default=lambda v: v.isoformat(), indent=2))
+    if as_json or fmt == "json":
+        echo_json(report)
     else:
         _print_status(report)
     if limit is not None and report["stale"]["connections"]:

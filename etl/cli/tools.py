@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from etl.cli.base import State, cli
               default=Path("smartcar-etl-demo.db"), show_default=True,
               help="SQLite file to create (an earlier demo database there is replaced; nothing else is).")
 @click.option("--connections", "connections_count", type=click.IntRange(1, 10_000), default=30,
-              show_default=True)
-@click.option("--passes", type=click.IntRange(1, 20), default=4, show_default=True)
+              show_default=True, help="How many connections the fake API serves (1-10,000).")
+@click.option("--passes", type=click.IntRange(1, 20), default=4, show_default=True,
+              help="How many sync passes to run, the fake API changing permissions between them (1-20).")
 @click.pass_context
 def demo_command(ctx: click.Context, database: Path, connections_count: int, passes: int) -> None:
     """Run the job against the bundled fake Smartcar API on loopback, into SQLite, and report.
@@ -47,23 +49,28 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 @cli.command("fake-api")
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="TCP port to listen on (0: any free port; the printed URLs name it).")
 @click.option("--connections", "connections_count", type=click.IntRange(0, 10_000_000), default=100,
-              show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+              show_default=True, help="How many connections the fake application has.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the fake world: the same seed gives the same connection ids and permissions.")
+@click.option("--ids-file", metavar="FILE",
+              help="Write the connections' ids here, one a line, for `smartcar-etl connections import FILE`.")
 @click.option("--rate-limit", metavar="CAPACITY/PER_MINUTE",
               help="Enforce a token bucket like Smartcar's (120/2 is its default): 429 with Retry-After beyond it.")
 @click.option("--latency", type=click.FloatRange(0, 60), default=0.0, show_default=True, callback=_finite,
               help="Seconds every API answer takes (Smartcar's take hundreds of milliseconds).")
-def fake_api_command(host: str, port: int, connections_count: int, seed: int, rate_limit: str | None,
-                     latency: float) -> None:
+def fake_api_command(host: str, port: int, connections_count: int, seed: int, ids_file: str | None,
+                     rate_limit: str | None, latency: float) -> None:
     """Serve the bundled fake Smartcar API on loopback until interrupted.
 
     Prints the environment to point the job at it. Its credentials are fake.
 
     \b
     Example:
-        smartcar-etl fake-api --connections 1000 --port 8765 --rate-limit 120/2
+        smartcar-etl fake-api --connections 1000 --ids-file ids.txt > fake.env &
+        . ./fake.env && smartcar-etl connections import ids.txt && smartcar-etl sync
     """
     from etl.config import is_loopback_host
     from etl.fakeapi import FakeApi, serve, urls
@@ -82,7 +89,11 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, ra
             msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
             raise click.BadParameter(msg, param_hint="--rate-limit")
     fake = FakeApi(rate_limit=bucket, latency=latency)
-    fake.populate(connections_count, seed=seed)
+    ids = fake.populate(connections_count, seed=seed)
+    if ids_file is not None:
+        from etl.files import write_text
+
+        write_text(ids_file, "".join(f"{i}\n" for i in ids), where="--ids-file")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with serve(fake, host=host, port=port) as root:
@@ -91,7 +102,10 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, ra
         click.echo(f"export SMARTCAR_TOKEN_URL={u['token_url']}")
         click.echo(f"export SMARTCAR_CLIENT_ID={fake.client_id}")
         click.echo(f"export SMARTCAR_CLIENT_SECRET={fake.client_secret}")
-        click.echo(f"# {connections_count} connections; Ctrl-C to stop", err=True)
+        click.echo(f"# {connections_count} connections"
+                   + (f", their ids in {ids_file}" if ids_file else " (--ids-file FILE writes their ids)")
+                   + "; Ctrl-C to stop", err=True)
+        sys.stdout.flush()
         try:
             stop.wait()
         except KeyboardInterrupt:

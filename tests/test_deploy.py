@@ -1,0 +1,561 @@
+"""Deployment: every setting from the environment, config show, doctor, JSON results, --version, the README's
+deployment examples, and a new user's first hour."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from etl.cli import cli
+from etl.config import KEYS, variables_table
+from etl.context import Seams, StoreLedger
+from etl.db.engine import make_engine
+from etl.db.models import connections
+from etl.db.store import Store
+from etl.doctor import diagnose
+from etl.fakeapi import FakeApi
+from etl.logs import JsonFormatter
+from etl.scheduler import Daemon
+from tests.conftest import Runner
+from tests.test_cli import Cli
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+# For tests whose subject is not the database: the servers add nothing but time.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+UUID_LINE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def sqlite_cli(tmp_path: Path, api_server: dict[str, str], fake: FakeApi, **env: str) -> Cli:
+    """The CLI against a SQLite file of this test and the fake API on loopback."""
+    return Cli(f"sqlite:///{tmp_path / 'etl.db'}", tmp_path, {
+        "SMARTCAR_API_BASE_URL": api_server["base_url"], "SMARTCAR_TOKEN_URL": api_server["token_url"],
+        "SMARTCAR_CLIENT_ID": fake.client_id, "SMARTCAR_CLIENT_SECRET": fake.client_secret, **env})
+
+
+@pytest.fixture
+def cli_sqlite(tmp_path: Path, api_server: dict[str, str], fake_api: FakeApi) -> Cli:
+    return sqlite_cli(tmp_path, api_server, fake_api)
+
+
+def one_object(stdout: str) -> dict[str, Any]:
+    """stdout must be exactly one JSON object (json.loads refuses anything after it)."""
+    value = json.loads(stdout)
+    assert isinstance(value, dict)
+    return value
+
+
+# -- every setting from the environment, config show ----------------------------------------------------------
+
+def env_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
+    """For every key: a valid text for its variable (none of them the default) and the value config show prints."""
+    secret, token = tmp_path / "client-secret", tmp_path / "access-token"
+    secret.write_text("s3cret-from-a-file\n")
+    token.write_text("token-from-a-file\n")
+    return {
+        "database.url": (f"sqlite:///{tmp_path}/env.db", f"sqlite:///{tmp_path}/env.db"),
+        "api.base_url": ("http://127.0.0.1:9/v3", "http://127.0.0.1:9/v3"),
+        "api.token_url": ("http://127.0.0.1:9/oauth2/token", "http://127.0.0.1:9/oauth2/token"),
+        "api.client_id": ("client-from-env", "client-from-env"),
+        "api.client_secret_file": (str(secret), str(secret)),
+        "api.access_token_file": (str(token), str(token)),
+        "api.timeout_seconds": ("12.5", 12.5),
+        "api.concurrency": ("3", 3),
+        "api.request_deadline": ("1m", 60.0),
+        "api.retry_deadline": ("2h", 7200.0),
+        "api.max_response_bytes": ("2048", 2048),
+        "retry.max_attempts": ("7", 7),
+        "retry.initial_backoff_seconds": ("0.25", 0.25),
+        "retry.max_backoff_seconds": ("30", 30.0),
+        "retry.max_retry_after_seconds": ("90", 90.0),
+        "rate_limit.capacity": ("600", 600),
+        "rate_limit.per_minute": ("10", 10.0),
+        "rate_limit.key": ("shared-bucket", "shared-bucket"),
+        "sync.batch_size": ("50", 50),
+        "sync.strategy": ("list", "list"),
+        "sync.page_size": ("25", 25),
+        "sync.track_listed": ("yes", True),
+        "sync.max_duration": ("10m", 600.0),
+        "sync.if_locked": ("skip", "skip"),
+        "schedule.interval": ("1h", 3600.0),
+        "schedule.cron": ("*/5 * * * *", "*/5 * * * *"),
+        "schedule.misfire_grace": ("2m", 120),
+        "schedule.retry_failed_after": ("1m", 60.0),
+        "schedule.retry_failed_max": ("2h", 7200.0),
+        "schedule.recheck_deleted_every": ("12h", 43200.0),
+        "daemon.stop_timeout": ("45s", 45.0),
+        "daemon.metrics_listen": ("127.0.0.1:9999", "127.0.0.1:9999"),
+        "metrics.textfile": ("/var/lib/node_exporter/etl.prom", "/var/lib/node_exporter/etl.prom"),
+        "archive.enabled": ("false", False),
+        "logging.level": ("warning", "WARNING"),
+        "logging.format": ("json", "json"),
+    }
+
+
+def test_every_config_key_set_by_its_variable_reads_back_through_config_show(tmp_path: Path) -> None:
+    values = env_values(tmp_path)
+    assert set(values) == {key.dotted for key in KEYS}, "a key was added: give it a value here"
+    env = {key.variable: values[key.dotted][0] for key in KEYS}
+    result = CliRunner().invoke(cli, ["config", "show", "--format", "json"], env={**env, "SMARTCAR_ETL_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    settings = one_object(result.stdout)["settings"]
+    for key in KEYS:
+        assert settings[key.dotted] == {"value": values[key.dotted][1], "source": "environment",
+                                        "origin": key.variable}, key.dotted
+    for secret, variable in (("api.client_secret", "SMARTCAR_ETL_API_CLIENT_SECRET_FILE"),
+                             ("api.access_token", "SMARTCAR_ETL_API_ACCESS_TOKEN_FILE")):
+        assert settings[secret] == {"value": "set", "source": "environment", "origin": variable}
+    assert "s3cret-from-a-file" not in result.output and "token-from-a-file" not in result.output
+
+
+def test_config_show_names_each_source_and_precedence_is_option_environment_file_default(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("api:\n  concurrency: 5\nsync:\n  batch_size: 70\nlogging:\n  level: ERROR\n")
+    env = {"SMARTCAR_ETL_CONFIG": "", "SMARTCAR_ETL_SYNC_BATCH_SIZE": "80", "SMARTCAR_ETL_LOGGING_LEVEL": "INFO",
+           "SMARTCAR_CLIENT_SECRET": "do-not-print-me", "SMARTCAR_CLIENT_ID": "cid",
+           "SMARTCAR_ETL_DATABASE_URL": "postgresql+psycopg://etl:hunter2pw@db.example/etl"}
+    result = CliRunner().invoke(cli, ["--log-level", "DEBUG", "config", "show", "--format", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = one_object(result.stdout)
+    settings = shown["settings"]
+    assert shown["config_file"] == "config.yaml"
+    assert settings["api.concurrency"] == {"value": 5, "source": "file", "origin": "config.yaml"}
+    assert settings["sync.batch_size"] == {"value": 80, "source": "environment",
+                                           "origin": "SMARTCAR_ETL_SYNC_BATCH_SIZE"}
+    assert settings["logging.level"] == {"value": "DEBUG", "source": "option", "origin": "--log-level"}
+    assert settings["api.timeout_seconds"] == {"value": 310.0, "source": "default", "origin": None}
+    assert settings["api.client_secret"] == {"value": "set", "source": "environment",
+                                             "origin": "SMARTCAR_CLIENT_SECRET"}
+    assert settings["api.access_token"]["value"] == "unset"
+    assert settings["database.url"]["value"] == "postgresql+psycopg://etl:***@db.example/etl"
+    table = CliRunner().invoke(cli, ["config", "show"], env=env)
+    assert table.exit_code == 0 and re.search(r"api\.concurrency\s+5\s+file\s+config\.yaml", table.stdout)
+    for output in (result.output, table.output):
+        assert "do-not-print-me" not in output and "hunter2pw" not in output
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SMARTCAR_ETL_API_CONCURRENCY": "lots"}, "SMARTCAR_ETL_API_CONCURRENCY: expected a whole number"),
+    ({"SMARTCAR_ETL_API_CONCURRENCY": "1e3"}, "SMARTCAR_ETL_API_CONCURRENCY: expected a whole number"),
+    ({"SMARTCAR_ETL_RATE_LIMIT_PER_MINUTE": "nan"}, "SMARTCAR_ETL_RATE_LIMIT_PER_MINUTE: expected a number"),
+    ({"SMARTCAR_ETL_ARCHIVE_ENABLED": "maybe"}, "SMARTCAR_ETL_ARCHIVE_ENABLED: expected true or false"),
+    ({"SMARTCAR_ETL_SCHEDULE_INTERVAL": "forever"}, "SMARTCAR_ETL_SCHEDULE_INTERVAL: expected a duration"),
+    ({"SMARTCAR_ETL_SYNC_IF_LOCKED": "wait"}, "SMARTCAR_ETL_SYNC_IF_LOCKED: expected one of fail, skip"),
+    ({"SMARTCAR_ETL_API_BASE_URL": "http://127.0.0.1:1/v3", "SMARTCAR_API_BASE_URL": "http://127.0.0.1:2/v3"},
+     "SMARTCAR_ETL_API_BASE_URL and SMARTCAR_API_BASE_URL are both set and differ"),
+    ({"SMARTCAR_ETL_API_CLIENT_SECRET": "pasted-secret-value"}, "SMARTCAR_ETL_API_CLIENT_SECRET: secrets are read"),
+])
+def test_a_bad_variable_is_exit_2_naming_it(env: dict[str, str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["config", "show"], env={"SMARTCAR_ETL_CONFIG": "", **env})
+    assert result.exit_code == 2 and message in result.stderr
+    assert "pasted-secret-value" not in result.output
+
+
+def test_an_old_and_a_new_name_with_the_same_value_agree_and_metrics_listen_can_be_turned_off() -> None:
+    env = {"SMARTCAR_ETL_CONFIG": "", "SMARTCAR_CLIENT_ID": "same", "SMARTCAR_ETL_API_CLIENT_ID": "same",
+           "SMARTCAR_CLIENT_SECRET": "a-real-looking-secret", "SMARTCAR_ETL_DAEMON_METRICS_LISTEN": "off"}
+    result = CliRunner().invoke(cli, ["config", "show", "--format", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    settings = one_object(result.stdout)["settings"]
+    assert settings["api.client_id"] == {"value": "same", "source": "environment",
+                                         "origin": "SMARTCAR_ETL_API_CLIENT_ID"}
+    assert settings["daemon.metrics_listen"]["value"] is None
+
+
+def test_the_readme_variable_table_equals_the_schema() -> None:
+    block = README.split("<!-- variables:start -->\n", 1)[1].split("\n<!-- variables:end -->", 1)[0]
+    assert block.splitlines() == variables_table(), "run .venv/bin/python scripts/readme_variables.py"
+    for key in KEYS:
+        assert f"`{key.variable}`" in block
+
+
+def test_the_example_config_lists_every_key() -> None:
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    listed = {f"{section}.{name}" for section, body in example.items() for name in body}
+    assert listed == {key.dotted for key in KEYS}
+
+
+# -- doctor ------------------------------------------------------------------------------------------------------
+
+def checks(result: Any) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in one_object(result.stdout)["checks"]}
+
+
+def test_doctor_all_ok(db_url: str, tmp_path: Path, api_server: dict[str, str], fake_api: FakeApi) -> None:
+    fake_api.populate(3, seed=1)
+    run = Cli(db_url, tmp_path, {
+        "SMARTCAR_API_BASE_URL": api_server["base_url"], "SMARTCAR_TOKEN_URL": api_server["token_url"],
+        "SMARTCAR_CLIENT_ID": fake_api.client_id, "SMARTCAR_CLIENT_SECRET": fake_api.client_secret})
+    assert run("db", "upgrade").exit_code == 0
+    result = run("doctor", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert checks(result) == dict.fromkeys(("configuration", "database", "token", "api request", "clock",
+                                            "rate budget"), "ok")
+    assert "3 connection(s)" in result.stdout
+    table = run("doctor")
+    assert table.exit_code == 0 and len([line for line in table.stdout.splitlines() if " ok " in line]) == 6
+    assert fake_api.client_secret not in result.output + table.output
+
+
+def test_doctor_refused_credentials_is_3(cli_sqlite: Cli, fake_api: FakeApi) -> None:
+    assert cli_sqlite("db", "upgrade").exit_code == 0
+    result = cli_sqlite("doctor", "--format", "json", SMARTCAR_CLIENT_SECRET="wrong-but-long-secret")
+    assert result.exit_code == 3
+    assert checks(result) == {"configuration": "ok", "database": "ok", "token": "error", "api request": "skipped",
+                              "clock": "skipped", "rate budget": "ok"}
+    assert "wrong-but-long-secret" not in result.output and fake_api.client_secret not in result.output
+
+
+def test_doctor_unreachable_database_is_3(cli_sqlite: Cli, fake_api: FakeApi) -> None:
+    url = "postgresql+psycopg://etl:pg-password-here@127.0.0.1:1/etl"
+    result = cli_sqlite("doctor", "--format", "json", SMARTCAR_ETL_DATABASE_URL=url)
+    assert result.exit_code == 3
+    assert checks(result) == {"configuration": "ok", "database": "error", "token": "ok", "api request": "ok",
+                              "clock": "ok", "rate budget": "skipped"}
+    assert "pg-password-here" not in result.output and fake_api.client_secret not in result.output
+
+
+def test_doctor_schema_not_migrated_is_2_naming_db_upgrade(cli_sqlite: Cli, tmp_path: Path,
+                                                            fake_api: FakeApi) -> None:
+    make_engine(f"sqlite:///{tmp_path / 'etl.db'}", create=True).dispose()  # an empty database file
+    result = cli_sqlite("doctor")
+    assert result.exit_code == 2
+    assert re.search(r"database\s+error\s+.*run `smartcar-etl db upgrade`", result.stdout)
+    assert fake_api.client_secret not in result.output
+
+
+def test_doctor_bad_configuration_is_2_and_runs_no_other_check(cli_sqlite: Cli) -> None:
+    result = cli_sqlite("doctor", "--format", "json", SMARTCAR_ETL_API_CONCURRENCY="0")
+    assert result.exit_code == 2
+    assert checks(result) == {"configuration": "error", "database": "skipped", "token": "skipped",
+                              "api request": "skipped", "clock": "skipped", "rate budget": "skipped"}
+
+
+def fake_with_date(fake: FakeApi, date: str | None) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = fake.handle(request)
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "date"}
+        return httpx.Response(response.status_code, headers={**headers, **({"Date": date} if date else {})},
+                              content=response.content)
+
+    return httpx.MockTransport(handle)
+
+
+@sqlite_only
+@pytest.mark.parametrize(("date", "expected"), [
+    ("Sun, 01 Mar 2026 09:58:00 GMT", ("warning", "120s ahead of")),
+    ("Sun, 01 Mar 2026 10:00:30 GMT", ("ok", "-30.0s")),
+    (None, ("warning", "missing or unreadable")),
+])
+def test_doctor_clock_skew_is_a_warning_that_leaves_the_code(run_sync: Runner, engine: Any, date: str | None,
+                                                             expected: tuple[str, str]) -> None:
+    config, now = run_sync.config, dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+    seams = Seams(transport=fake_with_date(run_sync.fake, date), now=lambda: now)
+    report = diagnose(lambda: config, lambda: Store(engine), seams=seams, env={})
+    clock = next(c for c in report.checks if c.name == "clock")
+    assert (clock.status, report.exit_code) == (expected[0], 0) and expected[1] in clock.detail
+
+
+@sqlite_only
+def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: Runner, engine: Any) -> None:
+    config = run_sync.config
+    config = replace(config, rate_limit=replace(config.rate_limit, capacity=10, per_minute=1))
+    ledger = StoreLedger(Store(engine), config)
+    assert ledger.lease(1)[0] == 1  # the bucket's row, then 10 minutes without a token (a 429's Retry-After)
+    ledger.drain(600)
+    transport = httpx.MockTransport(run_sync.fake.handle)
+    report = diagnose(lambda: config, lambda: Store(engine), seams=Seams(transport=transport), env={})
+    statuses = {c.name: c.status for c in report.checks}
+    assert (statuses["api request"], statuses["rate budget"], report.exit_code) == ("warning", "warning", 0)
+    assert run_sync.fake.count("GET", "/v3/connections") == 0
+
+
+@sqlite_only
+def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any) -> None:
+    transport = httpx.MockTransport(run_sync.fake.handle)
+    report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
+                      env={"SMARTCAR_ETL_API_CONCURENCY": "4"})
+    first = report.checks[0]
+    assert first.status == "warning" and "did you mean SMARTCAR_ETL_API_CONCURRENCY?" in first.detail
+    assert report.exit_code == 0
+
+
+# -- one JSON object from sync and backfill, whatever happens --------------------------------------------------------
+
+def test_sync_and_backfill_print_one_json_object_for_each_outcome(cli_sqlite: Cli, fake_api: FakeApi,
+                                                                   tmp_path: Path) -> None:
+    ids = fake_api.populate(4, seed=3)
+    fake_api.connections[ids[0]].broken = "bad_permission"
+    assert cli_sqlite("db", "upgrade").exit_code == 0
+    (tmp_path / "ids.txt").write_text("\n".join(ids))
+    backfilled = cli_sqlite("backfill", "--ids-file", "ids.txt", "--format", "json")
+    outcome = one_object(backfilled.stdout)
+    assert (backfilled.exit_code, outcome["status"], outcome["fetched"], outcome["failed"]) == (1, "partial", 3, 1)
+    assert "run " in backfilled.stderr  # the logs are on stderr
+    (tmp_path / "bad.txt").write_text(ids[1] + "\nnot-a-connection-id\n")
+    bad = cli_sqlite("backfill", "--ids-file", "bad.txt", "--format", "json")
+    outcome = one_object(bad.stdout)
+    assert (bad.exit_code, outcome["status"]) == (2, "error") and "line 2" in outcome["error"]
+    fake_api.connections[ids[0]].broken = None
+    synced = cli_sqlite("sync", "--all", "--format", "json")
+    assert synced.exit_code == 0 and one_object(synced.stdout)["status"] == "succeeded"
+    refused = cli_sqlite("sync", "--all", "--format", "json", SMARTCAR_CLIENT_SECRET="not-the-secret-value")
+    outcome = one_object(refused.stdout)
+    assert (refused.exit_code, outcome["status"], outcome["exit_code"]) == (3, "aborted", 3)
+    assert outcome["fetched"] is None and "401" in outcome["error"] and "not-the-secret-value" not in refused.output
+    store = Store(make_engine(cli_sqlite.db_url))
+    with store.lock():
+        held = cli_sqlite("sync", "--format", "json")
+        skipped = cli_sqlite("backfill", "--all", "--format", "json", "--if-locked", "skip")
+        skipped_text = cli_sqlite("sync", SMARTCAR_ETL_SYNC_IF_LOCKED="skip")
+    outcome = one_object(held.stdout)
+    assert (held.exit_code, outcome["status"], outcome["exit_code"]) == (4, "skipped", 4)
+    assert (skipped.exit_code, one_object(skipped.stdout)["status"]) == (0, "skipped")
+    assert skipped_text.exit_code == 0 and "another run holds the lock" in skipped_text.stderr
+    store.engine.dispose()
+
+
+def test_an_interrupted_sync_prints_its_json_object_and_exits_130(tmp_path: Path) -> None:
+    env = {**os.environ, "SMARTCAR_ETL_DATABASE_URL": f"sqlite:///{tmp_path / 'etl.db'}", "SMARTCAR_ETL_CONFIG": ""}
+    server = subprocess.Popen([sys.executable, "-m", "etl", "fake-api", "--port", "0", "--connections", "30",
+                               "--latency", "0.3", "--ids-file", "ids.txt"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        exports = [server.stdout.readline() for _ in range(4)]
+        env.update(line.removeprefix("export ").strip().split("=", 1) for line in exports)  # type: ignore[misc]
+        for args in (["db", "upgrade"], ["connections", "import", "ids.txt"]):
+            subprocess.run([sys.executable, "-m", "etl", *args], cwd=tmp_path, env=env, check=True,
+                           capture_output=True)
+        sync = subprocess.Popen([sys.executable, "-m", "etl", "sync", "--format", "json", "--strategy", "ids"],
+                                cwd=tmp_path, env={**env, "SMARTCAR_ETL_API_CONCURRENCY": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        assert sync.stderr is not None
+        while "connection(s) due" not in sync.stderr.readline() and time.monotonic() < deadline:
+            pass
+        time.sleep(0.5)
+        sync.send_signal(signal.SIGTERM)
+        stdout, _ = sync.communicate(timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    outcome = one_object(stdout)
+    assert (sync.returncode, outcome["status"], outcome["exit_code"]) == (130, "aborted", 130)
+    assert "interrupted" in outcome["error"]
+
+
+@sqlite_only
+def test_the_daemon_logs_one_json_record_per_pass(run_sync: Runner, engine: Any,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    ids = run_sync.fake.populate(3, seed=4)
+    from etl.tracking import track
+
+    track(Store(engine), ids)
+    seams = Seams(transport=httpx.MockTransport(run_sync.fake.handle), sleep=lambda s: None, now=run_sync.clock)
+    daemon = Daemon(run_sync.config, Store(engine), seams=seams)
+    caplog.set_level(logging.INFO)
+    daemon.run_pass()
+    with Store(engine).lock():
+        daemon.run_pass()
+    results = [json.loads(JsonFormatter().format(r))["result"] for r in caplog.records if hasattr(r, "result")]
+    assert [(r["status"], r["exit_code"]) for r in results] == [("succeeded", 0), ("skipped", 4)]
+    assert results[0]["fetched"] == 3 and results[1]["fetched"] is None
+
+
+# -- --version ------------------------------------------------------------------------------------------------------
+
+def test_version_is_the_package_metadata() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"smartcar-etl, version {importlib.metadata.version('smartcar-etl')}"
+    from etl import __version__
+
+    assert __version__ == importlib.metadata.version("smartcar-etl")
+
+
+# -- the README's deployment examples -------------------------------------------------------------------------------
+
+def fenced(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.M | re.S)
+
+
+def parses(argv: list[str]) -> click.Context:
+    """The command line parsed by the job's own options (nothing runs); UsageError if it is wrong."""
+    ctx = cli.make_context("smartcar-etl", list(argv), resilient_parsing=False)
+    with warnings.catch_warnings():  # Click 8.2 deprecates protected_args; resolve_command still wants them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        name, command, rest = cli.resolve_command(ctx, ctx.protected_args + ctx.args)
+    assert command is not None, name
+    with ctx:
+        return command.make_context(name, rest, parent=ctx)
+
+
+def job_argv(line: str) -> list[str]:
+    """The arguments after `smartcar-etl` in a shell or ExecStart line."""
+    words = line.split(">>")[0].split()
+    return words[next(i for i, w in enumerate(words) if w.endswith("bin/smartcar-etl")) + 1:]
+
+
+def test_the_crontab_line_parses_and_skips_a_held_lock() -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    [block] = fenced("cron")
+    line = block.strip()
+    CronTrigger.from_crontab(" ".join(line.split()[:5]), timezone=dt.UTC)
+    ctx = parses(job_argv(line))
+    assert ctx.params["if_locked"] == "skip" and ctx.params["fmt"] == "json"
+
+
+def systemd_units() -> dict[str, str]:
+    units = {}
+    for block in fenced("ini"):
+        first = block.splitlines()[0]
+        if first.startswith("# /etc/systemd/system/"):
+            units[first.removeprefix("# /etc/systemd/system/")] = block
+    return units
+
+
+def test_the_systemd_units_verify_and_their_commands_parse(tmp_path: Path) -> None:
+    units = systemd_units()
+    assert set(units) == {"smartcar-etl-sync.service", "smartcar-etl-sync.timer", "smartcar-etl.service"}
+    executable = str(Path(sys.executable).parent / "smartcar-etl")
+    assert Path(executable).exists()
+    for name, text in units.items():
+        (tmp_path / name).write_text(text.replace("/srv/smartcar-etl/.venv/bin/smartcar-etl", executable))
+        for line in text.splitlines():
+            if line.startswith(("ExecStart=", "ExecStartPre=")):
+                parses(job_argv(line))
+            assert "=" not in line or " #" not in line, f"systemd reads no comment after a value: {line}"
+    assert "sync --if-locked skip --format json" in units["smartcar-etl-sync.service"]
+    assert "Type=oneshot" in units["smartcar-etl-sync.service"] and "OnCalendar=" in units["smartcar-etl-sync.timer"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        assert not os.environ.get("CI"), "CI checks the units with systemd-analyze"
+        return
+    verified = subprocess.run([analyze, "verify", *(str(tmp_path / n) for n in units)], capture_output=True,
+                              text=True, timeout=60)
+    assert verified.returncode == 0, verified.stderr
+    calendar = re.search(r"^OnCalendar=(.*)$", units["smartcar-etl-sync.timer"], flags=re.M)
+    assert calendar is not None
+    assert subprocess.run([analyze, "calendar", calendar.group(1)], capture_output=True, timeout=60).returncode == 0
+
+
+def test_the_kubernetes_cronjob_forbids_overlap_and_takes_the_secret_from_a_secret() -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    [manifest] = [yaml.safe_load(block) for block in fenced("yaml") if "kind: CronJob" in block]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "CronJob")
+    spec = manifest["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    CronTrigger.from_crontab(spec["schedule"], timezone=dt.UTC)
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    [container] = pod["containers"]
+    ctx = parses(container["args"])
+    assert ctx.params["if_locked"] == "skip"
+    env = {item["name"]: item for item in container["env"]}
+    assert env["SMARTCAR_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"]
+    assert "value" not in env["SMARTCAR_CLIENT_SECRET"]
+    names = {key.variable for key in KEYS} | {"SMARTCAR_CLIENT_ID", "SMARTCAR_CLIENT_SECRET"}
+    assert set(env) <= names, "every variable of the example is one the job reads"
+    for item in env.values():
+        if "value" in item:
+            shown = CliRunner().invoke(cli, ["config", "show"], env={"SMARTCAR_ETL_CONFIG": "",
+                                                                     item["name"]: item["value"]})
+            assert shown.exit_code == 0, shown.output
+
+
+# -- a new user's first hour ----------------------------------------------------------------------------------------
+
+def test_the_first_hour_as_the_readme_tells_it(cli_sqlite: Cli, fake_api: FakeApi, tmp_path: Path) -> None:
+    ids = fake_api.populate(250, seed=5)
+    assert cli_sqlite("db", "upgrade").exit_code == 0
+    nothing = cli_sqlite("sync")
+    assert nothing.exit_code == 0 and "nothing is tracked" in nothing.stdout and "connections add" in nothing.stdout
+    (tmp_path / "ids.txt").write_text("\n".join(ids[:50]))
+    assert cli_sqlite("connections", "import", "ids.txt").exit_code == 0
+    first = cli_sqlite("sync", "--format", "json")  # auto: 50 GETs cost more than 3 listing pages
+    assert first.exit_code == 0 and one_object(first.stdout)["fetched"] == 50
+    engine = make_engine(cli_sqlite.db_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(connections)) == 50  # the listing widened nothing
+    engine.dispose()
+    idle = cli_sqlite("sync", "--format", "json")
+    hint = one_object(idle.stdout)["hint"]
+    assert "none of the 50 tracked connection(s) is due; the next is due at" in hint and "sync --all" in hint
+
+
+def test_a_shorter_interval_applies_at_once(run_sync: Runner) -> None:
+    ids = run_sync.fake.populate(4, seed=8)
+    from etl.tracking import track
+
+    track(Store(run_sync.engine), ids)
+    assert run_sync().counts.fetched == 4  # due again in 13.5 minutes
+    assert run_sync(advance=dt.timedelta(seconds=30)).planned == 0
+    run_sync.config = replace(run_sync.config, schedule=replace(run_sync.config.schedule, interval_seconds=20.0))
+    assert run_sync(advance=dt.timedelta(seconds=30)).counts.fetched == 4  # fetched 60 s ago > 90 % of 20 s
+    assert run_sync(advance=dt.timedelta(seconds=5)).planned == 0
+
+
+def test_fake_api_writes_its_ids(tmp_path: Path) -> None:
+    server = subprocess.Popen([sys.executable, "-m", "etl", "fake-api", "--port", "0", "--connections", "7",
+                               "--ids-file", "ids.txt"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    assert server.stdout is not None
+    with server.stdout:
+        try:
+            assert server.stdout.readline().startswith("export SMARTCAR_API_BASE_URL=http://127.0.0.1:")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    lines = (tmp_path / "ids.txt").read_text().splitlines()
+    assert len(lines) == 7 and all(UUID_LINE.fullmatch(line) for line in lines)
+
+
+def _options(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    found = []
+    for name, command in group.commands.items():
+        found += [(" ".join(prefix + (name,)), p.name or "") for p in command.params
+                  if isinstance(p, click.Option) and not p.hidden]
+        if isinstance(command, click.Group):
+            found += _options(command, prefix + (name,))
+    return found
+
+
+def test_every_option_has_help_text() -> None:
+    missing = []
+    for command_path, name in _options(cli):
+        command: Any = cli
+        for part in command_path.split():
+            command = command.commands[part]
+        option = next(p for p in command.params if p.name == name)
+        if not option.help:
+            missing.append(f"{command_path} --{name}")
+    assert missing == []
