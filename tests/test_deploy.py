@@ -559,3 +559,21 @@ def test_every_option_has_help_text() -> None:
         if not option.help:
             missing.append(f"{command_path} --{name}")
     assert missing == []
+
+
+def test_single_result_commands_print_one_json_object(cli_sqlite: Cli, fake_api: FakeApi, tmp_path: Path) -> None:
+    [connection_id] = fake_api.populate(1, seed=9)
+    assert cli_sqlite("db", "upgrade").exit_code == 0
+    current = one_object(cli_sqlite("db", "current", "--format", "json").stdout)
+    assert current["latest"] is True and current["current"] == current["head"]
+    assert cli_sqlite("connections", "add", connection_id).exit_code == 0
+    assert cli_sqlite("sync").exit_code == 0
+    checked = cli_sqlite("check", "--format", "json")
+    assert checked.exit_code == 0 and one_object(checked.stdout)["violations"] == []
+    assert one_object(checked.stdout)["grants"] > 0
+    status, alias = (one_object(cli_sqlite("status", *args).stdout) for args in (["--format", "json"], ["--json"]))
+    assert status.keys() == alias.keys() and status["runs"] == alias["runs"] and status["connections"]["active"] == 1
+    shown = cli_sqlite("archive", "show", connection_id, "--format", "table")
+    assert shown.exit_code == 0 and "status: 200" in shown.stdout and f'"id": "{connection_id}"' in shown.stdout
+    plan = cli_sqlite("backfill", "--all", "--dry-run", "--format", "json")
+    assert plan.exit_code == 0 and one_object(plan.stdout)["connections"] == 1

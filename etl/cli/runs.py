@@ -26,6 +26,9 @@ if_locked_option = click.option(
          "exit as a failure). Default: sync.if_locked, else fail.")
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
+
+
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (a scheduler stopping the job) interrupts the run as Ctrl-C does: it is recorded as aborted."""
@@ -61,8 +64,8 @@ def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locke
     except EtlError as error:
         if fmt != "json":
             raise
-        outcome = outcome_without_result("error" if error.exit_code == 2 else "aborted", error.exit_code, str(error),
-                           getattr(error, "run_id", None))
+        status = "error" if error.exit_code == 2 else "aborted"
+        outcome = outcome_without_result(status, error.exit_code, str(error), getattr(error, "run_id", None))
         click.echo(f"Error: {error}", err=True)
     except KeyboardInterrupt:
         outcome = outcome_without_result("aborted", INTERRUPTED,
@@ -84,9 +87,6 @@ def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locke
     if fmt == "json":
         echo_json(outcome)
     ctx.exit(outcome["exit_code"])
-
-
-INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
 
 
 @cli.command("sync")
