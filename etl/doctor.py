@@ -70,13 +70,14 @@ def diagnose(load: Callable[[], Config], open_store: Callable[[], Any], *, seams
     """Run every check; ``load`` gives the config (or raises ConfigError), ``open_store`` the Store."""
     from etl.context import Seams
 
+    seams = seams or Seams()
     report, probe = Diagnosis(), _Probe()
     _configuration(report, probe, load, os.environ if env is None else env)
     _database(report, probe, open_store)
-    _token(report, probe, seams or Seams())
+    _token(report, probe, seams)
     _request(report, probe)
-    _clock(report, probe, (seams or Seams()).now)
-    _budget(report, probe, (seams or Seams()).now)
+    _clock(report, probe, seams.now)
+    _budget(report, probe, seams.now)
     return report
 
 
@@ -189,7 +190,10 @@ def _request(report: Diagnosis, probe: _Probe) -> None:
         report.add("api request", WARNING, "not sent: the rate budget is empty (see below)")
         return
     except EtlError as error:
-        report.add("api request", ERROR, str(error), 3)
+        if getattr(error, "status", None) == 429:  # reachable, and out of requests for now
+            report.add("api request", WARNING, f"{error}: the application's rate limit is used up for now")
+        else:
+            report.add("api request", ERROR, str(error), 3)
         return
     finally:
         client.http.close()

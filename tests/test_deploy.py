@@ -295,6 +295,18 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
 
 
 @sqlite_only
+def test_doctor_a_429_from_the_api_is_a_warning_and_a_500_an_error(run_sync: Runner, engine: Any) -> None:
+    fake, statuses = run_sync.fake, []
+    for status in (429, 500):
+        fake.fail_next(status, headers={"Retry-After": "1"}, match="/v3/connections", times=2)  # both attempts
+        seams = Seams(transport=httpx.MockTransport(fake.handle), sleep=lambda seconds: None)
+        report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=seams, env={})
+        check = next(c for c in report.checks if c.name == "api request")
+        statuses.append((check.status, report.exit_code, str(status) in check.detail))
+    assert statuses == [("warning", 0, True), ("error", 3, True)]
+
+
+@sqlite_only
 def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any) -> None:
     transport = httpx.MockTransport(run_sync.fake.handle)
     report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
