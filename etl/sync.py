@@ -237,15 +237,15 @@ def sync(
         checkpoint = None if isinstance(source, ByIds) else source.checkpoint
         loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint)
         if not due and strategy != "list":
-            loop.result.hint = idle_hint(store, at=ctx.now())
+            loop.result.hint = idle_hint(store, at=ctx.now(), interval=ctx.cadence.interval * (1 - EARLY))
         return loop()
 
 
-def idle_hint(store: Store, *, at: dt.datetime) -> str:
+def idle_hint(store: Store, *, at: dt.datetime, interval: dt.timedelta) -> str:
     """What to do when nothing was due: track something, or wait for (or force) the next due connection."""
     from etl.backfill import human_duration
 
-    tracked, next_due = store.tracked_and_next_due()
+    tracked, next_due = store.tracked_and_next_due(fetched_within=interval)
     if not tracked:
         return ("nothing is tracked: add connection ids with `smartcar-etl connections add ID...` or "
                 "`connections import FILE`, or track every connection of the application with "

@@ -533,7 +533,8 @@ def test_a_shorter_interval_applies_at_once(run_sync: Runner) -> None:
     assert run_sync(advance=dt.timedelta(seconds=30)).planned == 0
     run_sync.config = replace(run_sync.config, schedule=replace(run_sync.config.schedule, interval_seconds=20.0))
     assert run_sync(advance=dt.timedelta(seconds=30)).counts.fetched == 4  # fetched 60 s ago > 90 % of 20 s
-    assert run_sync(advance=dt.timedelta(seconds=5)).planned == 0
+    idle = run_sync(advance=dt.timedelta(seconds=5))
+    assert idle.planned == 0 and "(in 13s)" in (idle.hint or "")  # 18 s (90 % of 20 s) after the last fetch
 
 
 def test_fake_api_writes_its_ids(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, and_, exc, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, exc, func, insert, or_, select, update
 
 from etl.cadence import Cadence
 from etl.db import dialects
@@ -347,13 +347,23 @@ class Store:
         with self.read() as conn:
             return list(conn.scalars(query))
 
-    def tracked_and_next_due(self) -> tuple[int, dt.datetime | None]:
-        """How many connections are tracked, and the earliest due time among them (None: one is due now)."""
+    def tracked_and_next_due(self, *, fetched_within: dt.timedelta) -> tuple[int, dt.datetime | None]:
+        """How many connections are tracked, and the earliest time one of them is due (None: one is due now).
+
+        ``fetched_within``: as ``due_ids``' ``fetched_before``, a healthy active connection is due this long
+        after its last fetch at the latest.
+        """
         c = connections.c
-        query = select(func.count(), func.min(c.next_due_at), func.count(c.next_due_at)).where(c.tracked.is_(True))
+        healthy = and_(c.status == "active", c.consecutive_failures == 0)
+        query = select(func.count(), func.count(c.next_due_at), func.min(c.next_due_at),
+                       func.min(case((healthy, c.last_attempt_at)))).where(c.tracked.is_(True))
         with self.read() as conn:
-            tracked, earliest, timed = conn.execute(query).one()
-        return tracked, (earliest if timed == tracked else None)
+            tracked, timed, earliest, oldest_healthy = conn.execute(query).one()
+        if timed < tracked:
+            return tracked, None
+        if oldest_healthy is not None and earliest is not None:
+            earliest = min(earliest, oldest_healthy + fetched_within)
+        return tracked, earliest
 
     def known_connections(self) -> int:
         """How many connections the database knows that are not deleted: a lower bound of the application's size."""
