@@ -231,7 +231,7 @@ def _budget(report: Diagnosis, probe: _Probe, now: Callable[[], dt.datetime] = u
     tokens, capacity = state["tokens_now"], state["capacity"]
     if tokens < 1:
         wait = (1 - tokens) / (probe.config.rate_limit.per_minute / 60)
-        report.add("rate budget", WARNING, f"empty ({tokens:g} of {capacity:g}): the next request can go in "
+        report.add("rate budget", WARNING, f"empty (0 of {capacity:g}): the next request can go in "
                    f"{human_duration(wait)}; runs now wait for it")
     else:
         report.add("rate budget", OK, f"{int(tokens)} of {capacity:g} requests available, "

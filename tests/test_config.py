@@ -140,3 +140,30 @@ def test_schedule_durations_and_cron(tmp_path: Path) -> None:
     for key in ("schedule.interval: expected a duration", "schedule.cron: not a crontab expression",
                 "schedule.retry_failed_after: must not exceed", "daemon.metrics_listen: expected host:port"):
         assert key in text
+
+
+def test_each_problem_of_a_file_is_reported_after_the_one_before(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+colour: blue
+api: 5
+sync:
+  client_secret: nope
+  nope: 1
+  batch_size: 0
+api_extra:
+archive:
+  enabled: maybe
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.errors == [
+        "colour: unknown section (expected one of database, api, retry, rate_limit, sync, schedule, daemon, "
+        "metrics, archive, logging)",
+        "api: expected a mapping",
+        "sync.client_secret: unknown key",
+        "sync.nope: unknown key",
+        "sync.batch_size: expected a whole number from 1 to 10000, got 0",
+        "api_extra: unknown section (expected one of database, api, retry, rate_limit, sync, schedule, daemon, "
+        "metrics, archive, logging)",
+        "archive.enabled: expected true or false, got 'maybe'",
+    ]

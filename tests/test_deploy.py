@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from etl.cli import cli
 from etl.config import KEYS, variables_table
 from etl.context import Seams, StoreLedger
-from etl.db.engine import make_engine
+from etl.db.engine import head_revision, make_engine
 from etl.db.models import connections
 from etl.db.store import Store
 from etl.doctor import diagnose
@@ -202,7 +202,18 @@ def test_the_example_config_lists_every_key() -> None:
 # -- doctor ------------------------------------------------------------------------------------------------------
 
 def checks(result: Any) -> dict[str, str]:
-    return {c["name"]: c["status"] for c in one_object(result.stdout)["checks"]}
+    shown = one_object(result.stdout)
+    assert shown["exit_code"] == result.exit_code
+    return {c["name"]: c["status"] for c in shown["checks"]}
+
+
+def details(result: Any) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in one_object(result.stdout)["checks"]}
+
+
+SKIPPED_BECAUSE = {"database": "needs a valid configuration", "token": "needs credentials",
+                   "api request": "needs a token", "clock": "needs an answer from the API",
+                   "rate budget": "needs a migrated database"}
 
 
 def test_doctor_all_ok(db_url: str, tmp_path: Path, api_server: dict[str, str], fake_api: FakeApi) -> None:
@@ -215,7 +226,16 @@ def test_doctor_all_ok(db_url: str, tmp_path: Path, api_server: dict[str, str], 
     assert result.exit_code == 0, result.output
     assert checks(result) == dict.fromkeys(("configuration", "database", "token", "api request", "clock",
                                             "rate budget"), "ok")
-    assert "3 connection(s)" in result.stdout
+    said = details(result)
+    assert said["configuration"] == "built-in defaults; 5 setting(s) from the environment"
+    assert said["database"].endswith(f", revision {head_revision()} (the latest)")
+    assert said["token"] == f"{api_server['token_url']} gave a token"
+    assert said["api request"] == f"GET {api_server['base_url']}/connections answered 200; the application has " \
+        "3 connection(s)"
+    assert said["clock"].startswith("within 60s of the API's")
+    # the bucket keeps one token (and 100 ms of refill) below capacity; doctor's request took one more
+    assert re.fullmatch(r"11[78] of 120 requests available, 120 an hour", said["rate budget"]), said["rate budget"]
+    assert [(m, p) for m, p in fake_api.requests if p.startswith("/v3/")] == [("GET", "/v3/connections")]
     table = run("doctor")
     assert table.exit_code == 0 and len([line for line in table.stdout.splitlines() if " ok " in line]) == 6
     assert fake_api.client_secret not in result.output + table.output
@@ -241,11 +261,18 @@ def test_doctor_unreachable_database_is_3(cli_sqlite: Cli, fake_api: FakeApi) ->
 
 def test_doctor_schema_not_migrated_is_2_naming_db_upgrade(cli_sqlite: Cli, tmp_path: Path,
                                                             fake_api: FakeApi) -> None:
-    make_engine(f"sqlite:///{tmp_path / 'etl.db'}", create=True).dispose()  # an empty database file
+    empty = make_engine(f"sqlite:///{tmp_path / 'etl.db'}", create=True)
+    with empty.connect():  # the file exists, with no schema in it
+        pass
+    empty.dispose()
     result = cli_sqlite("doctor")
     assert result.exit_code == 2
-    assert re.search(r"database\s+error\s+.*run `smartcar-etl db upgrade`", result.stdout)
+    assert re.search(r"database\s+error\s+sqlite:///\S+ is at revision none \(empty\), the latest is "
+                     rf"{head_revision()}: run `smartcar-etl db upgrade`", result.stdout)
+    assert re.search(r"rate budget\s+skipped\s+needs a migrated database", result.stdout)
     assert fake_api.client_secret not in result.output
+    missing = cli_sqlite("doctor", SMARTCAR_ETL_DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
+    assert missing.exit_code == 2 and "run `smartcar-etl db upgrade` first to create it" in missing.stdout
 
 
 def test_doctor_bad_configuration_is_2_and_runs_no_other_check(cli_sqlite: Cli) -> None:
@@ -253,6 +280,29 @@ def test_doctor_bad_configuration_is_2_and_runs_no_other_check(cli_sqlite: Cli) 
     assert result.exit_code == 2
     assert checks(result) == {"configuration": "error", "database": "skipped", "token": "skipped",
                               "api request": "skipped", "clock": "skipped", "rate budget": "skipped"}
+    assert details(result) == {"configuration": "SMARTCAR_ETL_API_CONCURRENCY: expected a whole number from 1 to "
+                               "256, got 0 (see `smartcar-etl config show` and the README)", **SKIPPED_BECAUSE}
+
+
+def test_doctor_without_credentials_is_2_and_still_checks_the_database(cli_sqlite: Cli) -> None:
+    assert cli_sqlite("db", "upgrade").exit_code == 0
+    result = cli_sqlite("doctor", "--format", "json", SMARTCAR_CLIENT_ID="", SMARTCAR_CLIENT_SECRET="")
+    assert result.exit_code == 2
+    assert checks(result) == {"configuration": "error", "database": "ok", "token": "skipped",
+                              "api request": "skipped", "clock": "skipped", "rate budget": "ok"}
+    said = details(result)
+    assert said["configuration"].startswith("no API credentials: set SMARTCAR_CLIENT_ID")
+    assert (said["token"], said["api request"]) == (SKIPPED_BECAUSE["token"], SKIPPED_BECAUSE["api request"])
+
+
+def test_doctor_with_a_ready_token_checks_it_with_the_request(cli_sqlite: Cli) -> None:
+    result = cli_sqlite("doctor", "--format", "json", SMARTCAR_CLIENT_ID="", SMARTCAR_CLIENT_SECRET="",
+                        SMARTCAR_ACCESS_TOKEN="a-token-the-api-refuses")
+    assert result.exit_code == 3
+    assert checks(result)["token"] == "ok" and checks(result)["api request"] == "error"
+    said = details(result)
+    assert said["token"] == "a ready token is set (SMARTCAR_ACCESS_TOKEN); the API request checks it"
+    assert "401" in said["api request"] and "a-token-the-api-refuses" not in result.output
 
 
 def fake_with_date(fake: FakeApi, date: str | None) -> httpx.MockTransport:
@@ -267,9 +317,12 @@ def fake_with_date(fake: FakeApi, date: str | None) -> httpx.MockTransport:
 
 @sqlite_only
 @pytest.mark.parametrize(("date", "expected"), [
-    ("Sun, 01 Mar 2026 09:58:00 GMT", ("warning", "120s ahead of")),
-    ("Sun, 01 Mar 2026 10:00:30 GMT", ("ok", "-30.0s")),
-    (None, ("warning", "missing or unreadable")),
+    ("Sun, 01 Mar 2026 09:58:00 GMT", ("warning", "this machine's clock is 120s ahead of the API's: sync times")),
+    ("Sun, 01 Mar 2026 10:01:01 GMT", ("warning", "this machine's clock is 61s behind the API's")),
+    ("Sun, 01 Mar 2026 10:01:00 GMT", ("ok", "within 60s of the API's (-60.0s)")),
+    ("Sun, 01 Mar 2026 10:00:30 GMT", ("ok", "within 60s of the API's (-30.0s)")),
+    (None, ("warning", "the API's Date header is missing or unreadable: None")),
+    ("yesterday", ("warning", "the API's Date header is missing or unreadable: 'yesterday'")),
 ])
 def test_doctor_clock_skew_is_a_warning_that_leaves_the_code(run_sync: Runner, engine: Any, date: str | None,
                                                              expected: tuple[str, str]) -> None:
@@ -292,6 +345,10 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
     statuses = {c.name: c.status for c in report.checks}
     assert (statuses["api request"], statuses["rate budget"], report.exit_code) == ("warning", "warning", 0)
     assert run_sync.fake.count("GET", "/v3/connections") == 0
+    said = {c.name: c.detail for c in report.checks}
+    assert said["api request"] == "not sent: the rate budget is empty (see below)"
+    assert re.fullmatch(r"empty \(0 of 10\): the next request can go in (11m|10m 5\ds); runs now wait for it",
+                        said["rate budget"]), said["rate budget"]  # 600 s drained, then one token at 1 a minute
 
 
 @sqlite_only
@@ -312,8 +369,13 @@ def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any
     report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
                       env={"SMARTCAR_ETL_API_CONCURENCY": "4"})
     first = report.checks[0]
-    assert first.status == "warning" and "did you mean SMARTCAR_ETL_API_CONCURRENCY?" in first.detail
+    assert first.status == "warning" and first.detail.endswith(
+        "; not settings, ignored: SMARTCAR_ETL_API_CONCURENCY (did you mean SMARTCAR_ETL_API_CONCURRENCY?)")
     assert report.exit_code == 0
+    far = "SMARTCAR_ETL_" + "Q" * 40
+    report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
+                      env={far: "1", "SMARTCAR_ETL_CONFIG": "", "SMARTCAR_ETL_API_CONCURRENCY": "2"})
+    assert report.checks[0].detail.endswith(f"; not settings, ignored: {far}")
 
 
 # -- one JSON object from sync and backfill, whatever happens --------------------------------------------------------
