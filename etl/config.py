@@ -558,11 +558,10 @@ class _Loading:
         if parsed is None and value is not None:
             return
         self.values[key.section][key.attr] = parsed
-        origin = where if source in (ENVIRONMENT, OPTION) else None
-        self.sources[key.dotted] = (source, origin)
+        self.sources[key.dotted] = (source, where)  # where: the variable, option or dotted key in the file
         if key.key in _SECRET_KEYS.values():  # the file's name is no secret; the secret is its content
             self.values["api"][key.key] = str(value).strip()
-            self.sources[f"api.{key.attr}"] = (source, origin)
+            self.sources[f"api.{key.attr}"] = (source, where)
 
     def secret(self, variable: str, text: str) -> None:
         attr = SECRET_VARIABLES[variable]

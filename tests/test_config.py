@@ -151,6 +151,7 @@ sync:
   nope: 1
   batch_size: 0
 api_extra:
+metrics:
 archive:
   enabled: maybe
 """)

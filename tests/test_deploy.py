@@ -167,7 +167,11 @@ def test_config_show_names_each_source_and_precedence_is_option_environment_file
     ({"SMARTCAR_ETL_SYNC_IF_LOCKED": "wait"}, "SMARTCAR_ETL_SYNC_IF_LOCKED: expected one of fail, skip"),
     ({"SMARTCAR_ETL_API_BASE_URL": "http://127.0.0.1:1/v3", "SMARTCAR_API_BASE_URL": "http://127.0.0.1:2/v3"},
      "SMARTCAR_ETL_API_BASE_URL and SMARTCAR_API_BASE_URL are both set and differ"),
-    ({"SMARTCAR_ETL_API_CLIENT_SECRET": "pasted-secret-value"}, "SMARTCAR_ETL_API_CLIENT_SECRET: secrets are read"),
+    ({"SMARTCAR_ETL_API_CLIENT_SECRET": "pasted-secret-value"}, "SMARTCAR_ETL_API_CLIENT_SECRET: secrets are read "
+     "from SMARTCAR_CLIENT_SECRET or SMARTCAR_ETL_API_CLIENT_SECRET_FILE, not from this variable"),
+    ({"SMARTCAR_ETL_API_ACCESS_TOKEN": "pasted-secret-value"}, "SMARTCAR_ETL_API_ACCESS_TOKEN: secrets are read "
+     "from SMARTCAR_ACCESS_TOKEN or SMARTCAR_ETL_API_ACCESS_TOKEN_FILE, not from this variable"),
+    ({"SMARTCAR_CLIENT_SECRET": "changeme"}, "SMARTCAR_CLIENT_SECRET: looks like a placeholder"),
 ])
 def test_a_bad_variable_is_exit_2_naming_it(env: dict[str, str], message: str) -> None:
     result = CliRunner().invoke(cli, ["config", "show"], env={"SMARTCAR_ETL_CONFIG": "", **env})
@@ -247,6 +251,8 @@ def test_doctor_refused_credentials_is_3(cli_sqlite: Cli, fake_api: FakeApi) -> 
     assert result.exit_code == 3
     assert checks(result) == {"configuration": "ok", "database": "ok", "token": "error", "api request": "skipped",
                               "clock": "skipped", "rate budget": "ok"}
+    assert details(result)["token"] == "auth HTTP 401 Unauthorized invalid_client on /oauth2/token: Client " \
+        "authentication failed.; check the client id and secret"
     assert "wrong-but-long-secret" not in result.output and fake_api.client_secret not in result.output
 
 
@@ -349,6 +355,10 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
     assert said["api request"] == "not sent: the rate budget is empty (see below)"
     assert re.fullmatch(r"empty \(0 of 10\): the next request can go in (11m|10m 5\ds); runs now wait for it",
                         said["rate budget"]), said["rate budget"]  # 600 s drained, then one token at 1 a minute
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=12)  # the budget check reads the pass's clock
+    report = diagnose(lambda: config, lambda: Store(engine), seams=Seams(transport=transport, now=lambda: later),
+                      env={})
+    assert {c.name: c.status for c in report.checks}["rate budget"] == "ok"
 
 
 @sqlite_only
@@ -364,12 +374,40 @@ def test_doctor_a_429_from_the_api_is_a_warning_and_a_500_an_error(run_sync: Run
 
 
 @sqlite_only
+def test_doctor_asks_for_one_item_of_page_one_and_bounds_its_retries(run_sync: Runner, engine: Any) -> None:
+    fake, sent, sleeps = run_sync.fake, [], []
+    fake.populate(2, seed=10)
+    fake.listing = {"page_key": "page", "next": "relative", "total": False}
+
+    def recorded(request: httpx.Request) -> httpx.Response:
+        sent.append(dict(request.url.params))
+        return fake.handle(request)
+
+    fake.fail_next(503, headers={"Retry-After": "100"}, match="/v3/connections", times=1)
+    seams = Seams(transport=httpx.MockTransport(recorded), sleep=sleeps.append)
+    report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=seams, env={})
+    said = {c.name: (c.status, c.detail) for c in report.checks}
+    assert said["api request"] == ("ok", "GET https://api.test/v3/connections answered 200")  # no totalCount
+    api = [params for params in sent if params]
+    assert api == [{"page[number]": "1", "page[size]": "1"}] * 2 and sleeps == [5.0]  # Retry-After capped at 5 s
+
+    def not_a_listing(request: httpx.Request) -> httpx.Response:
+        response = fake.handle(request)
+        return httpx.Response(200, json={"data": 5}) if request.url.path == "/v3/connections" else response
+
+    report = diagnose(lambda: run_sync.config, lambda: Store(engine),
+                      seams=Seams(transport=httpx.MockTransport(not_a_listing)), env={})
+    [check] = [c for c in report.checks if c.name == "api request"]
+    assert (check.status, report.exit_code) == ("error", 3) and "page 1: data is not an array" in check.detail
+
+
+@sqlite_only
 def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any) -> None:
     transport = httpx.MockTransport(run_sync.fake.handle)
     report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
                       env={"SMARTCAR_ETL_API_CONCURENCY": "4"})
     first = report.checks[0]
-    assert first.status == "warning" and first.detail.endswith(
+    assert (first.name, first.status) == ("configuration", "warning") and first.detail.endswith(
         "; not settings, ignored: SMARTCAR_ETL_API_CONCURENCY (did you mean SMARTCAR_ETL_API_CONCURRENCY?)")
     assert report.exit_code == 0
     far = "SMARTCAR_ETL_" + "Q" * 40
