@@ -19,7 +19,7 @@ from typing import Any
 
 from etl.clock import utcnow
 from etl.config import Config, unknown_variables
-from etl.errors import ConfigError, EtlError
+from etl.errors import ApiError, ConfigError, EtlError
 
 OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
 MAX_SKEW = 60.0  # seconds the clock may differ from the API's
@@ -190,7 +190,7 @@ def _request(report: Diagnosis, probe: _Probe) -> None:
         report.add("api request", WARNING, "not sent: the rate budget is empty (see below)")
         return
     except EtlError as error:
-        if getattr(error, "status", None) == 429:  # reachable, and out of requests for now
+        if isinstance(error, ApiError) and error.status == 429:  # reachable, and out of requests for now
             report.add("api request", WARNING, f"{error}: the application's rate limit is used up for now")
         else:
             report.add("api request", ERROR, str(error), 3)

@@ -362,6 +362,18 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
 
 
 @sqlite_only
+def test_doctor_counts_a_budget_of_one_request_as_enough(run_sync: Runner, engine: Any) -> None:
+    config = run_sync.config
+    # The bucket stays a token (and 100 ms of refill) below its capacity of 3; doctor's request takes one: one left.
+    config = replace(config, rate_limit=replace(config.rate_limit, capacity=3, per_minute=0.001))
+    report = diagnose(lambda: config, lambda: Store(engine),
+                      seams=Seams(transport=httpx.MockTransport(run_sync.fake.handle)), env={})
+    budget = report.checks[-1]
+    assert (budget.name, budget.status, budget.detail) == ("rate budget", "ok",
+                                                           "1 of 3 requests available, 0.06 an hour")
+
+
+@sqlite_only
 def test_doctor_a_429_from_the_api_is_a_warning_and_a_500_an_error(run_sync: Runner, engine: Any) -> None:
     fake, statuses = run_sync.fake, []
     for status in (429, 500):
@@ -410,10 +422,10 @@ def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any
     assert (first.name, first.status) == ("configuration", "warning") and first.detail.endswith(
         "; not settings, ignored: SMARTCAR_ETL_API_CONCURENCY (did you mean SMARTCAR_ETL_API_CONCURRENCY?)")
     assert report.exit_code == 0
-    far = "SMARTCAR_ETL_" + "Q" * 40
+    far, farther = "SMARTCAR_ETL_" + "Q" * 40, "SMARTCAR_ETL_" + "Z" * 40
     report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
-                      env={far: "1", "SMARTCAR_ETL_CONFIG": "", "SMARTCAR_ETL_API_CONCURRENCY": "2"})
-    assert report.checks[0].detail.endswith(f"; not settings, ignored: {far}")
+                      env={farther: "1", far: "1", "SMARTCAR_ETL_CONFIG": "", "SMARTCAR_ETL_API_CONCURRENCY": "2"})
+    assert report.checks[0].detail.endswith(f"; not settings, ignored: {far}, {farther}")
 
 
 # -- one JSON object from sync and backfill, whatever happens --------------------------------------------------------
