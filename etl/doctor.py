@@ -84,8 +84,9 @@ def diagnose(load: Callable[[], Config], open_store: Callable[[], Any], *, seams
 def _configuration(report: Diagnosis, probe: _Probe, load: Callable[[], Config], env: Mapping[str, str]) -> None:
     try:
         config = load()
-    except ConfigError as error:
-        report.add("configuration", ERROR, f"{error} (see `smartcar-etl config show` and the README)", 2)
+    except ConfigError as error:  # several problems: one line, "; " between them
+        report.add("configuration", ERROR, "; ".join(error.errors) + " (the README's Configuration lists every "
+                   "key and variable)", 2)
         return
     probe.config = config
     settings = sum(1 for source, _ in config.sources.values() if source == "environment")
