@@ -584,8 +584,8 @@ def test_the_systemd_units_verify_and_their_commands_parse(tmp_path: Path) -> No
     assert "sync --if-locked skip --format json" in units["smartcar-etl-sync.service"]
     assert "Type=oneshot" in units["smartcar-etl-sync.service"] and "OnCalendar=" in units["smartcar-etl-sync.timer"]
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        assert not os.environ.get("CI"), "CI checks the units with systemd-analyze"
+    if analyze is None:  # .ci/run requires it, as it requires the database servers
+        assert not os.environ.get("ETL_REQUIRE_SYSTEMD_ANALYZE"), "systemd-analyze is required and missing"
         return
     verified = subprocess.run([analyze, "verify", *(str(tmp_path / n) for n in units)], capture_output=True,
                               text=True, timeout=60)
