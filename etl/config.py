@@ -516,7 +516,8 @@ TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0"
 def _from_text(key: Key, text: str) -> Any:
     """An environment variable's text as the config file would hold it; the key's parser judges the result."""
     text = text.strip()
-    if key.kind in ("number", "whole") and NUMBER_RE.fullmatch(text):
+    # 40 digits are more than any range here; int() of thousands would raise instead of the parser naming it
+    if key.kind in ("number", "whole") and len(text) <= 40 and NUMBER_RE.fullmatch(text):
         return float(text) if "." in text else int(text)
     if key.kind == "bool" and text.lower() in TRUE_WORDS + FALSE_WORDS:
         return text.lower() in TRUE_WORDS
@@ -757,5 +758,5 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     for name in sorted(env):
         if name.startswith("SMARTCAR_ETL_") and name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1)
-            found.append(name + (f" (did you mean {near[0]}?)" if near else ""))
+            found.append(_name(name) + (f" (did you mean {near[0]}?)" if near else ""))
     return found

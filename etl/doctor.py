@@ -209,11 +209,11 @@ def _clock(report: Diagnosis, probe: _Probe, now: Callable[[], dt.datetime] = ut
         report.add("clock", SKIPPED, "needs an answer from the API")
         return
     try:
-        theirs = email.utils.parsedate_to_datetime(probe.date or "")
-    except (TypeError, ValueError):
+        theirs = email.utils.parsedate_to_datetime(probe.date or "").astimezone(dt.UTC)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a date at the edge of the calendar
         report.add("clock", WARNING, f"the API's Date header is missing or unreadable: {probe.date!r:.60}")
         return
-    skew = (now() - theirs.astimezone(dt.UTC)).total_seconds()
+    skew = (now() - theirs).total_seconds()
     if abs(skew) > MAX_SKEW:
         report.add("clock", WARNING, f"this machine's clock is {abs(skew):.0f}s {'ahead of' if skew > 0 else 'behind'} "
                    "the API's: sync times would be off; run NTP (chrony, systemd-timesyncd)")

@@ -172,6 +172,13 @@ def test_config_show_names_each_source_and_precedence_is_option_environment_file
     ({"SMARTCAR_ETL_API_ACCESS_TOKEN": "pasted-secret-value"}, "SMARTCAR_ETL_API_ACCESS_TOKEN: secrets are read "
      "from SMARTCAR_ACCESS_TOKEN or SMARTCAR_ETL_API_ACCESS_TOKEN_FILE, not from this variable"),
     ({"SMARTCAR_CLIENT_SECRET": "changeme"}, "SMARTCAR_CLIENT_SECRET: looks like a placeholder"),
+    ({"SMARTCAR_ETL_API_CONCURRENCY": "9" * 5000}, "SMARTCAR_ETL_API_CONCURRENCY: expected a whole number from 1 "
+     "to 256, got '99999"),
+    ({"SMARTCAR_ETL_RATE_LIMIT_PER_MINUTE": "1" * 400 + ".5"}, "SMARTCAR_ETL_RATE_LIMIT_PER_MINUTE: expected a "
+     "number"),
+    ({"SMARTCAR_ETL_SYNC_STRATEGY": "ids\x1b[31m"}, "SMARTCAR_ETL_SYNC_STRATEGY: expected one of auto, ids, list, "
+     "got 'ids\\x1b[31m'"),
+    ({"SMARTCAR_ETL_LOGGING_LEVEL": "x" * 100_000}, "SMARTCAR_ETL_LOGGING_LEVEL: expected one of"),
 ])
 def test_a_bad_variable_is_exit_2_naming_it(env: dict[str, str], message: str) -> None:
     result = CliRunner().invoke(cli, ["config", "show"], env={"SMARTCAR_ETL_CONFIG": "", **env})
@@ -333,6 +340,7 @@ def fake_with_date(fake: FakeApi, date: str | None) -> httpx.MockTransport:
     ("Sun, 01 Mar 2026 10:00:30 GMT", ("ok", "within 60s of the API's (-30.0s)")),
     (None, ("warning", "the API's Date header is missing or unreadable: None")),
     ("yesterday", ("warning", "the API's Date header is missing or unreadable: 'yesterday'")),
+    ("Fri, 31 Dec 9999 23:59:59 -2359", ("warning", "missing or unreadable: 'Fri, 31 Dec 9999 23:59:59 -2359'")),
 ])
 def test_doctor_clock_skew_is_a_warning_that_leaves_the_code(run_sync: Runner, engine: Any, date: str | None,
                                                              expected: tuple[str, str]) -> None:
@@ -426,10 +434,11 @@ def test_doctor_names_a_variable_that_sets_nothing(run_sync: Runner, engine: Any
     assert (first.name, first.status) == ("configuration", "warning") and first.detail.endswith(
         "; not settings, ignored: SMARTCAR_ETL_API_CONCURENCY (did you mean SMARTCAR_ETL_API_CONCURRENCY?)")
     assert report.exit_code == 0
-    far, farther = "SMARTCAR_ETL_" + "Q" * 40, "SMARTCAR_ETL_" + "Z" * 40
+    far, farther = "SMARTCAR_ETL_" + "Q" * 60, "SMARTCAR_ETL_" + "Z" * 30
     report = diagnose(lambda: run_sync.config, lambda: Store(engine), seams=Seams(transport=transport),
                       env={farther: "1", far: "1", "SMARTCAR_ETL_CONFIG": "", "SMARTCAR_ETL_API_CONCURRENCY": "2"})
-    assert report.checks[0].detail.endswith(f"; not settings, ignored: {far}, {farther}")
+    clipped = repr(far)[:59] + "…"  # a name longer than 60 characters is shown clipped, as the config file's are
+    assert report.checks[0].detail.endswith(f"; not settings, ignored: {clipped}, {farther}")
 
 
 # -- one JSON object from sync and backfill, whatever happens --------------------------------------------------------
