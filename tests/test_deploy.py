@@ -51,16 +51,17 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def sqlite_cli(tmp_path: Path, api_server: dict[str, str], fake: FakeApi, **env: str) -> Cli:
-    """The CLI against a SQLite file of this test and the fake API on loopback."""
-    return Cli(f"sqlite:///{tmp_path / 'etl.db'}", tmp_path, {
+def api_cli(db_url: str, tmp_path: Path, api_server: dict[str, str], fake: FakeApi) -> Cli:
+    """The CLI against the database ``db_url`` and the fake API on loopback, with the fake's credentials."""
+    return Cli(db_url, tmp_path, {
         "SMARTCAR_API_BASE_URL": api_server["base_url"], "SMARTCAR_TOKEN_URL": api_server["token_url"],
-        "SMARTCAR_CLIENT_ID": fake.client_id, "SMARTCAR_CLIENT_SECRET": fake.client_secret, **env})
+        "SMARTCAR_CLIENT_ID": fake.client_id, "SMARTCAR_CLIENT_SECRET": fake.client_secret})
 
 
 @pytest.fixture
 def cli_sqlite(tmp_path: Path, api_server: dict[str, str], fake_api: FakeApi) -> Cli:
-    return sqlite_cli(tmp_path, api_server, fake_api)
+    """``api_cli`` on a SQLite file of this test."""
+    return api_cli(f"sqlite:///{tmp_path / 'etl.db'}", tmp_path, api_server, fake_api)
 
 
 def one_object(stdout: str) -> dict[str, Any]:
@@ -229,9 +230,7 @@ SKIPPED_BECAUSE = {"database": "needs a valid configuration", "token": "needs cr
 
 def test_doctor_all_ok(db_url: str, tmp_path: Path, api_server: dict[str, str], fake_api: FakeApi) -> None:
     fake_api.populate(3, seed=1)
-    run = Cli(db_url, tmp_path, {
-        "SMARTCAR_API_BASE_URL": api_server["base_url"], "SMARTCAR_TOKEN_URL": api_server["token_url"],
-        "SMARTCAR_CLIENT_ID": fake_api.client_id, "SMARTCAR_CLIENT_SECRET": fake_api.client_secret})
+    run = api_cli(db_url, tmp_path, api_server, fake_api)
     assert run("db", "upgrade").exit_code == 0
     result = run("doctor", "--format", "json")
     assert result.exit_code == 0, result.output

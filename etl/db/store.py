@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, and_, case, exc, func, insert, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from etl.cadence import Cadence
 from etl.db import dialects
@@ -120,6 +121,11 @@ def sqlite_run_triggers(path: Path) -> set[str] | None:
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(ids), CHUNK):
         yield ids[start:start + CHUNK]
+
+
+def _healthy() -> ColumnElement[bool]:
+    """An active connection whose last fetch succeeded: due one (current) interval after it, at the latest."""
+    return and_(connections.c.status == "active", connections.c.consecutive_failures == 0)
 
 
 class Store:
@@ -342,7 +348,7 @@ class Store:
         if not ignore_due:
             due = [c.next_due_at.is_(None), c.next_due_at <= at]
             if fetched_before is not None:
-                due.append(and_(c.status == "active", c.consecutive_failures == 0, c.last_attempt_at < fetched_before))
+                due.append(and_(_healthy(), c.last_attempt_at < fetched_before))
             query = query.where(or_(*due))
         with self.read() as conn:
             return list(conn.scalars(query))
@@ -354,9 +360,8 @@ class Store:
         after its last fetch at the latest.
         """
         c = connections.c
-        healthy = and_(c.status == "active", c.consecutive_failures == 0)
         query = select(func.count(), func.count(c.next_due_at), func.min(c.next_due_at),
-                       func.min(case((healthy, c.last_attempt_at)))).where(c.tracked.is_(True))
+                       func.min(case((_healthy(), c.last_attempt_at)))).where(c.tracked.is_(True))
         with self.read() as conn:
             tracked, timed, earliest, oldest_healthy = conn.execute(query).one()
         if timed < tracked:
