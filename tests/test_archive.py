@@ -11,8 +11,9 @@ from sqlalchemy import Engine, func, select
 
 from etl.api.documents import canonical_document
 from etl.db.archive import unpacked
-from etl.db.models import Base, archive_bodies, archive_spans, sync_runs
+from etl.db.models import Base, archive_bodies, archive_spans, connections, sync_runs
 from etl.db.store import Store
+from etl.errors import ConfigError
 from etl.tracking import track
 from tests.conftest import Runner
 
@@ -36,19 +37,31 @@ def document(row: Any) -> Any:
     return None if row.body_id is None else json.loads(unpacked(row.compressed, row.body))
 
 
-def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_moves_the_span(run_sync: Runner, engine: Engine) -> None:
+def archive_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for table in (archive_bodies, archive_spans)
+                for r in conn.execute(select(table).order_by(table.c.id))]
+
+
+def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_writes_nothing_to_the_archive(
+        run_sync: Runner, engine: Engine) -> None:
     ids = run_sync.fake.populate(5, seed=2)
-    track(Store(engine), ids)
+    store = Store(engine)
+    track(store, ids)
     run_sync(ignore_due=True)
-    before = row_counts(engine)
+    before, archived = row_counts(engine), archive_rows(engine)
     assert before["archive_bodies"] == before["archive_spans"] == 5
     [(_, first, last, run_id, *_)] = spans(engine, ids[0])
-    assert first == last
+    assert first == last == store.archived(ids[0]).last_seen_at  # type: ignore[union-attr]
     again = run_sync(ignore_due=True)
     after = row_counts(engine)
     assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {"sync_runs": 1}
-    [(_, first_again, last_again, run_again, *_)] = spans(engine, ids[0])
-    assert (first_again, run_again) == (first, run_id) and last_again > last
+    assert archive_rows(engine) == archived  # not a column written: the span's last sighting is the connection's
+    shown = store.archived(ids[0])
+    assert shown is not None and (shown.first_seen_at, shown.run_id) == (first, run_id)
+    with engine.connect() as conn:
+        success = conn.scalar(select(connections.c.last_success_at).where(connections.c.id == ids[0]))
+    assert shown.last_seen_at > last and shown.last_seen_at == success
     with engine.connect() as conn:  # the span names the run that first saw it
         assert run_id == conn.scalar(select(func.min(sync_runs.c.id)))
     assert again.counts.fetched == 5
@@ -118,6 +131,47 @@ def test_with_the_archive_off_nothing_is_archived(run_sync: Runner, engine: Engi
     assert result.counts.fetched == 2
     counts = row_counts(engine)
     assert counts["archive_bodies"] == counts["archive_spans"] == 0 and counts["permission_changes"] > 0
+
+
+def test_turning_the_archive_off_ends_the_current_spans_at_their_last_archived_sighting(
+        run_sync: Runner, engine: Engine) -> None:
+    ids = run_sync.fake.populate(2, seed=9)
+    store = Store(engine)
+    track(store, ids)
+    run_sync(ignore_due=True)
+    run_sync(ignore_due=True)  # unchanged: the span's last sighting is this pass, not yet in its column
+    seen = store.archived(ids[0]).last_seen_at  # type: ignore[union-attr]
+    assert seen > spans(engine, ids[0])[0].last_seen_at
+    run_sync(ignore_due=True, archive=False)  # seen again, not archived: the span ends where the archive last saw it
+    [ended] = spans(engine, ids[0])
+    assert ended.last_seen_at == seen == store.archived(ids[0]).last_seen_at  # type: ignore[union-attr]
+    with engine.connect() as conn:
+        assert set(conn.scalars(select(connections.c.archive_span_id))) == {None}
+    with pytest.raises(ConfigError, match=ids[0]):  # the last success is not in the archive
+        store.rebuild(dry_run=True)
+    archived = archive_rows(engine)
+    run_sync(ignore_due=True, archive=False)
+    assert archive_rows(engine) == archived
+    run_sync(ignore_due=True)  # on again: a new span of the same body
+    first, again = spans(engine, ids[0])
+    assert first.body_id == again.body_id and again.first_seen_at > seen
+    assert store.archived(ids[0]).first_seen_at == again.first_seen_at  # type: ignore[union-attr]
+    assert not store.rebuild(dry_run=True).differs
+
+
+def test_a_refused_document_seen_again_moves_its_span(run_sync: Runner, engine: Engine) -> None:
+    [cid] = run_sync.fake.populate(1, seed=10)
+    store = Store(engine)
+    track(store, [cid])
+    run_sync(ignore_due=True)
+    run_sync.fake.connections[cid].broken = "bad_permission"
+    run_sync(ignore_due=True)
+    run_sync.fake.connections[cid].broken = "bad_permission"
+    run_sync(ignore_due=True)
+    accepted, refused = spans(engine, cid)
+    assert refused.rejected and refused.last_seen_at > refused.first_seen_at > accepted.last_seen_at
+    assert store.archived(cid).last_seen_at == refused.last_seen_at  # type: ignore[union-attr]
+    assert accepted.last_seen_at == accepted.first_seen_at  # ended where it was last seen
 
 
 def test_no_token_or_secret_reaches_the_archive(run_sync: Runner, engine: Engine) -> None:

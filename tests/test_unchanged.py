@@ -1,4 +1,5 @@
-"""An unchanged pass writes no user, vehicle, grant or change row (counted by triggers, on all three databases).
+"""An unchanged pass writes no user, vehicle, grant, change or archive row (counted by triggers, on all three
+databases).
 
 Users' and vehicles' ``last_seen_at`` is kept to the day: a row is written when
 something in it changed, or when it was last seen more than a day before.
@@ -15,7 +16,7 @@ from sqlalchemy import Engine, text
 from etl.db.dialects import is_mariadb
 from tests.conftest import Runner
 
-COUNTED = ("users", "vehicles", "permission_grants", "permission_changes")
+COUNTED = ("users", "vehicles", "permission_grants", "permission_changes", "archive_bodies", "archive_spans")
 
 
 def count_writes(engine: Engine) -> None:
@@ -47,7 +48,7 @@ def writes(engine: Engine) -> Counter[tuple[str, str]]:
     return logged
 
 
-def test_an_unchanged_pass_writes_no_user_vehicle_grant_or_change(run_sync: Runner, engine: Engine) -> None:
+def test_an_unchanged_pass_writes_no_user_vehicle_grant_change_or_archive_row(run_sync: Runner, engine: Engine) -> None:
     ids = run_sync.fake.populate(20, seed=9)
     from etl.db.store import Store
     from etl.tracking import track
@@ -55,17 +56,20 @@ def test_an_unchanged_pass_writes_no_user_vehicle_grant_or_change(run_sync: Runn
     track(Store(engine), ids)
     count_writes(engine)
     first = run_sync(ignore_due=True)
-    assert first.counts.fetched == 20 and writes(engine)[("users", "INSERT")] > 0
+    written = writes(engine)
+    assert first.counts.fetched == 20 and written[("users", "INSERT")] > 0
+    assert written[("archive_bodies", "INSERT")] == written[("archive_spans", "INSERT")] == 20
     for _ in range(2):  # the same world again, a schedule interval later: nothing worth writing
         assert run_sync(ignore_due=True).counts.fetched == 20
         assert writes(engine) == Counter()
     run_sync.fake.connections[ids[0]].vehicle["make"] = "Renamed"  # one vehicle changes: one row
     run_sync(ignore_due=True)
-    assert writes(engine) == Counter({("vehicles", "UPDATE"): 1})
+    assert writes(engine) == Counter({("vehicles", "UPDATE"): 1, ("archive_bodies", "INSERT"): 1,
+                                      ("archive_spans", "INSERT"): 1, ("archive_spans", "UPDATE"): 1})  # the end
     run_sync(advance=dt.timedelta(days=1, minutes=1), ignore_due=True)  # last seen a day ago: to the day
     day_later = writes(engine)
     assert day_later[("users", "UPDATE")] > 0 and day_later[("vehicles", "UPDATE")] == 20
-    assert not any(table.startswith("permission") for table, _ in day_later)
+    assert not any(table.startswith(("permission", "archive")) for table, _ in day_later)
 
 
 def test_a_vehicle_is_written_once_a_day_and_keeps_the_day_it_was_last_seen(engine: Engine) -> None:

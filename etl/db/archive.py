@@ -4,8 +4,11 @@ Every successful fetch (per id or from the listing), every confirmed 404 and eve
 validation rejected (it was JSON, within the size cap) is an observation. Each distinct document of a
 connection is kept once (``archive_bodies``, by the sha256 of its canonical JSON, zlib-compressed when
 that is smaller); each run of identical observations is one ``archive_spans`` row (body, or none for a
-404; first and last seen; the run that saw it first). An unchanged observation only moves its span's
-``last_seen_at``. A network failure or a 5xx is no observation and archives nothing.
+404; first and last seen; the run that saw it first). A network failure or a 5xx is no observation and
+archives nothing.
+
+An unchanged observation writes nothing to the archive: the current span's last sighting is the
+connection's ``last_success_at`` until the span ends (``last_seen``), and its column is written then.
 
 Written in the batch's transaction, set-based like the rest of the batch (``store_batch``).
 """
@@ -13,13 +16,14 @@ Written in the batch's transaction, set-based like the rest of the batch (``stor
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, case, exists, func, select, update
 
 from etl.api.documents import decode_json
 from etl.db.dialects import among, insert_rows
@@ -89,34 +93,111 @@ def readable(compressed: bool, body: bytes) -> Any:
     return decode_json(unpacked(compressed, body))
 
 
-def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outcome]) -> None:
+class Archiving(enum.Enum):
+    """What a batch does with the archive."""
+
+    KEEP = "keep"    # archive its observations (config archive.enabled: true)
+    OFF = "off"      # archive nothing, and end the current spans of the connections it observes (false)
+    LEAVE = "leave"  # leave the archive as it is: rebuild replays the archive itself
+
+
+@dataclass(frozen=True)
+class Current:
+    """A connection's current span (``connections.archive_span_id``), as the batch's first SELECT read it."""
+
+    span_id: int
+    seen_at: dt.datetime  # its last_seen_at column: exact once the span has ended, or for a refused document
+    digest: str | None    # its document's; None: a 404
+
+
+def with_current(query: Select[Any]) -> Select[Any]:
+    """``query`` (over ``connections``) with each connection's current span: ``current()`` reads it."""
+    s, b = archive_spans.c, archive_bodies.c
+    return (query.add_columns(s.id.label("span_id"), s.last_seen_at.label("span_seen_at"),
+                              b.digest.label("span_digest"))
+            .outerjoin(archive_spans, s.id == connections.c.archive_span_id)
+            .outerjoin(archive_bodies, b.id == s.body_id))
+
+
+def current(row: Any) -> Current | None:
+    """The current span in a row of ``with_current``'s query, if the connection has one."""
+    return None if row.span_id is None else Current(row.span_id, row.span_seen_at, row.span_digest)
+
+
+def last_seen() -> ColumnElement[dt.datetime]:
+    """A span's last sighting (over ``archive_spans`` joined to its connection).
+
+    The current span of a connection whose documents are accepted is seen again on every unchanged pass;
+    rather than write that each time, its last sighting is the connection's ``last_success_at`` (every
+    success lands in the current span while the archive is on, and turning it off ends the span). The
+    column is written when the span ends (``archive_batch``, ``end_spans``) and by ``settle``.
+    """
+    s, c = archive_spans.c, connections.c
+    return case((and_(c.archive_span_id == s.id, c.last_success_at > s.last_seen_at), c.last_success_at),
+                else_=s.last_seen_at)
+
+
+def settle(conn: Connection) -> None:
+    """Write every current span's last sighting (``last_seen``) into its column, for readers of the column."""
+    s, c = archive_spans.c, connections.c
+    success = select(c.last_success_at).where(c.archive_span_id == s.id).scalar_subquery()
+    conn.execute(update(archive_spans).where(exists().where(
+        c.archive_span_id == s.id, c.last_success_at > s.last_seen_at)).values(last_seen_at=success))
+
+
+def archive_outcomes(
+    conn: Connection, archiving: Archiving, run_id: int | None, outcomes: Sequence[Outcome], before: Before
+) -> None:
+    """What a batch does with the archive (``archiving``), after its other writes, in its transaction."""
+    if archiving is Archiving.KEEP:
+        archive_batch(conn, run_id, outcomes, before)
+    elif archiving is Archiving.OFF:  # successes the archive does not hold: no span may stand for them
+        end_spans(conn, [o.connection_id for o in outcomes if not isinstance(o, Failed)], before)
+
+
+def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outcome], before: Before) -> None:
     """Archive a batch's observations (at most one per connection), in the caller's transaction.
 
-    One SELECT finds each connection's current span (``connections.archive_span_id``) and its document's
-    digest; an observation of the same document (or a 404 again) only moves that span's ``last_seen_at``.
-    Only a new document costs more: its body (once per connection), a new span, the pointer.
+    ``before``: each connection's current span and ``last_success_at`` before this batch. An accepted
+    document seen again, or a 404 again, writes nothing here (``last_seen``); a refused one seen again
+    moves its span's ``last_seen_at``. Only a new document costs more: its body (once per connection), a
+    new span, the pointer, and the end of the span it follows. A success with no document to keep (a
+    record not made from one) ends the current span, as ``Archiving.OFF`` does.
     """
-    seen = observations(outcomes)
-    if not seen:
-        return
-    c, s, b = connections.c, archive_spans.c, archive_bodies.c
-    current = {row.connection_id: row for row in conn.execute(
-        select(c.id.label("connection_id"), s.id, s.last_seen_at, b.digest)
-        .select_from(connections.join(archive_spans, s.id == c.archive_span_id)
-                     .outerjoin(archive_bodies, b.id == s.body_id))
-        .where(among(conn, c.id, [o.connection_id for o in seen])))}
     extend: list[dict[str, Any]] = []
     new: list[Seen] = []
-    for o in seen:
-        span = current.get(o.connection_id)
-        if span is not None and span.digest == o.digest:
-            if o.observed_at > span.last_seen_at:
-                extend.append({"b_id": span.id, "b_at": o.observed_at})
-        else:
+    for o in observations(outcomes):
+        span = before.spans.get(o.connection_id)
+        if span is None or span.digest != o.digest:
             new.append(o)
+        elif o.rejected and o.observed_at > span.seen_at:
+            extend.append({"b_id": span.span_id, "b_at": o.observed_at})
     _extend(conn, extend)
+    end_spans(conn, [o.connection_id for o in new], before, detach=False)
+    end_spans(conn, [o.connection_id for o in outcomes if isinstance(o, Fetched) and not o.record.document], before)
     if new:
         _start(conn, run_id, new)
+
+
+@dataclass
+class Before:
+    """What the batch's first SELECT read for the archive: current spans, and the successes they end at."""
+
+    spans: dict[str, Current] = field(default_factory=dict)
+    last_success: dict[str, dt.datetime | None] = field(default_factory=dict)
+
+
+def end_spans(conn: Connection, connection_ids: Sequence[str], before: Before, *, detach: bool = True) -> None:
+    """End the current spans of these connections: each span's ``last_seen_at`` becomes its last sighting
+    before this batch; ``detach``: the connection has no current span any more (else ``_start`` gives it
+    a new one)."""
+    ending = [i for i in connection_ids if i in before.spans]
+    if not ending:
+        return
+    _extend(conn, [{"b_id": before.spans[i].span_id, "b_at": before.last_success[i]} for i in ending
+                   if (before.last_success.get(i) or before.spans[i].seen_at) > before.spans[i].seen_at])
+    if detach:
+        conn.execute(update(connections).where(among(conn, connections.c.id, ending)).values(archive_span_id=None))
 
 
 def _start(conn: Connection, run_id: int | None, seen: Sequence[Seen]) -> None:
@@ -192,9 +273,10 @@ class Archived:
 def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) -> Archived | None:
     """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None;
     ValueError if its stored document cannot be read (``readable``)."""
-    s, b = archive_spans.c, archive_bodies.c
-    query = (select(s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body, b.rejected)
-             .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id))
+    s, b, c = archive_spans.c, archive_bodies.c, connections.c
+    query = (select(s.first_seen_at, last_seen().label("last_seen_at"), s.run_id, b.compressed, b.body, b.rejected)
+             .select_from(archive_spans.join(connections, c.id == s.connection_id)
+                          .outerjoin(archive_bodies, s.body_id == b.id))
              .where(s.connection_id == connection_id).order_by(s.first_seen_at.desc(), s.id.desc()).limit(1))
     if at is not None:
         query = query.where(s.first_seen_at <= at)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, select, update
 
 from etl.cadence import Cadence
-from etl.db.archive import archive_batch
+from etl.db.archive import Archiving, Before, archive_outcomes, current, with_current
 from etl.db.dialects import among, insert_rows, upsert
 from etl.db.models import (
     connections,
@@ -69,13 +69,13 @@ def store_batch(
     outcomes: Sequence[Outcome],
     cadence: Cadence = DEFAULT_CADENCE,
     pass_started_at: dt.datetime | None = None,
-    archive: bool = True,
+    archive: Archiving = Archiving.KEEP,
 ) -> BatchCounts:
     """Write a batch; the caller owns the transaction (one per batch).
 
     ``cadence`` and ``pass_started_at`` set when each connection is due again.
     A connection not seen before (from a listing) is stored as tracked.
-    ``archive``: keep the documents too (``etl.db.archive``).
+    ``archive``: keep the documents too, or not (``etl.db.archive.Archiving``).
     """
     outcomes = one_per_connection(outcomes)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
@@ -84,13 +84,14 @@ def store_batch(
     failures: dict[str, int] = {}
     held: dict[str, set[str]] = {}
     stored: dict[str, tuple[object, ...]] = {}  # what a healthy connection's row says of it (``_as_stored``)
+    before = Before(last_success=previous)
     if outcomes:
-        rows = conn.execute(
-            select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
-                   *(connections.c[c] for c in IDENTITY))
-            .where(among(conn, connections.c.id, [o.connection_id for o in outcomes]))
-        )
-        for state in rows:
+        query = (select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
+                        *(connections.c[c] for c in IDENTITY))
+                 .where(among(conn, connections.c.id, [o.connection_id for o in outcomes])))
+        for state in conn.execute(query if archive is Archiving.LEAVE else with_current(query)):
+            if archive is not Archiving.LEAVE and (span := current(state)) is not None:
+                before.spans[state.id] = span
             previous[state.id] = state.last_success_at
             failures[state.id] = state.consecutive_failures
             if state.consecutive_failures == 0:  # a failure sets last_error and counts; a success clears both
@@ -163,8 +164,7 @@ def store_batch(
                 for o in failed
             ],
         )
-    if archive:
-        archive_batch(conn, run_id, outcomes)
+    archive_outcomes(conn, archive, run_id, outcomes, before)
     return BatchCounts(
         fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
         failed=len(failed), granted=delta.granted, revoked=delta.revoked,

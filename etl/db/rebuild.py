@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Table, bindparam, delete, exists, func, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, exists, func, select, union, update
 
 from etl.api.documents import parse_resource
-from etl.db.archive import readable
+from etl.db.archive import Archiving, readable
 from etl.db.batch import store_batch
 from etl.db.models import (
     archive_bodies,
@@ -79,7 +79,9 @@ class _Event:
 
 def uncovered(conn: Connection) -> tuple[list[str], int]:
     """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many):
-    a successful fetch after the last archived one, or a change outside every archived span.
+    a success (an answer, or a document) after the last archived one, a first sighting before the first
+    archived one, a change outside every archived span, or one whose previous sighting ends no span (it
+    was not archived). Reads the spans' columns: ``settle`` first.
 
     A change inside a span is covered: it is the span's start, or (the same document, which validation
     refused at first and accepted later, after a parser change) a sighting the span stands for.
@@ -87,11 +89,17 @@ def uncovered(conn: Connection) -> tuple[list[str], int]:
     c, s, pc = connections.c, archive_spans.c, permission_changes.c
     late = select(c.id).where(c.last_success_at.is_not(None), ~exists().where(
         s.connection_id == c.id, s.last_seen_at >= c.last_success_at))
+    late_document = select(c.id).where(c.last_seen_at.is_not(None), ~exists().where(
+        s.connection_id == c.id, s.body_id.is_not(None), s.last_seen_at >= c.last_seen_at))
+    early = select(c.id).where(c.first_seen_at.is_not(None), ~exists().where(
+        s.connection_id == c.id, s.first_seen_at <= c.first_seen_at))
     unmatched = select(pc.connection_id).where(~exists().where(
         s.connection_id == pc.connection_id, s.first_seen_at <= pc.observed_at, s.last_seen_at >= pc.observed_at))
-    both = late.union(unmatched).subquery()
-    total = conn.scalar(select(func.count()).select_from(both)) or 0
-    shown = list(conn.scalars(select(both.c.id).order_by(both.c.id).limit(SHOWN)))
+    unlinked = select(pc.connection_id).where(pc.previous_observed_at.is_not(None), ~exists().where(
+        s.connection_id == pc.connection_id, s.last_seen_at == pc.previous_observed_at))
+    every = union(late, late_document, early, unmatched, unlinked).subquery()
+    total = conn.scalar(select(func.count()).select_from(every)) or 0
+    shown = list(conn.scalars(select(every.c.id).order_by(every.c.id).limit(SHOWN)))
     return shown, total
 
 
@@ -109,7 +117,7 @@ def rebuild(conn: Connection) -> RebuildResult:
     result = RebuildResult()
     for run_id, batch in _batches(_events(conn)):
         outcomes = _outcomes(batch, result)
-        store_batch(conn=conn, run_id=run_id, outcomes=outcomes, archive=False)
+        store_batch(conn=conn, run_id=run_id, outcomes=outcomes, archive=Archiving.LEAVE)
     if kept:
         conn.execute(update(connections).where(connections.c.id == bindparam("b_id")).values(
             **{k: bindparam(f"b_{k}") for k in KEPT}), [{f"b_{k}": v for k, v in row.items()} for row in kept])

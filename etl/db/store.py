@@ -28,7 +28,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from etl.cadence import Cadence
 from etl.db import dialects
-from etl.db.archive import Archived, archived_at
+from etl.db.archive import Archived, Archiving, archived_at, settle
 from etl.db.batch import DEFAULT_CADENCE, one_per_connection, store_batch
 from etl.db.engine import current_revision, require_migrated, safe_url, translate_errors, upgrade
 from etl.db.models import backfills, connections, permission_grants, rate_budgets, sync_runs
@@ -268,6 +268,7 @@ class Store:
         with self.lock(), translate_errors(self.engine), self.engine.connect() as conn:
             conn.execution_options(**{dialects.IMMEDIATE: True})
             with conn.begin() as transaction:
+                settle(conn)
                 shown, total = uncovered(conn)
                 if total:
                     more = f" and {total - len(shown)} more" if total > len(shown) else ""
@@ -640,7 +641,8 @@ class BatchWriter:
     def _attempt(self, outcomes: Sequence[Outcome], *, last: bool) -> BatchCounts:
         with self.store._write(retried=True) as conn:
             counts = store_batch(conn=conn, run_id=self.run_id, outcomes=outcomes, cadence=self.cadence,
-                                 pass_started_at=self.pass_started_at, archive=self.store.archive)
+                                 pass_started_at=self.pass_started_at,
+                                 archive=Archiving.KEEP if self.store.archive else Archiving.OFF)
             conn.execute(update(sync_runs).where(sync_runs.c.id == self.run_id).values(**_count_into_run(counts)))
             if last and self.checkpoint is not None:
                 self._record_checkpoint(conn)
