@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, column, func, select, table
 
 from etl.api.documents import canonical_document
 from etl.db.archive import unpacked
-from etl.db.models import Base, archive_bodies, archive_spans, connections, sync_runs
+from etl.db.models import Base, UtcDateTime, archive_bodies, archive_spans, connections, sync_runs
 from etl.db.store import Store
 from etl.errors import ConfigError
 from etl.tracking import track
@@ -65,6 +65,17 @@ def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_writes_nothing_to_t
     with engine.connect() as conn:  # the span names the run that first saw it
         assert run_id == conn.scalar(select(func.min(sync_runs.c.id)))
     assert again.counts.fetched == 5
+    assert versions(engine, ids[0]) == [(first, shown.last_seen_at, 1)]  # SQL sees the same
+
+
+def versions(engine: Engine, cid: str) -> list[tuple[Any, ...]]:
+    """The connection's rows of the ``archive_versions`` view: first and last seen, and whether current."""
+    view = table("archive_versions", column("connection_id"), column("span_id"), column("first_seen_at", UtcDateTime()),
+                 column("last_seen_at", UtcDateTime()), column("is_current"))
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(view.c.first_seen_at, view.c.last_seen_at, view.c.is_current)
+            .where(view.c.connection_id == cid).order_by(view.c.span_id))]
 
 
 def test_a_network_failure_or_a_5xx_archives_nothing(run_sync: Runner, engine: Engine) -> None:
@@ -156,6 +167,7 @@ def test_turning_the_archive_off_ends_the_current_spans_at_their_last_archived_s
     first, again = spans(engine, ids[0])
     assert first.body_id == again.body_id and again.first_seen_at > seen
     assert store.archived(ids[0]).first_seen_at == again.first_seen_at  # type: ignore[union-attr]
+    assert versions(engine, ids[0]) == [(first.first_seen_at, seen, 0), (again.first_seen_at, again.last_seen_at, 1)]
     assert not store.rebuild(dry_run=True).differs
 
 

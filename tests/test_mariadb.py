@@ -388,7 +388,7 @@ def test_an_upgrade_that_failed_part_way_completes_when_run_again(empty_engine: 
         assert compare_metadata(context, Base.metadata) == []
         assert {v for (v,) in conn.execute(text(
             "SELECT table_name FROM information_schema.views WHERE table_schema = DATABASE()"))} == {
-            "current_permissions", "connection_overview", "permission_change_log"}
+            "current_permissions", "connection_overview", "permission_change_log", "archive_versions"}
 
 
 @mariadb_only

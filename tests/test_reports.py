@@ -114,7 +114,7 @@ def run_query(engine: Engine, query: str) -> list[tuple[Any, ...]]:
 def test_every_cookbook_query_answers_its_question(history: History, engine: Engine) -> None:
     c, u, v = history.c, history.u, history.v
     queries = cookbook(database(engine))
-    assert len(queries) == 8
+    assert len(queries) == 9
     results = {name: run_query(engine, query) for name, query in queries.items()}
 
     assert [(r[0], r[1], r[2]) for r in results["locate_on_date"]] == [
@@ -130,6 +130,11 @@ def test_every_cookbook_query_answers_its_question(history: History, engine: Eng
     assert results["point_in_time"] == [
         (c["c1"], "read_location"), (c["c1"], "read_odometer"), (c["c2"], "read_odometer"),
         (c["c3"], "read_battery"), (c["c3"], "read_location"), (c["c5"], "read_vin")]
+    assert [(r[0], str(r[2])[:10], str(r[3])[:10]) for r in results["document_on_date"]] == [
+        (c["c1"], "2026-02-20", "2026-03-05"), (c["c2"], "2026-02-20", "2026-02-27"),
+        (c["c3"], "2026-02-20", "2026-02-27"), (c["c4"], "2026-02-27", "2026-03-10"),  # current: seen to the end
+        (c["c5"], "2026-02-20", "2026-03-03")]
+    assert all(len(r[1]) == 64 for r in results["document_on_date"])
     held = results["held_now"]
     assert {(r[0], r[1], r[3]) for r in held} == {
         (u["u1"], "Tesla", "read_location"), (u["u1"], "Ford", "read_odometer"), (u["u1"], "Ford", "read_location"),

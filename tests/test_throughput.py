@@ -179,3 +179,30 @@ def test_a_proxy_variable_httpx_cannot_use_is_a_config_error_that_keeps_its_secr
     assert "HTTPS_PROXY" in str(caught.value) and caught.value.exit_code == 2
     assert "s3cret" not in str(caught.value) and value not in str(caught.value)
     make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(lambda r: httpx.Response(200))).close()
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_postgresql_plans_each_execution_for_its_parameters_on_every_connection(engine: Engine) -> None:
+    """A generic plan made while the tables were small would scan them whole for each batch as they grow."""
+    import datetime as dt
+
+    from sqlalchemy import select
+
+    from etl.db.dialects import among
+    from etl.db.models import vehicles
+
+    at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    ids = [f"v{n:05d}" for n in range(500)]
+    with engine.begin() as conn:  # a small table, never analysed: as in a first backfill
+        conn.execute(vehicles.insert(), [{"id": i, "first_seen_at": at, "last_seen_at": at} for i in ids])
+    with engine.connect() as conn:
+        conn.rollback()  # what the pool does at check-in: the setting must outlive it
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+        for n in range(16):  # prepared at the fifth, then past PostgreSQL's 5 custom plans: still custom
+            conn.execute(select(vehicles.c.id).where(among(conn, vehicles.c.id, ids[n * 30:n * 30 + 100]))).all()
+        plan = conn.exec_driver_sql("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                    "WHERE statement LIKE 'SELECT vehicles.id%%'").one()
+        assert plan[0] == 0 and plan[1] >= 10, plan
+    engine.dispose()
+    with engine.connect() as conn:  # a new connection is set up the same way
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"

@@ -176,7 +176,7 @@ def archive_batch(conn: Connection, run_id: int | None, outcomes: Sequence[Outco
     end_spans(conn, [o.connection_id for o in new], before, detach=False)
     end_spans(conn, [o.connection_id for o in outcomes if isinstance(o, Fetched) and not o.record.document], before)
     if new:
-        _start(conn, run_id, new)
+        _start(conn, run_id, new, before)
 
 
 @dataclass
@@ -200,9 +200,9 @@ def end_spans(conn: Connection, connection_ids: Sequence[str], before: Before, *
         conn.execute(update(connections).where(among(conn, connections.c.id, ending)).values(archive_span_id=None))
 
 
-def _start(conn: Connection, run_id: int | None, seen: Sequence[Seen]) -> None:
+def _start(conn: Connection, run_id: int | None, seen: Sequence[Seen], before: Before) -> None:
     """New spans for new documents (and 404s after a document), and the connections' pointers to them."""
-    body_ids = _body_ids(conn, seen)
+    body_ids = _body_ids(conn, seen, before)
     insert_rows(conn, archive_spans, [
         {"connection_id": o.connection_id, "body_id": body_ids[(o.connection_id, o.digest)] if o.digest else None,
          "first_seen_at": o.observed_at, "last_seen_at": o.observed_at, "run_id": run_id} for o in seen])
@@ -226,19 +226,23 @@ def _extend(conn: Connection, extend: Sequence[dict[str, Any]]) -> None:
                      .values(last_seen_at=bindparam("b_at")), list(extend))
 
 
-def _body_ids(conn: Connection, seen: Sequence[Seen]) -> dict[tuple[str, str | None], int]:
-    """The ids of the batch's documents in ``archive_bodies``, inserting those not stored yet."""
-    wanted = {(s.connection_id, s.digest): s for s in seen if s.document is not None}
-    if not wanted:
-        return {}
+def _body_ids(conn: Connection, seen: Sequence[Seen], before: Before) -> dict[tuple[str, str | None], int]:
+    """The ids of the batch's documents in ``archive_bodies``, inserting those not stored yet.
 
-    def stored() -> dict[tuple[str, str | None], int]:
-        b = archive_bodies.c
+    Only a connection archived before can have bodies: one with a current span, or with a success before
+    this batch (a pass with the archive off ended its span). A first pass looks none up.
+    """
+    wanted = {(s.connection_id, s.digest): s for s in seen if s.document is not None}
+    b = archive_bodies.c
+
+    def stored(connection_ids: set[str]) -> dict[tuple[str, str | None], int]:
+        if not connection_ids:
+            return {}
         rows = conn.execute(select(b.id, b.connection_id, b.digest).where(  # a few bodies per connection
-            among(conn, b.connection_id, sorted({c for c, _ in wanted}))))
+            among(conn, b.connection_id, sorted(connection_ids))))
         return {(r.connection_id, r.digest): r.id for r in rows if (r.connection_id, r.digest) in wanted}
 
-    have = stored()
+    have = stored({c for c, _ in wanted if c in before.spans or before.last_success.get(c) is not None})
     new = []
     for key, s in wanted.items():
         if key not in have:
@@ -246,10 +250,8 @@ def _body_ids(conn: Connection, seen: Sequence[Seen]) -> dict[tuple[str, str | N
             compressed, body = packed(s.document)
             new.append({"connection_id": s.connection_id, "digest": s.digest, "compressed": compressed,
                         "body": body, "size": len(s.document), "rejected": s.rejected})
-    if not new:
-        return have
     insert_rows(conn, archive_bodies, new)
-    return stored()
+    return have | stored({s.connection_id for key, s in wanted.items() if key not in have})
 
 
 @dataclass(frozen=True)

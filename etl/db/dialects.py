@@ -155,6 +155,8 @@ def configure(engine: Engine) -> None:
     """
     if is_mariadb(engine.dialect):
         _configure_mariadb(engine)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _plan_each_execution)
     if engine.dialect.name != "sqlite":
         return
     in_memory = (engine.url.database or "") in ("", ":memory:")
@@ -175,6 +177,22 @@ def configure(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(IMMEDIATE) else "BEGIN")
+
+
+def _plan_each_execution(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL: plan every execution of a prepared statement for its own parameters.
+
+    psycopg prepares a statement on its fifth execution, and PostgreSQL may then keep one generic plan
+    for the connection's life. Made while a table was small (a first backfill into a new database), that
+    plan scans the whole table for each batch's ``id = ANY(ids)`` as the table grows: 7.5 ms per batch
+    instead of 1.2 at 3,000 vehicles, and growing with them. Custom plans cost a planning each time,
+    far less than that. (PostgreSQL 12 or newer; older servers keep their default.)
+    """
+    if dbapi_connection.info.server_version < 120000:
+        return
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_connection.commit()  # a session setting that a rollback at check-in would otherwise undo
 
 
 def _configure_mariadb(engine: Engine) -> None:
