@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
@@ -78,6 +78,8 @@ def live(run_sync: Runner, histories: list[list[tuple[str, Any]]]) -> None:
 def test_rebuild_reproduces_every_table_also_after_the_history_was_emptied(run_sync: Runner, engine: Engine) -> None:
     @settings(max_examples=max_examples(engine, on_sqlite=20), deadline=None)
     @given(histories=st.lists(st.lists(step, min_size=1, max_size=6), min_size=1, max_size=3))
+    @example(histories=[[("back", None), ("off", None), ("permissions", [])]])  # previous sighting not archived
+    @example(histories=[[("back", None), ("off", None), ("rejected", None)]])  # a refusal stood for a success
     def one_example(histories: list[list[tuple[str, Any]]]) -> None:
         with engine.begin() as conn:  # each example from an empty database: one refused cannot hide the next
             for table in reversed(Base.metadata.sorted_tables):

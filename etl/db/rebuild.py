@@ -79,18 +79,20 @@ class _Event:
 
 def uncovered(conn: Connection) -> tuple[list[str], int]:
     """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many):
-    a success (an answer, or a document) after the last archived one, a first sighting before the first
-    archived one, a change outside every archived span, or one whose previous sighting ends no span (it
-    was not archived). Reads the spans' columns: ``settle`` first.
+    a last success (an answer, or a document) inside no archived span (a refused document archived later
+    does not stand for it), a first sighting before the first archived one, a change outside every
+    archived span, or one whose previous sighting ends no span (it was not archived). Reads the spans'
+    columns: ``settle`` first.
 
     A change inside a span is covered: it is the span's start, or (the same document, which validation
     refused at first and accepted later, after a parser change) a sighting the span stands for.
     """
     c, s, pc = connections.c, archive_spans.c, permission_changes.c
     late = select(c.id).where(c.last_success_at.is_not(None), ~exists().where(
-        s.connection_id == c.id, s.last_seen_at >= c.last_success_at))
+        s.connection_id == c.id, s.first_seen_at <= c.last_success_at, s.last_seen_at >= c.last_success_at))
     late_document = select(c.id).where(c.last_seen_at.is_not(None), ~exists().where(
-        s.connection_id == c.id, s.body_id.is_not(None), s.last_seen_at >= c.last_seen_at))
+        s.connection_id == c.id, s.body_id.is_not(None), s.first_seen_at <= c.last_seen_at,
+        s.last_seen_at >= c.last_seen_at))
     early = select(c.id).where(c.first_seen_at.is_not(None), ~exists().where(
         s.connection_id == c.id, s.first_seen_at <= c.first_seen_at))
     unmatched = select(pc.connection_id).where(~exists().where(
