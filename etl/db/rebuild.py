@@ -18,7 +18,20 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Table, bindparam, delete, exists, func, select, union, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    union,
+    update,
+)
 
 from etl.api.documents import parse_resource
 from etl.db.archive import Archiving, readable
@@ -78,28 +91,32 @@ class _Event:
 
 
 def uncovered(conn: Connection) -> tuple[list[str], int]:
-    """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many):
-    a last success (an answer, or a document) inside no archived span (a refused document archived later
-    does not stand for it), a first sighting before the first archived one, a change outside every
-    archived span, or one whose previous sighting ends no span (it was not archived). Reads the spans'
-    columns: ``settle`` first.
+    """Connections with observations the archive does not hold (the first ``SHOWN`` of them, and how many).
+
+    Each of these must be a sighting inside an archived span: a connection's first sighting, its last
+    document and its last success (an answer: a document or a 404), and every change; and a change's
+    previous sighting must be where a span ends. A pass with the archive off breaks one of them for every
+    connection whose history it touched (a refused document archived later stands for none of them).
+    Reads the spans' columns: ``settle`` first.
 
     A change inside a span is covered: it is the span's start, or (the same document, which validation
     refused at first and accepted later, after a parser change) a sighting the span stands for.
     """
     c, s, pc = connections.c, archive_spans.c, permission_changes.c
-    late = select(c.id).where(c.last_success_at.is_not(None), ~exists().where(
-        s.connection_id == c.id, s.first_seen_at <= c.last_success_at, s.last_seen_at >= c.last_success_at))
-    late_document = select(c.id).where(c.last_seen_at.is_not(None), ~exists().where(
-        s.connection_id == c.id, s.body_id.is_not(None), s.first_seen_at <= c.last_seen_at,
-        s.last_seen_at >= c.last_seen_at))
-    early = select(c.id).where(c.first_seen_at.is_not(None), ~exists().where(
-        s.connection_id == c.id, s.first_seen_at <= c.first_seen_at))
-    unmatched = select(pc.connection_id).where(~exists().where(
-        s.connection_id == pc.connection_id, s.first_seen_at <= pc.observed_at, s.last_seen_at >= pc.observed_at))
-    unlinked = select(pc.connection_id).where(pc.previous_observed_at.is_not(None), ~exists().where(
-        s.connection_id == pc.connection_id, s.last_seen_at == pc.previous_observed_at))
-    every = union(late, late_document, early, unmatched, unlinked).subquery()
+
+    def outside(connection_id: ColumnElement[str], at: ColumnElement[dt.datetime], *more: ColumnElement[bool]
+                ) -> ColumnElement[bool]:
+        return and_(at.is_not(None), ~exists().where(
+            s.connection_id == connection_id, s.first_seen_at <= at, s.last_seen_at >= at, *more))
+
+    document = s.body_id.is_not(None)
+    every = union(
+        select(c.id).where(or_(outside(c.id, c.first_seen_at, document), outside(c.id, c.last_seen_at, document),
+                               outside(c.id, c.last_success_at))),
+        select(pc.connection_id).where(outside(pc.connection_id, pc.observed_at)),
+        select(pc.connection_id).where(pc.previous_observed_at.is_not(None), ~exists().where(
+            s.connection_id == pc.connection_id, s.last_seen_at == pc.previous_observed_at)),
+    ).subquery()
     total = conn.scalar(select(func.count()).select_from(every)) or 0
     shown = list(conn.scalars(select(every.c.id).order_by(every.c.id).limit(SHOWN)))
     return shown, total
