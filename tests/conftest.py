@@ -3,9 +3,10 @@
 PostgreSQL tests need ETL_TEST_POSTGRES_URL and MariaDB tests ETL_TEST_MARIADB_URL (an
 admin URL on a server where the tests may create databases); they skip without it, unless
 ETL_REQUIRE_POSTGRES=1 / ETL_REQUIRE_MARIADB=1, which turns the skip into a failure. A server that
-does not answer is skipped the same way (and fails where it is required). Every
-such test gets a database of its own, created here and dropped afterwards; nothing else on
-the server is touched.
+does not answer is skipped the same way (and fails where it is required). The tests share
+one migrated database per server for the session, emptied after each test, and a test that
+asks for an unmigrated one gets its own; all are created here and dropped afterwards, and
+nothing else on the server is touched.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, 
 from etl.context import Seams
 from etl.db.dialects import is_mariadb
 from etl.db.engine import make_engine, upgrade
-from etl.db.scratch import create_database, drop_database, scratch_database
+from etl.db.scratch import create_database, drop_database, empty_tables, schema_of, scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
@@ -71,13 +72,18 @@ def _unanswered(url: str) -> str | None:
 
 
 class Templates:
-    """Databases migrated once per session, copied for each test that asks for a migrated one (``engine``):
-    a SQLite file, and a PostgreSQL template database. MariaDB has no template databases: there every
-    test's database is migrated afresh (about 0.2 s)."""
+    """Databases migrated once per session for the tests that ask for a migrated one (``engine``).
+
+    SQLite: a file, copied for each test. PostgreSQL and MariaDB: one database per server, which those
+    tests share, emptied after each (``empty_tables``: TRUNCATE, ids restarted). A test that changed more
+    than rows (a trigger, a dropped index, a downgrade: ``schema_of`` differs) gets it dropped and made
+    again, so the next test starts from the migrated schema either way.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.made: dict[str, str] = {}
+        self.schema: dict[str, Any] = {}
 
     def sqlite(self) -> Path:
         path = self.folder / "template.db"
@@ -85,12 +91,21 @@ class Templates:
             self.made["sqlite"] = self._migrate(f"sqlite:///{path}")
         return path
 
-    def postgresql(self, admin: str) -> str:
-        if "postgresql" not in self.made:
-            self.made["postgresql"] = self._migrate(create_database(admin, prefix="etl_test_template_"))
-        name = make_url(self.made["postgresql"]).database
-        assert name
-        return name
+    def shared(self, backend: str, admin: str) -> str:
+        """The session's migrated database on this server."""
+        if backend not in self.made:
+            self.made[backend] = self._migrate(create_database(admin, prefix="etl_test_shared_"))
+            self.schema[backend] = schema_of(self.made[backend])
+        return self.made[backend]
+
+    def reset(self, backend: str, admin: str) -> None:
+        """Ready the shared database for the next test: emptied, or made again if its schema changed."""
+        url = self.made[backend]
+        if schema_of(url) == self.schema[backend]:
+            empty_tables(url)
+            return
+        COPIED.discard(url)
+        drop_database(admin, self.made.pop(backend), prefix="etl_test_shared_")
 
     @staticmethod
     def _migrate(url: str) -> str:
@@ -106,16 +121,18 @@ class Templates:
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Templates]:
     made = Templates(tmp_path_factory.mktemp("templates"))
     yield made
-    if "postgresql" in made.made:
-        drop_database(admin_url("postgresql"), made.made["postgresql"], prefix="etl_test_template_")
+    for backend in SERVERS:
+        if backend in made.made:
+            drop_database(admin_url(backend), made.made[backend], prefix="etl_test_shared_")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres),
                         pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, templates: Templates) -> Iterator[str]:
-    """A database URL of the test's own: a SQLite file under tmp_path, or a fresh database on the
-    PostgreSQL or MariaDB server. Empty, unless the test also asks for ``engine`` (which migrates it):
-    then, where the database can be copied, already migrated from the session's template."""
+    """A database URL for the test: a SQLite file under tmp_path, or a database on the PostgreSQL or
+    MariaDB server. Empty and the test's own, unless the test also asks for ``engine``: then migrated,
+    a copy of the session's SQLite file, or the server's shared database, emptied after the test
+    (``Templates``)."""
     migrated = "engine" in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "etl.db"
@@ -125,11 +142,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, templates: Templates)
         yield f"sqlite:///{path}"
         return
     admin = admin_url(request.param)
-    template = templates.postgresql(admin) if migrated and request.param == "postgresql" else None
-    with scratch_database(admin, template=template) as url:
-        if template is not None:
-            COPIED.add(url)
+    if not migrated:
+        with scratch_database(admin) as url:
+            yield url
+        return
+    url = templates.shared(request.param, admin)
+    COPIED.add(url)
+    try:
         yield url
+    finally:
+        templates.reset(request.param, admin)
 
 
 # Test databases copied from a migrated template: the ``engine`` fixture does not migrate them again.

@@ -426,6 +426,44 @@ def database_ddl(dialect_name: str, name: str, template: str | None = None) -> t
     return f'CREATE DATABASE "{name}"{copy}', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
 
 
+def emptying_statements(dialect_name: str, tables: Sequence[str]) -> list[str]:
+    """Statements that delete every row of these tables and restart their ids, on a server (tests reuse a
+    database)."""
+    if dialect_name in MARIADB:
+        return ["SET FOREIGN_KEY_CHECKS = 0", *(f"TRUNCATE TABLE `{t}`" for t in tables), "SET FOREIGN_KEY_CHECKS = 1"]
+    quoted = ", ".join('"' + t + '"' for t in tables)
+    return [f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"]
+
+
+# What a server database holds beside rows (tests compare it to see whether a test changed the schema).
+SCHEMA_QUERIES = {
+    "common": (
+        "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = {schema} ORDER BY table_name, column_name",
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = {schema} "
+        "ORDER BY table_name",
+        "SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = {schema} ORDER BY trigger_name",
+        "SELECT table_name, constraint_name, constraint_type FROM information_schema.table_constraints "
+        "WHERE constraint_schema = {schema} ORDER BY table_name, constraint_name",
+        "SELECT routine_name FROM information_schema.routines WHERE routine_schema = {schema} "
+        "ORDER BY routine_name",
+        "SELECT version_num FROM alembic_version",
+    ),
+    "postgresql": ("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                   "ORDER BY indexname",),
+    "mariadb": ("SELECT table_name, index_name, column_name, seq_in_index FROM information_schema.statistics "
+                "WHERE table_schema = DATABASE() ORDER BY table_name, index_name, seq_in_index",),
+}
+
+
+def schema_queries(dialect_name: str) -> list[str]:
+    """The queries whose answers describe a server database's schema (``SCHEMA_QUERIES``)."""
+    mariadb = dialect_name in MARIADB
+    schema = "DATABASE()" if mariadb else "current_schema()"
+    return [q.format(schema=schema) for q in SCHEMA_QUERIES["common"]] + list(
+        SCHEMA_QUERIES["mariadb" if mariadb else "postgresql"])
+
+
 def table_bytes(conn: Connection, tables: Sequence[str]) -> dict[str, int]:
     """Bytes each table takes on disk, its indexes included (benchmarks): SQLite's ``dbstat``, PostgreSQL's
     ``pg_total_relation_size``, MariaDB's ``data_length + index_length`` after ``ANALYZE``."""

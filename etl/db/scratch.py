@@ -10,10 +10,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from etl.db.dialects import database_ddl, normalise_url
+from etl.db.dialects import database_ddl, emptying_statements, normalise_url, schema_queries
+from etl.db.models import Base
 
 
 def _run(admin_url: str, statement: str) -> None:
@@ -50,3 +51,26 @@ def scratch_database(admin_url: str, prefix: str = "etl_test_", template: str | 
         yield url
     finally:
         drop_database(admin_url, url, prefix)
+
+
+def schema_of(url: str) -> tuple[tuple[tuple[object, ...], ...], ...]:
+    """What a server database holds beside rows: tables and views with their columns, indexes, triggers,
+    routines and the Alembic revision (to see whether a test changed more than rows)."""
+    engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return tuple(tuple(tuple(row) for row in conn.execute(text(query)))
+                         for query in schema_queries(engine.dialect.name))
+    finally:
+        engine.dispose()
+
+
+def empty_tables(url: str) -> None:
+    """Delete every row of the job's tables and restart their ids; the schema and its revision stay."""
+    engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            for statement in emptying_statements(engine.dialect.name, [t.name for t in Base.metadata.sorted_tables]):
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
