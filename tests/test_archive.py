@@ -176,9 +176,8 @@ def test_a_refused_document_seen_again_moves_its_span(run_sync: Runner, engine: 
     store = Store(engine)
     track(store, [cid])
     run_sync(ignore_due=True)
-    run_sync.fake.connections[cid].broken = "bad_permission"
+    run_sync.fake.connections[cid].broken = "bad_permission"  # served refused from now on: seen twice
     run_sync(ignore_due=True)
-    run_sync.fake.connections[cid].broken = "bad_permission"
     run_sync(ignore_due=True)
     accepted, refused = spans(engine, cid)
     assert refused.rejected and refused.last_seen_at > refused.first_seen_at > accepted.last_seen_at

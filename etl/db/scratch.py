@@ -54,8 +54,8 @@ def scratch_database(admin_url: str, prefix: str = "etl_test_", template: str | 
 
 
 def schema_of(url: str) -> tuple[tuple[tuple[object, ...], ...], ...]:
-    """What a server database holds beside rows: tables and views with their columns, indexes, triggers,
-    routines and the Alembic revision (to see whether a test changed more than rows)."""
+    """What a server database holds beside rows: tables and views with their columns, constraints,
+    indexes, triggers, routines and the Alembic revision (to see whether a test changed more than rows)."""
     engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
