@@ -37,6 +37,13 @@ def document(row: Any) -> Any:
     return None if row.body_id is None else json.loads(unpacked(row.compressed, row.body))
 
 
+def tracked(run_sync: Runner, count: int, *, seed: int) -> list[str]:
+    """``count`` connections on the fake API, tracked."""
+    ids = run_sync.fake.populate(count, seed=seed)
+    track(Store(run_sync.engine), ids)
+    return ids
+
+
 def archive_rows(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for table in (archive_bodies, archive_spans)
@@ -45,9 +52,8 @@ def archive_rows(engine: Engine) -> list[tuple[Any, ...]]:
 
 def test_an_unchanged_pass_adds_no_row_outside_sync_runs_and_writes_nothing_to_the_archive(
         run_sync: Runner, engine: Engine) -> None:
-    ids = run_sync.fake.populate(5, seed=2)
+    ids = tracked(run_sync, 5, seed=2)
     store = Store(engine)
-    track(store, ids)
     run_sync(ignore_due=True)
     before, archived = row_counts(engine), archive_rows(engine)
     assert before["archive_bodies"] == before["archive_spans"] == 5
@@ -79,8 +85,7 @@ def versions(engine: Engine, cid: str) -> list[tuple[Any, ...]]:
 
 
 def test_a_network_failure_or_a_5xx_archives_nothing(run_sync: Runner, engine: Engine) -> None:
-    ids = run_sync.fake.populate(2, seed=3)
-    track(Store(engine), ids)
+    tracked(run_sync, 2, seed=3)
     run_sync.fake.fail_next(500, times=100)
     run_sync(ignore_due=True)
     run_sync.fake.fail_next(None, error="connect", times=100)
@@ -93,8 +98,7 @@ def test_a_network_failure_or_a_5xx_archives_nothing(run_sync: Runner, engine: E
 def test_a_rejected_document_is_archived_flagged_and_a_404_is_a_span_without_a_body(
         run_sync: Runner, engine: Engine) -> None:
     fake = run_sync.fake
-    ids = fake.populate(2, seed=4)
-    track(Store(engine), ids)
+    ids = tracked(run_sync, 2, seed=4)
     fake.connections[ids[0]].broken = "bad_permission"
     fake.remove(ids[1])
     result = run_sync(ignore_due=True)
@@ -108,8 +112,7 @@ def test_a_rejected_document_is_archived_flagged_and_a_404_is_a_span_without_a_b
 
 def test_a_to_b_to_a_is_three_spans_over_two_bodies(run_sync: Runner, engine: Engine) -> None:
     fake = run_sync.fake
-    [cid] = fake.populate(1, seed=5)
-    track(Store(engine), [cid])
+    [cid] = tracked(run_sync, 1, seed=5)
     conn = fake.connections[cid]
     a = list(conn.permissions)
     for permissions, updated in ((a, conn.updated_at), (["read_vin"], "2026-02-01T00:00:00Z"),
@@ -124,9 +127,7 @@ def test_a_to_b_to_a_is_three_spans_over_two_bodies(run_sync: Runner, engine: En
 
 
 def test_a_get_and_a_listing_item_of_the_same_state_are_one_version(run_sync: Runner, engine: Engine) -> None:
-    fake = run_sync.fake
-    ids = fake.populate(3, seed=6)
-    track(Store(engine), ids)
+    ids = tracked(run_sync, 3, seed=6)
     run_sync(ignore_due=True)                 # one GET each
     run_sync(ignore_due=True, strategy="list")  # the listing: same states, other links
     counts = row_counts(engine)
@@ -136,8 +137,7 @@ def test_a_get_and_a_listing_item_of_the_same_state_are_one_version(run_sync: Ru
 
 
 def test_with_the_archive_off_nothing_is_archived(run_sync: Runner, engine: Engine) -> None:
-    ids = run_sync.fake.populate(2, seed=7)
-    track(Store(engine), ids)
+    tracked(run_sync, 2, seed=7)
     result = run_sync(ignore_due=True, archive=False)
     assert result.counts.fetched == 2
     counts = row_counts(engine)
@@ -146,9 +146,8 @@ def test_with_the_archive_off_nothing_is_archived(run_sync: Runner, engine: Engi
 
 def test_turning_the_archive_off_ends_the_current_spans_at_their_last_archived_sighting(
         run_sync: Runner, engine: Engine) -> None:
-    ids = run_sync.fake.populate(2, seed=9)
+    ids = tracked(run_sync, 2, seed=9)
     store = Store(engine)
-    track(store, ids)
     run_sync(ignore_due=True)
     run_sync(ignore_due=True)  # unchanged: the span's last sighting is this pass, not yet in its column
     seen = store.archived(ids[0]).last_seen_at  # type: ignore[union-attr]
@@ -172,9 +171,8 @@ def test_turning_the_archive_off_ends_the_current_spans_at_their_last_archived_s
 
 
 def test_a_refused_document_seen_again_moves_its_span(run_sync: Runner, engine: Engine) -> None:
-    [cid] = run_sync.fake.populate(1, seed=10)
+    [cid] = tracked(run_sync, 1, seed=10)
     store = Store(engine)
-    track(store, [cid])
     run_sync(ignore_due=True)
     run_sync.fake.connections[cid].broken = "bad_permission"  # served refused from now on: seen twice
     run_sync(ignore_due=True)
@@ -186,8 +184,7 @@ def test_a_refused_document_seen_again_moves_its_span(run_sync: Runner, engine: 
 
 
 def test_no_token_or_secret_reaches_the_archive(run_sync: Runner, engine: Engine) -> None:
-    ids = run_sync.fake.populate(4, seed=8)
-    track(Store(engine), ids)
+    tracked(run_sync, 4, seed=8)
     run_sync(ignore_due=True, strategy="list")
     run_sync(ignore_due=True)
     with engine.connect() as conn:
@@ -218,8 +215,7 @@ def test_archive_show_as_of_returns_the_version_received_then(run_sync: Runner, 
     from etl.cli import cli
 
     fake = run_sync.fake
-    [cid] = fake.populate(1, seed=9)
-    track(Store(engine), [cid])
+    [cid] = tracked(run_sync, 1, seed=9)
     times = []
     for permissions in (["read_vin"], ["read_vin", "read_location"], ["read_odometer"]):
         fake.set_permissions(cid, permissions)
@@ -321,8 +317,7 @@ def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_skips_i
 
     from etl.cli import cli
 
-    ids = run_sync.fake.populate(2, seed=14)
-    track(Store(engine), ids)
+    ids = tracked(run_sync, 2, seed=14)
     run_sync(ignore_due=True)
     bad = b"\x78\x9cnot zlib at all" if stored == "garbage" else zlib.compress(b" " * (64 * 1024 * 1024), 9)
     with engine.begin() as conn:
