@@ -32,7 +32,7 @@ from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, 
 from etl.context import Seams
 from etl.db.dialects import is_mariadb
 from etl.db.engine import make_engine, upgrade
-from etl.db.scratch import create_database, drop_database, empty_tables, schema_of, scratch_database
+from etl.db.scratch import create_database, drop_database, emptied, schema_of, scratch_database
 from etl.db.store import Store
 from etl.fakeapi import FakeApi, serve, urls
 from etl.sync import RunResult, sync
@@ -76,7 +76,7 @@ class Templates:
     """Databases migrated once per session for the tests that ask for a migrated one (``engine``).
 
     SQLite: a file, copied for each test. PostgreSQL and MariaDB: one database per server, which those
-    tests share, emptied after each (``empty_tables``: TRUNCATE, ids restarted). A test that changed more
+    tests share, emptied after each (``emptied``: TRUNCATE, ids restarted). A test that changed more
     than rows (a trigger, a dropped index, a downgrade: ``schema_of`` differs) gets it dropped and made
     again, so the next test starts from the migrated schema either way.
     """
@@ -103,8 +103,7 @@ class Templates:
         """Ready the shared database for the next test: emptied, or made again if its schema changed."""
         url = self.made[backend]
         try:
-            if schema_of(url) == self.schema[backend]:
-                empty_tables(url)
+            if emptied(url, self.schema[backend]):
                 return
         except SQLAlchemyError:  # the test left it unreadable (a table dropped, say): made again too
             pass

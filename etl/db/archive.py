@@ -194,8 +194,12 @@ def end_spans(conn: Connection, connection_ids: Sequence[str], before: Before, *
     ending = [i for i in connection_ids if i in before.spans]
     if not ending:
         return
-    _extend(conn, [{"b_id": before.spans[i].span_id, "b_at": before.last_success[i]} for i in ending
-                   if (before.last_success.get(i) or before.spans[i].seen_at) > before.spans[i].seen_at])
+    moved = []
+    for i in ending:
+        span, success = before.spans[i], before.last_success.get(i)
+        if success is not None and success > span.seen_at:  # seen again after its column was last written
+            moved.append({"b_id": span.span_id, "b_at": success})
+    _extend(conn, moved)
     if detach:
         conn.execute(update(connections).where(among(conn, connections.c.id, ending)).values(archive_span_id=None))
 

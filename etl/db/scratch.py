@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Connection, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from etl.db.dialects import database_ddl, emptying_statements, normalise_url, schema_queries
@@ -59,18 +59,25 @@ def schema_of(url: str) -> tuple[tuple[tuple[object, ...], ...], ...]:
     engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
-            return tuple(tuple(tuple(row) for row in conn.execute(text(query)))
-                         for query in schema_queries(engine.dialect.name))
+            return _schema(conn)
     finally:
         engine.dispose()
 
 
-def empty_tables(url: str) -> None:
-    """Delete every row of the job's tables and restart their ids; the schema and its revision stay."""
+def emptied(url: str, schema: tuple[tuple[tuple[object, ...], ...], ...]) -> bool:
+    """Delete every row of the job's tables and restart their ids, if the database's schema is still
+    ``schema`` (``schema_of``); False, and nothing done, when it is not. One connection for both."""
     engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
     try:
         with engine.begin() as conn:
+            if _schema(conn) != schema:
+                return False
             for statement in emptying_statements(engine.dialect.name, [t.name for t in Base.metadata.sorted_tables]):
                 conn.exec_driver_sql(statement)
+        return True
     finally:
         engine.dispose()
+
+
+def _schema(conn: Connection) -> tuple[tuple[tuple[object, ...], ...], ...]:
+    return tuple(tuple(tuple(row) for row in conn.execute(text(query))) for query in schema_queries(conn.dialect.name))
