@@ -80,6 +80,9 @@ TABLE_OPTIONS: dict[str, str] = {f"{prefix}_{key}": value for prefix in MARIADB 
 ADVISORY_KEY = 0x5C_E7_1A_0C_2B_5E_7A_11 - (1 << 63)
 # Execution option that makes a SQLite transaction take the write lock at BEGIN (BEGIN IMMEDIATE).
 IMMEDIATE = "etl_immediate"
+# psycopg's prepare_threshold: executions of a statement before it is prepared. ``executemany`` prepares
+# regardless; nothing else runs that often (``_prepare_only_executemany``).
+PREPARE_NEVER = 1 << 30
 
 
 def normalise_url(text: str) -> str:
@@ -156,7 +159,7 @@ def configure(engine: Engine) -> None:
     if is_mariadb(engine.dialect):
         _configure_mariadb(engine)
     if engine.dialect.name == "postgresql":
-        event.listen(engine, "connect", _plan_each_execution)
+        event.listen(engine, "connect", _prepare_only_executemany)
     if engine.dialect.name != "sqlite":
         return
     in_memory = (engine.url.database or "") in ("", ":memory:")
@@ -179,20 +182,20 @@ def configure(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(IMMEDIATE) else "BEGIN")
 
 
-def _plan_each_execution(dbapi_connection: Any, _record: Any) -> None:
-    """PostgreSQL: plan every execution of a prepared statement for its own parameters.
+def _prepare_only_executemany(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL: prepare the statements that run once per row (``executemany``), and no other.
 
     psycopg prepares a statement on its fifth execution, and PostgreSQL may then keep one generic plan
     for the connection's life. Made while a table was small (a first backfill into a new database), that
     plan scans the whole table for each batch's ``id = ANY(ids)`` as the table grows: 7.5 ms per batch
-    instead of 1.2 at 3,000 vehicles, and growing with them. Custom plans cost a planning each time,
-    far less than that. (PostgreSQL 12 or newer; older servers keep their default.)
+    instead of 1.2 at 3,000 vehicles, and growing with them. A statement run once per batch is therefore
+    sent unprepared, and planned for its own parameters each time. ``executemany`` prepares at once (by
+    primary key, one plan serves every row).
+
+    The server's ``plan_cache_mode`` stays as it is: forcing custom plans would replan every foreign-key
+    check, one per inserted row (30,000 change rows: 2.3 s instead of 0.65).
     """
-    if dbapi_connection.info.server_version < 120000:
-        return
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute("SET plan_cache_mode = force_custom_plan")
-    dbapi_connection.commit()  # a session setting that a rollback at check-in would otherwise undo
+    dbapi_connection.prepare_threshold = PREPARE_NEVER
 
 
 def _configure_mariadb(engine: Engine) -> None:
