@@ -2,11 +2,14 @@
 # Build .venv (if needed) with the project and its test tools, then run the whole test suite.
 # PostgreSQL tests use ETL_TEST_POSTGRES_URL, defaulting to the local server on 127.0.0.1:5432, and
 # MariaDB tests ETL_TEST_MARIADB_URL, defaulting to 127.0.0.1:3306 (root, no password); they create
-# and drop databases of their own. Extra arguments go to pytest.
+# and drop databases of their own. Extra arguments go to pytest (after ours: `-n 0` runs in one process).
+# The tests run in one worker process per core, at most 4 (pytest-xdist); each worker has databases of
+# its own, and 4 keep a MariaDB server's default 151 connections far away.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 export ETL_TEST_POSTGRES_URL="${ETL_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
 export ETL_TEST_MARIADB_URL="${ETL_TEST_MARIADB_URL:-mariadb+pymysql://root@127.0.0.1:3306/test}"
-exec .venv/bin/python -m pytest "$@"
+workers=$(.venv/bin/python -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
+exec .venv/bin/python -m pytest -n "$workers" "$@"
