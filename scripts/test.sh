@@ -11,5 +11,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 export ETL_TEST_POSTGRES_URL="${ETL_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}"
 export ETL_TEST_MARIADB_URL="${ETL_TEST_MARIADB_URL:-mariadb+pymysql://root@127.0.0.1:3306/test}"
-workers=$(.venv/bin/python -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
+workers=$(.venv/bin/python -c 'import os
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+print(min(4, cores))')
 exec .venv/bin/python -m pytest -n "$workers" "$@"
