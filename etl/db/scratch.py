@@ -10,20 +10,29 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, create_engine, pool, text
+from sqlalchemy import Connection, Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from etl.db.dialects import database_ddl, emptying_statements, normalise_url, schema_queries
 from etl.db.models import Base
 
+# What a server database holds beside rows: one tuple of rows per query of ``schema_queries``.
+Schema = tuple[tuple[tuple[object, ...], ...], ...]
+
+
+@contextmanager
+def _engine(url: str, **options: object) -> Iterator[Engine]:
+    """An engine on ``url`` for one short task, disposed after it."""
+    engine = create_engine(normalise_url(url), **options)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
 
 def _run(admin_url: str, statement: str) -> None:
-    admin = create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(statement))
-    finally:
-        admin.dispose()
+    with _engine(admin_url, isolation_level="AUTOCOMMIT") as admin, admin.connect() as conn:
+        conn.execute(text(statement))
 
 
 def create_database(admin_url: str, prefix: str = "etl_test_", template: str | None = None) -> str:
@@ -53,31 +62,23 @@ def scratch_database(admin_url: str, prefix: str = "etl_test_", template: str | 
         drop_database(admin_url, url, prefix)
 
 
-def schema_of(url: str) -> tuple[tuple[tuple[object, ...], ...], ...]:
+def schema_of(url: str) -> Schema:
     """What a server database holds beside rows: tables and views with their columns, constraints,
     indexes, triggers, routines and the Alembic revision (to see whether a test changed more than rows)."""
-    engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return _schema(conn)
-    finally:
-        engine.dispose()
+    with _engine(url, poolclass=pool.NullPool) as engine, engine.connect() as conn:
+        return _schema(conn)
 
 
-def emptied(url: str, schema: tuple[tuple[tuple[object, ...], ...], ...]) -> bool:
+def emptied(url: str, schema: Schema) -> bool:
     """Delete every row of the job's tables and restart their ids, if the database's schema is still
     ``schema`` (``schema_of``); False, and nothing done, when it is not. One connection for both."""
-    engine = create_engine(normalise_url(url), poolclass=pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            if _schema(conn) != schema:
-                return False
-            for statement in emptying_statements(engine.dialect.name, [t.name for t in Base.metadata.sorted_tables]):
-                conn.exec_driver_sql(statement)
-        return True
-    finally:
-        engine.dispose()
+    with _engine(url, poolclass=pool.NullPool) as engine, engine.begin() as conn:
+        if _schema(conn) != schema:
+            return False
+        for statement in emptying_statements(engine.dialect.name, [t.name for t in Base.metadata.sorted_tables]):
+            conn.exec_driver_sql(statement)
+    return True
 
 
-def _schema(conn: Connection) -> tuple[tuple[tuple[object, ...], ...], ...]:
+def _schema(conn: Connection) -> Schema:
     return tuple(tuple(tuple(row) for row in conn.execute(text(query))) for query in schema_queries(conn.dialect.name))
