@@ -61,8 +61,10 @@ def next_limit(wall: float, cpu: float, maximum: int) -> int:
 
 
 class Gate:
-    """Which fetch workers may send: those numbered below ``limit``, which follows ``next_limit`` of the timings.
+    """How many requests may be in flight (``limit``, from ``next_limit`` of the timings), and which workers send.
 
+    The limit starts at one, and ``fetch_outcomes`` sends from the consumer's
+    own thread until it grows. Then workers numbered below ``limit`` send.
     Workers are numbered, so that at a limit of one the same thread goes on
     request after request, and no thread is woken only to wait again.
     """
@@ -71,8 +73,9 @@ class Gate:
 
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
-        self.limit = maximum  # start wide: a slow API is served at once, contention narrows it
-        self.wall = self.cpu = 0.0
+        self.limit = 1  # start narrow: the first answers show whether latency calls for more
+        self.wall = self.cpu = 0.0  # averages, from the second request on
+        self.warm = False  # a first request was measured
         self.closed = False
         self._cond = threading.Condition()
 
@@ -83,7 +86,14 @@ class Gate:
             return not self.closed
 
     def timed(self, work: Callable[[], T]) -> T:
-        """Run ``work``; its wall and CPU time update the limit."""
+        """Run ``work``; its wall and CPU time update the limit.
+
+        The first request also pays once for what later ones reuse (the
+        connection, the token, code run for the first time: 30 ms of CPU
+        measured against a 200 ms API, where later ones take 1.5). It sets the
+        limit on its own and is left out of the averages, which the second
+        request starts.
+        """
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return work()
@@ -91,9 +101,13 @@ class Gate:
             wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
             with self._cond:
                 a, before = self.SMOOTHING, self.limit
-                self.wall, self.cpu = (wall, cpu) if self.wall == 0 else (
-                    self.wall + a * (wall - self.wall), self.cpu + a * (cpu - self.cpu))
-                self.limit = next_limit(self.wall, self.cpu, self.maximum)
+                if not self.warm:  # the first request: the limit from it alone
+                    self.warm = True
+                    self.limit = next_limit(wall, cpu, self.maximum)
+                else:
+                    self.wall, self.cpu = (wall, cpu) if self.wall == 0 else (
+                        self.wall + a * (wall - self.wall), self.cpu + a * (cpu - self.cpu))
+                    self.limit = next_limit(self.wall, self.cpu, self.maximum)
                 if self.limit > before:
                     self._cond.notify_all()
 
@@ -118,6 +132,7 @@ class _Fetch:
         self.now = now
         self.pending = 0  # taken and not yet consumed
         self.stopped = False
+        self.finished = False  # every id taken and its outcome consumed (inline)
         self.cond = threading.Condition()
         self.results: queue.SimpleQueue[object] = queue.SimpleQueue()
 
@@ -158,6 +173,25 @@ class _Fetch:
         at = self.now()
         return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
 
+    def inline(self, gate: Gate) -> Generator[Outcome, None, None]:
+        """Fetch in the consumer's own thread while the gate allows one request in flight.
+
+        Returns when every id is done (``finished``) or when the API's latency
+        calls for more requests in flight than one (the workers go on from there).
+        """
+        while gate.limit == 1:
+            connection_id = self.take()
+            if connection_id is None:
+                self.finished = True
+                return
+            try:
+                outcome = gate.timed(lambda: self.one(connection_id))  # noqa: B023 - called at once
+            except Cancelled:
+                continue  # take() sees the cancellation and ends
+            finally:
+                self.consumed()
+            yield outcome
+
     def work(self, gate: Gate, index: int) -> None:
         """A worker: fetch ids while the gate admits it; a fatal error or a bug stops it and is passed on."""
         try:
@@ -186,14 +220,25 @@ def fetch_outcomes(
 ) -> Generator[Outcome, None, None]:
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
-    At most ``window`` results wait to be consumed, so fetching goes on while
-    the consumer writes a batch, and memory stays bounded. How many of the
-    ``concurrency`` workers send at once follows the API's latency (``Gate``).
-    A FatalApiError is raised as soon as it is seen; no other request is sent.
+    How many requests are in flight follows the API's latency (``Gate``). While
+    one is enough (a fast API), each request is sent from the consumer's own
+    thread: handing every answer from a worker to the consumer costs more than
+    it saves when both need the GIL. Once the API's latency calls for more,
+    workers fetch the rest, and at most ``window`` results wait to be consumed,
+    so fetching goes on while the consumer writes a batch, and memory stays
+    bounded. A FatalApiError is raised as soon as it is seen; no other request
+    is sent.
     """
     fetch, gate = _Fetch(ids, client, window, now), Gate(concurrency)
+    yield from fetch.inline(gate)
+    if not fetch.finished:
+        yield from _from_workers(fetch, gate)
+
+
+def _from_workers(fetch: _Fetch, gate: Gate) -> Generator[Outcome, None, None]:
+    """The rest of ``fetch``'s ids, from ``gate.maximum`` workers that send as the gate admits them."""
     workers = [threading.Thread(target=fetch.work, args=(gate, i), name=f"fetch_{i}", daemon=True)
-               for i in range(concurrency)]
+               for i in range(gate.maximum)]
     for worker in workers:
         worker.start()
     running = len(workers)
@@ -209,7 +254,7 @@ def fetch_outcomes(
             yield cast(Outcome, item)
     finally:
         if running:  # left early (an error, or the consumer stopped): send nothing more
-            client.cancelled.set()
+            fetch.client.cancelled.set()
         fetch.stop()
         gate.close()
         for worker in workers:

@@ -200,20 +200,18 @@ def test_many_connections_in_several_batches(fake_api: FakeApi, engine: Engine, 
 def test_an_unexpected_error_closes_the_run_as_aborted_and_propagates(
     fake_api: FakeApi, engine: Engine, clock: Clock
 ) -> None:
-    import threading
-
     import httpx
 
     world(fake_api, engine, count=5)
 
-    def failing_clock():  # type: ignore[no-untyped-def]
-        if threading.current_thread().name.startswith("fetch"):  # the run has started: fail while fetching
+    def failing(request: httpx.Request) -> httpx.Response:  # the run has started: fail while fetching
+        if "/connections/" in request.url.path:
             raise RuntimeError("boom")
-        return clock()
+        return fake_api.handle(request)
 
     config = make_config(fake_api, "unused")
     with pytest.raises(RuntimeError, match="boom"):
-        sync(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=failing_clock))
+        sync(config, Store(engine), seams=Seams(transport=httpx.MockTransport(failing), now=clock))
     with engine.connect() as conn:
         run = conn.execute(select(sync_runs)).one()
     assert (run.status, run.error) == ("aborted", "RuntimeError: boom")

@@ -29,21 +29,37 @@ def test_a_slow_api_gets_every_thread_a_fast_one_a_single_one() -> None:
     assert next_limit(wall=10.0, cpu=0.001, maximum=3) == 3
 
 
-def test_the_gate_narrows_under_contention_and_widens_again_for_latency() -> None:
+def test_the_gate_widens_for_latency_and_narrows_again_under_contention() -> None:
     gate = Gate(4)
-    give_up = time.perf_counter() + 5
-    while gate.limit > 1 and time.perf_counter() < give_up:  # CPU-bound work: wall == cpu
-        gate.timed(lambda: sum(range(2000)))
-    assert gate.limit == 1
+    assert gate.limit == 1  # nothing measured yet: one request, from the consumer's own thread
     admitted: list[int] = []
     waiter = threading.Thread(target=lambda: admitted.append(3) if gate.admit(3) else None)
     waiter.start()
-    for _ in range(100):  # now the answers take a while: the parked worker 3 may go
+    for _ in range(100):  # the answers take a while: the parked worker 3 may go
         gate.timed(lambda: time.sleep(0.002))
         if gate.limit == 4:
             break
     waiter.join(timeout=5)
     assert gate.limit == 4 and admitted == [3]
+    give_up = time.perf_counter() + 5
+    while gate.limit > 1 and time.perf_counter() < give_up:  # CPU-bound work: wall == cpu
+        gate.timed(lambda: sum(range(2000)))
+    assert gate.limit == 1
+
+
+def test_the_first_request_sets_the_limit_but_not_the_averages() -> None:
+    gate = Gate(8)
+
+    def first() -> None:  # connecting, the token, code run the first time: CPU a later request does not spend
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        time.sleep(0.03)
+
+    gate.timed(first)
+    assert gate.limit == 1  # 50 ms of wall for 20 ms of CPU: one in flight
+    gate.timed(lambda: time.sleep(0.05))  # the API's latency, for almost no CPU
+    assert gate.limit == 8  # at once, not after the first request has been averaged away
 
 
 class Slow:
@@ -113,6 +129,63 @@ def test_a_fatal_answer_stops_every_worker_and_is_raised() -> None:
         list(fetch_outcomes(ids, client=client, concurrency=3, window=6))
     client.http.close()
     assert fetch_threads() == [] and fake.count("GET", "/v3/connections/") < 30
+
+
+class Busy:
+    """A MockTransport handler that spends ``cpu`` seconds of its caller's CPU on each answer, noting which
+    thread asked; from the ``slow_after``-th request on it also sleeps ``delay`` (an API that slows down)."""
+
+    def __init__(self, fake: FakeApi, cpu: float = 0.002, *, slow_after: int | None = None,
+                 delay: float = 0.05) -> None:
+        self.slow = Slow(fake, delay=0.0)
+        self.cpu, self.slow_after, self.delay = cpu, slow_after, delay
+        self.threads: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.threads.append(threading.current_thread().name)
+        end = time.thread_time() + self.cpu
+        while time.thread_time() < end:
+            pass
+        self.slow.delay = self.delay if self.slow_after is not None and len(self.threads) > self.slow_after else 0
+        return self.slow(request)
+
+
+def test_a_fast_api_is_fetched_from_the_consumers_own_thread_one_request_per_outcome() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(30, seed=7)
+    busy = Busy(fake)
+    client = client_for(busy)
+    outcomes = fetch_outcomes(ids, client=client, concurrency=4, window=8)
+    first = [next(outcomes) for _ in range(20)]
+    assert fetch_threads() == [] and fake.count("GET", "/v3/connections/") == 20  # nothing fetched ahead
+    outcomes.close()
+    client.http.close()
+    assert [o.connection_id for o in first] == ids[:20]  # in order: one at a time
+    assert set(busy.threads) == {threading.current_thread().name} and busy.slow.peak == 1
+
+
+def test_workers_take_over_when_the_api_slows_down() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(40, seed=8)
+    busy = Busy(fake, slow_after=10, delay=0.05)
+    client = client_for(busy)
+    outcomes = list(fetch_outcomes(ids, client=client, concurrency=4, window=8))
+    client.http.close()
+    assert sorted(o.connection_id for o in outcomes) == sorted(ids)
+    assert set(busy.threads[:10]) == {threading.current_thread().name}  # fast: from the consumer's thread
+    assert {name[:6] for name in busy.threads[12:]} == {"fetch_"} and busy.slow.peak == 4
+    assert fetch_threads() == []
+
+
+def test_a_fatal_answer_fetched_inline_is_raised_and_nothing_more_is_sent() -> None:
+    fake = FakeApi(access_tokens=("t",))
+    ids = fake.populate(30, seed=9)
+    fake.fail_next(430, match=ids[5])
+    client = client_for(Busy(fake))
+    with pytest.raises(FatalApiError):
+        list(fetch_outcomes(ids, client=client, concurrency=3, window=6))
+    client.http.close()
+    assert fake.count("GET", "/v3/connections/") == 6 and client.cancelled.is_set()
 
 
 def test_the_api_transport_takes_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
