@@ -7,7 +7,10 @@ For each database and size it prints, side by side in one run:
 - the job's whole ``smartcar-etl sync`` command (a child process, start-up
   included), per id (``--strategy ids --all``) and through the listing
   (``--strategy list``), first pass (everything new) and unchanged pass, with
-  its ratio to the reference and the child's peak RSS (VmHWM, ``peak.py``);
+  its ratio to the reference and the child's peak RSS (VmHWM, ``peak.py``).
+  Each pass has its own reference: the loop measured just before and just
+  after it (on its first 2,000 ids per id), since on shared cores the loop
+  moves by a third within minutes;
 - a per-stage breakdown, in µs per connection, of the same work done in this
   process one stage at a time on one thread: request (the job's client: token,
   rate budget in the database, send, bounded read, classify), JSON parse,
@@ -58,10 +61,11 @@ class Figures:
 
     database: str
     count: int
-    rows: list[tuple[str, float, float, float | None]] = field(default_factory=list)  # label, conn/s, ratio, RSS
+    # label, conn/s, the reference's conn/s, ratio, RSS
+    rows: list[tuple[str, float, float, float, float | None]] = field(default_factory=list)
 
     def add(self, label: str, rate: float, reference: float, rss: float | None = None) -> None:
-        self.rows.append((label, rate, rate / reference, rss))
+        self.rows.append((label, rate, reference, rate / reference, rss))
 
 
 def config_file(directory: Path, base_url: str, concurrency: int, archive: bool = True) -> Path:
@@ -218,12 +222,27 @@ def breakdown(config: Config, url: str, ids: list[str], *, listing: bool) -> lis
     return passes
 
 
-def job_passes(env: dict[str, str], strategy: str, ids_file: Path) -> list[tuple[float, float]]:
-    """(seconds, peak RSS MB) of the first and the unchanged pass of ``sync --strategy``."""
+AROUND = 2000  # ids of the loop measured just before and just after each pass of the job
+
+
+def job_passes(env: dict[str, str], strategy: str, ids_file: Path,
+               reference: Callable[[], float]) -> list[tuple[float, float, float]]:
+    """(seconds, peak RSS MB, reference) of the first and the unchanged pass of ``sync --strategy``.
+
+    ``reference`` (the plain loop's conn/s) is measured just before and just
+    after each pass; its mean is that pass's reference. On shared cores the
+    loop moves by a third within minutes, so one measurement at the start
+    would make a ratio of whatever the machine did in between.
+    """
     command(["db", "upgrade"], env)
     command(["connections", "import", str(ids_file)], env)
     args = ["sync", "--strategy", strategy] + (["--all"] if strategy == "ids" else [])
-    return [command(args, env) for _ in range(2)]
+    passes = []
+    for _ in range(2):
+        before = reference()
+        seconds, rss = command(args, env)
+        passes.append((seconds, rss, (before + reference()) / 2))
+    return passes
 
 
 def measure(database: str, url: str, world: tuple[str, list[str], Path], concurrency: int,
@@ -231,14 +250,16 @@ def measure(database: str, url: str, world: tuple[str, list[str], Path], concurr
     """The whole comparison for one database (``url`` of an empty database) and one world."""
     base_url, ids, directory = world
     figures = Figures(database, len(ids))
-    ref_ids, ref_list = httpx_ids(base_url, ids), httpx_listing(base_url, len(ids))
+    ref_ids = httpx_ids(base_url, ids)
     figures.add("httpx loop, per id", ref_ids, ref_ids)
     env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": TOKEN, "SMARTCAR_ETL_DATABASE_URL": url,
            "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency, archive))}
     ids_file = directory / "ids.txt"
     ids_file.write_text("\n".join(ids) + "\n")
-    for (seconds, rss), label in zip(job_passes(env, "ids", ids_file), ("first", "unchanged"), strict=True):
-        figures.add(f"sync --strategy ids, {label} pass", len(ids) / seconds, ref_ids, rss)
+    passes = job_passes(env, "ids", ids_file, lambda: httpx_ids(base_url, ids[:AROUND]))
+    for (seconds, rss, around), label in zip(passes, ("first", "unchanged"), strict=True):
+        figures.add(f"sync --strategy ids, {label} pass", len(ids) / seconds, around, rss)
+    ref_list = httpx_listing(base_url, len(ids))
     figures.add("httpx loop, listing pages", ref_list, ref_list)
     return figures
 
@@ -247,20 +268,20 @@ def listing_figures(figures: Figures, url: str, world: tuple[str, list[str], Pat
                     archive: bool = True) -> None:
     """Add the listing's passes (on their own empty database ``url``) to ``figures``."""
     base_url, ids, directory = world
-    ref_list = figures.rows[-1][1]
     env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": TOKEN, "SMARTCAR_ETL_DATABASE_URL": url,
            "SMARTCAR_ETL_CONFIG": str(config_file(directory, base_url, concurrency, archive))}
-    for (seconds, rss), label in zip(job_passes(env, "list", directory / "ids.txt"), ("first", "unchanged"),
-                                     strict=True):
-        figures.add(f"sync --strategy list, {label} pass", len(ids) / seconds, ref_list, rss)
+    passes = job_passes(env, "list", directory / "ids.txt", lambda: httpx_listing(base_url, len(ids)))
+    for (seconds, rss, around), label in zip(passes, ("first", "unchanged"), strict=True):
+        figures.add(f"sync --strategy list, {label} pass", len(ids) / seconds, around, rss)
 
 
 def print_figures(figures: Figures) -> None:
     print(f"\n{figures.database}, {figures.count} connections")
-    print(f"  {'measurement':38} {'conn/s':>9} {'vs httpx':>9} {'peak RSS':>9}")
-    for label, rate, ratio, rss in figures.rows:
+    print(f"  {'measurement':38} {'conn/s':>9} {'httpx loop':>11} {'vs httpx':>9} {'peak RSS':>9}")
+    for label, rate, reference, ratio, rss in figures.rows:
         shown = f"{rss:6.0f} MB" if rss is not None else ""
-        print(f"  {label:38} {rate:9.0f} {ratio:9.2f} {shown:>9}")
+        print(f"  {label:38} {rate:9.0f} {reference:11.0f} {ratio:9.2f} {shown:>9}")
+    print("  (each pass against the loop measured just before and after it; the first loop row, at the start)")
 
 
 def print_breakdown(figures: Figures, count: int, kind: str, passes: list[dict[str, float]]) -> None:
@@ -272,7 +293,7 @@ def print_breakdown(figures: Figures, count: int, kind: str, passes: list[dict[s
     sums = [sum(p.values()) for p in passes]
     print(f"  {'sum of the stages':28} {sums[0]:11.1f} {sums[1]:11.1f}")
     strategy = "ids" if kind == "per id" else "list"
-    whole = [1e6 / rate for label, rate, _, _ in figures.rows if label.startswith(f"sync --strategy {strategy},")]
+    whole = [1e6 / rate for label, rate, *_ in figures.rows if label.startswith(f"sync --strategy {strategy},")]
     print(f"  {f'whole sync, {figures.count} conns':28} {whole[0]:11.1f} {whole[1]:11.1f}")
     print(f"  {'whole minus the stages':28} {whole[0] - sums[0]:11.1f} {whole[1] - sums[1]:11.1f}"
           "   (start-up, run bookkeeping, hand-offs; below 0: threads overlapped stages)")
