@@ -135,8 +135,8 @@ class Busy:
     """A MockTransport handler that spends ``cpu`` seconds of its caller's CPU on each answer, noting which
     thread asked; from the ``slow_after``-th request on it also sleeps ``delay`` (an API that slows down)."""
 
-    def __init__(self, fake: FakeApi, cpu: float = 0.002, *, slow_after: int | None = None,
-                 delay: float = 0.05) -> None:
+    def __init__(self, fake: FakeApi, cpu: float = 0.005, *, slow_after: int | None = None,
+                 delay: float = 0.1) -> None:
         self.slow = Slow(fake, delay=0.0)
         self.cpu, self.slow_after, self.delay = cpu, slow_after, delay
         self.threads: list[str] = []
@@ -167,7 +167,7 @@ def test_a_fast_api_is_fetched_from_the_consumers_own_thread_one_request_per_out
 def test_workers_take_over_when_the_api_slows_down() -> None:
     fake = FakeApi(access_tokens=("t",))
     ids = fake.populate(40, seed=8)
-    busy = Busy(fake, slow_after=10, delay=0.05)
+    busy = Busy(fake, slow_after=10)
     client = client_for(busy)
     outcomes = list(fetch_outcomes(ids, client=client, concurrency=4, window=8))
     client.http.close()
