@@ -3,7 +3,7 @@
 Starts `smartcar-etl fake-api` in its own process on loopback with N connections,
 then measures, with the same client settings:
 
-- raw fetch: every GET through the job's client and thread pool, nothing stored;
+- raw fetch: every GET through the job's client and ``fetch_outcomes``, nothing stored;
 - sync into SQLite (a temporary file), PostgreSQL and MariaDB (a temporary database
   on each server), first pass (everything new) and second pass (nothing changed);
 - the store alone (parsed records written in batches, no HTTP), to show its headroom.
