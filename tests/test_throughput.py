@@ -18,7 +18,7 @@ from etl.config import Secret
 from etl.errors import FatalApiError
 from etl.fakeapi import FakeApi
 from etl.fetch import Gate, fetch_outcomes, next_limit
-from etl.outcomes import Fetched
+from etl.outcomes import Fetched, Outcome
 
 
 def test_a_slow_api_gets_every_thread_a_fast_one_a_single_one() -> None:
@@ -91,16 +91,23 @@ def fetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("fetch_")]
 
 
+def fetch_all(handler: object, ids: list[str], concurrency: int = 4, window: int = 8) -> list[Outcome]:
+    """Every outcome of ``fetch_outcomes`` over ``ids`` through a client on ``handler``."""
+    client = client_for(handler)
+    try:
+        return list(fetch_outcomes(ids, client=client, concurrency=concurrency, window=window))
+    finally:
+        client.http.close()
+
+
 def test_a_slow_api_is_fetched_with_several_requests_in_flight() -> None:
     fake = FakeApi(access_tokens=("t",))
     ids = fake.populate(24, seed=4)
     slow = Slow(fake, delay=0.05)
-    client = client_for(slow)
-    outcomes = list(fetch_outcomes(ids, client=client, concurrency=4, window=8))
-    client.http.close()
+    outcomes = fetch_all(slow, ids)
     assert sorted(o.connection_id for o in outcomes) == sorted(ids)
     assert all(isinstance(o, Fetched) for o in outcomes)
-    assert slow.peak == 4  # latency-bound from the first request to the last
+    assert slow.peak == 4  # latency-bound: every worker from the second request on
     assert fetch_threads() == []
 
 
@@ -124,10 +131,8 @@ def test_a_fatal_answer_stops_every_worker_and_is_raised() -> None:
     fake = FakeApi(access_tokens=("t",))
     ids = fake.populate(30, seed=6)
     fake.fail_next(430, match=ids[5])
-    client = client_for(Slow(fake, delay=0.002))
     with pytest.raises(FatalApiError):
-        list(fetch_outcomes(ids, client=client, concurrency=3, window=6))
-    client.http.close()
+        fetch_all(Slow(fake, delay=0.002), ids, concurrency=3, window=6)
     assert fetch_threads() == [] and fake.count("GET", "/v3/connections/") < 30
 
 
@@ -168,9 +173,7 @@ def test_workers_take_over_when_the_api_slows_down() -> None:
     fake = FakeApi(access_tokens=("t",))
     ids = fake.populate(40, seed=8)
     busy = Busy(fake, slow_after=10)
-    client = client_for(busy)
-    outcomes = list(fetch_outcomes(ids, client=client, concurrency=4, window=8))
-    client.http.close()
+    outcomes = fetch_all(busy, ids)
     assert sorted(o.connection_id for o in outcomes) == sorted(ids)
     assert set(busy.threads[:10]) == {threading.current_thread().name}  # fast: from the consumer's thread
     assert {name[:6] for name in busy.threads[12:]} == {"fetch_"} and busy.slow.peak == 4
