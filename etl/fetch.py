@@ -132,7 +132,6 @@ class _Fetch:
         self.now = now
         self.pending = 0  # taken and not yet consumed
         self.stopped = False
-        self.finished = False  # every id taken and its outcome consumed (inline)
         self.cond = threading.Condition()
         self.results: queue.SimpleQueue[object] = queue.SimpleQueue()
 
@@ -173,17 +172,16 @@ class _Fetch:
         at = self.now()
         return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
 
-    def inline(self, gate: Gate) -> Generator[Outcome, None, None]:
+    def inline(self, gate: Gate) -> Generator[Outcome, None, bool]:
         """Fetch in the consumer's own thread while the gate allows one request in flight.
 
-        Returns when every id is done (``finished``) or when the API's latency
-        calls for more requests in flight than one (the workers go on from there).
+        Returns True when every id is done, False when the API's latency calls
+        for more requests in flight than one (the workers go on from there).
         """
         while gate.limit == 1:
             connection_id = self.take()
             if connection_id is None:
-                self.finished = True
-                return
+                return True
             try:
                 outcome = gate.timed(lambda: self.one(connection_id))  # noqa: B023 - called at once
             except Cancelled:
@@ -191,6 +189,7 @@ class _Fetch:
             finally:
                 self.consumed()
             yield outcome
+        return False
 
     def work(self, gate: Gate, index: int) -> None:
         """A worker: fetch ids while the gate admits it; a fatal error or a bug stops it and is passed on."""
@@ -230,8 +229,8 @@ def fetch_outcomes(
     is sent.
     """
     fetch, gate = _Fetch(ids, client, window, now), Gate(concurrency)
-    yield from fetch.inline(gate)
-    if not fetch.finished:
+    done = yield from fetch.inline(gate)
+    if not done:
         yield from _from_workers(fetch, gate)
 
 
