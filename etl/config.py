@@ -119,6 +119,8 @@ class SyncConfig:
     track_listed: bool = False  # tracking what a listing shows is an explicit choice
     max_duration_seconds: float | None = None  # None: sync takes schedule.interval (or the next cron firing)
     if_locked: str = "fail"  # fail: exit 4 when another run holds the lock; skip: exit 0
+    max_deleted_share: float = 0.5  # more 404s of live connections than this share of the answers: none stored
+    outage_after: int = 10  # connections in a row failing with server or network errors: the pass stops
 
 
 @dataclass(frozen=True)
@@ -470,6 +472,12 @@ KEYS: tuple[Key, ...] = (
         "start no request that cannot finish within this, 1s-30d (default: the schedule's period)"),
     Key("sync", "if_locked", "if_locked", _choice(IF_LOCKED),
         "when another run holds the lock: `fail` (exit 4) or `skip` (exit 0)"),
+    Key("sync", "max_deleted_share", "max_deleted_share", _number(0, 1),
+        "a pass that would mark more than this share of the connections it had an answer for deleted marks "
+        "none, 0-1", kind="number"),
+    Key("sync", "outage_after", "outage_after", _number(1, 1_000_000, whole=True),
+        "a pass stops asking after this many connections in a row failed with server or network errors, "
+        "1-1,000,000", kind="whole"),
     Key("schedule", "interval", "interval_seconds", _duration(1, 30 * DAY),
         "how often each connection is fetched (and the daemon runs a pass), 1s-30d"),
     Key("schedule", "cron", "cron", _cron, "daemon: a crontab expression (UTC) instead of the interval"),

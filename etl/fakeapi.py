@@ -72,7 +72,8 @@ class Fault:
 
     status: int | None = 500  # None: answer normally (after ``delay``)
     headers: dict[str, str] = field(default_factory=dict)
-    shape: str = "v3"  # v3 | v2 | html | text | malformed_json
+    shape: str = "v3"  # v3 | v2 | html | text | malformed_json | empty | other_json
+    code: str | None = None  # the error code in the body (v3: ``code``; v2: ``code``)
     delay: float = 0.0  # seconds to sleep before answering (or before raising)
     error: str | None = None  # "timeout" or "connect": raise instead of answering
     match: str | None = None  # substring of the path and decoded query; None: any API request
@@ -222,6 +223,7 @@ class FakeApi:
         error: str | None = None,
         match: str | None = None,
         times: int = 1,
+        code: str | None = None,
     ) -> None:
         """Answer the next ``times`` matching requests with a fault instead of the normal answer.
 
@@ -230,7 +232,7 @@ class FakeApi:
         with self._lock:
             self.faults.append(Fault(
                 status=status, headers=headers or {}, shape=shape or self.error_shape,
-                delay=delay, error=error, match=match, times=times,
+                delay=delay, error=error, match=match, times=times, code=code,
             ))
 
     def expire_tokens(self) -> None:
@@ -271,11 +273,11 @@ class FakeApi:
                 msg = "scripted connection failure"
                 raise httpx.ConnectError(msg, request=request)
             if fault.status is not None:
-                return self.error(fault.status, shape=fault.shape, headers=fault.headers)
+                return self.error(fault.status, shape=fault.shape, headers=fault.headers, code=fault.code)
         if path == TOKEN_PATH and request.method == "POST":
             return self._token(request)
         if not path.startswith(API_PREFIX + "/"):
-            return self.error(404, detail="no such path")
+            return self.no_such_path()
         if not self._authorised(request):
             return self.error(401, code="unauthorized", detail="The access token is invalid or expired.")
         wait = self._bucket.try_acquire() if self._bucket is not None else 0.0
@@ -289,7 +291,7 @@ class FakeApi:
             return self._list(request)
         if request.method == "GET" and route.startswith("/connections/") and route.count("/") == 2:
             return self._get(route.rsplit("/", 1)[1])
-        return self.error(404, detail="no such path")
+        return self.no_such_path()
 
     def _take_fault(self, path: str) -> Fault | None:
         for fault in self.faults:
@@ -401,6 +403,12 @@ class FakeApi:
         doc = json.loads(self._broken(conn).content or b"null") if conn.broken != "not_json" else {"id": 7}
         return doc["data"] if isinstance(doc, dict) and "data" in doc else doc
 
+    def no_such_path(self) -> httpx.Response:
+        """Smartcar's documented answer for a path it does not serve: RESOURCE_NOT_FOUND, code PATH."""
+        body = {"errors": [{"status": "404", "type": "RESOURCE_NOT_FOUND", "code": "PATH", "title": "Not Found",
+                            "detail": "The requested resource does not exist."}]}
+        return httpx.Response(404, json=body)
+
     def error(
         self,
         status: int,
@@ -424,6 +432,10 @@ class FakeApi:
         if shape == "html":
             page = f"<html><head><title>{status} {reason}</title></head><body>nginx</body></html>"
             return httpx.Response(status, text=page, headers={"content-type": "text/html", **(headers or {})})
+        if shape == "empty":
+            return httpx.Response(status, headers=headers)
+        if shape == "other_json":  # some other service's error (a router, a gateway)
+            return httpx.Response(status, json={"error": "route not found"}, headers=headers)
         if shape == "malformed_json":
             return httpx.Response(status, content=b'{"errors": [', headers={"content-type": "application/json",
                                                                              **(headers or {})})

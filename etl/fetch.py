@@ -3,7 +3,8 @@
 Each source is an object that owns its state (how many it plans, why it is
 incomplete, the listing page it is on) and yields ``Fetched`` / ``Gone`` /
 ``Failed`` outcomes that the run loop in ``etl.sync`` stores in batches while
-fetching goes on.
+fetching goes on (and ``Postponed`` for a connection whose retry would have
+ended past the pass's deadline: it stays due).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Protocol, TypeVar, cast
 
-from etl.api.client import Cancelled, Deferred, ListingPage, Paginator, SmartcarClient
+from etl.api.client import ListingPage, Paginator, SmartcarClient
+from etl.api.deadline import Cancelled, Deferred
 from etl.clock import utcnow
 from etl.context import Pass
 from etl.errors import ApiError, FatalApiError
-from etl.outcomes import Failed, Fetched, Gone, Outcome
+from etl.outcomes import Failed, Fetched, Gone, Postponed, Result
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,7 +43,7 @@ class OutcomeSource(Protocol):
     @property
     def out_of_time(self) -> bool: ...
 
-    def outcomes(self) -> Generator[Outcome, None, None]: ...
+    def outcomes(self) -> Generator[Result, None, None]: ...
 
 
 def next_limit(wall: float, cpu: float, maximum: int) -> int:
@@ -161,18 +163,22 @@ class _Fetch:
             self.stopped = True
             self.cond.notify_all()
 
-    def one(self, connection_id: str) -> Outcome:
+    def one(self, connection_id: str) -> Result:
         try:
             record = self.client.get_connection(connection_id)
         except FatalApiError:
             self.client.cancelled.set()
+            raise
+        except Deferred as deferred:
+            if isinstance(deferred.after, ApiError):  # its retry would end past the deadline: it stays due
+                return Postponed(connection_id, self.now(), deferred.after)
             raise
         except ApiError as error:
             return Failed(connection_id, self.now(), error)
         at = self.now()
         return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
 
-    def inline(self, gate: Gate) -> Generator[Outcome, None, bool]:
+    def inline(self, gate: Gate) -> Generator[Result, None, bool]:
         """Fetch in the consumer's own thread while the gate allows one request in flight.
 
         Returns True when every id is done, False when the API's latency calls
@@ -216,7 +222,7 @@ def fetch_outcomes(
     concurrency: int,
     window: int,
     now: Callable[[], dt.datetime] = utcnow,
-) -> Generator[Outcome, None, None]:
+) -> Generator[Result, None, None]:
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
     How many requests are in flight follows the API's latency (``Gate``). While
@@ -234,7 +240,7 @@ def fetch_outcomes(
         yield from _from_workers(fetch, gate)
 
 
-def _from_workers(fetch: _Fetch, gate: Gate) -> Generator[Outcome, None, None]:
+def _from_workers(fetch: _Fetch, gate: Gate) -> Generator[Result, None, None]:
     """The rest of ``fetch``'s ids, from ``gate.maximum`` workers that send as the gate admits them."""
     workers = [threading.Thread(target=fetch.work, args=(gate, i), name=f"fetch_{i}", daemon=True)
                for i in range(gate.maximum)]
@@ -250,7 +256,7 @@ def _from_workers(fetch: _Fetch, gate: Gate) -> Generator[Outcome, None, None]:
             if isinstance(item, BaseException):
                 raise item
             fetch.consumed()
-            yield cast(Outcome, item)
+            yield cast(Result, item)
     finally:
         if running:  # left early (an error, or the consumer stopped): send nothing more
             fetch.client.cancelled.set()
@@ -276,11 +282,12 @@ class ByIds:
         return (self.ctx.client.deadline is not None and self.done < len(self.ids)
                 and not self.ctx.cancelled.is_set())
 
-    def outcomes(self) -> Generator[Outcome, None, None]:
+    def outcomes(self) -> Generator[Result, None, None]:
         """Every id's outcome, as requests complete."""
         for outcome in fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
                                       window=self.ctx.window, now=self.ctx.now):
-            self.done += 1
+            if not isinstance(outcome, Postponed):
+                self.done += 1
             yield outcome
 
 
@@ -325,7 +332,7 @@ class Listing:
         self.recent = RecentIds(ctx.config.sync.batch_size + 10 * ctx.config.sync.page_size)
         self.out_of_time = False  # stopped at a page boundary by --max-duration; the next pass resumes
 
-    def outcomes(self) -> Generator[Outcome, None, None]:
+    def outcomes(self) -> Generator[Result, None, None]:
         """The listing's outcomes, then the confirmations of what it missed."""
         ctx = self.ctx
         page_size = ctx.config.sync.page_size
@@ -351,6 +358,14 @@ class Listing:
                 try:
                     self.page = paginator.number
                     page = page or ahead.take(paginator.number)
+                    if self._past_end(paginator, page):  # a resumed listing of an application that shrank
+                        paginator, page = Paginator(size=page_size, start=1), None
+                        continue
+                    if page.ids and not any(i not in self.recent for i in page.ids):
+                        self.incomplete = (f"listing stopped at page {page.number}: it brought no connection "
+                                           "the listing had not shown already (its paging goes round)")
+                        log.error("%s; nothing will be marked deleted this run", self.incomplete)
+                        return
                     more, problem = self._advance(paginator, page)
                     if more:  # the next page is fetched while this one is stored
                         ahead.fetch(paginator.number)
@@ -380,6 +395,19 @@ class Listing:
                 page = None
         yield from self._confirm_missing()
 
+    def _past_end(self, paginator: Paginator, page: ListingPage) -> bool:
+        """Whether a listing resumed at a later page found that page past the end (the application shrank
+        since it stopped there); if so it starts again from page 1, as a new listing."""
+        if self.start_page == 1 or paginator.number != self.start_page or self.listed:
+            return False
+        total, size = page.total_count, paginator.size
+        if total is None or paginator.number <= max(1, -(-total // size)):
+            return False  # without a totalCount, an empty page is the end, as in any listing
+        log.info("page %d is past the end of the listing (totalCount %d): the application shrank since the "
+                 "listing stopped there; starting again from page 1", paginator.number, total)
+        self.start_page, self.since = 1, self.ctx.now()
+        return True
+
     @staticmethod
     def _advance(paginator: Paginator, page: ListingPage) -> tuple[bool, ApiError | None]:
         """Move past ``page``: (whether there is a next one, what is wrong with the paging if anything).
@@ -391,7 +419,7 @@ class Listing:
         except ApiError as error:
             return False, error
 
-    def _items(self, page: ListingPage, wanted: Callable[[str], bool]) -> Generator[Outcome, None, None]:
+    def _items(self, page: ListingPage, wanted: Callable[[str], bool]) -> Generator[Result, None, None]:
         at = self.ctx.now()
         for record in page.records:
             if wanted(record.connection_id):
@@ -403,7 +431,7 @@ class Listing:
             # An item without a readable id might be any tracked connection: confirm none.
             self.incomplete = f"page {page.number}: {len(page.unreadable)} item(s) without a readable id"
 
-    def _confirm_missing(self) -> Generator[Outcome, None, None]:
+    def _confirm_missing(self) -> Generator[Result, None, None]:
         if self.incomplete:
             log.warning("%s; nothing will be marked deleted this run", self.incomplete)
             return
@@ -502,7 +530,7 @@ class ResumableListing(Listing):
         """(the listing's row, the page to resume at), written with each batch."""
         return self.place.id, self.page or None
 
-    def outcomes(self) -> Generator[Outcome, None, None]:
+    def outcomes(self) -> Generator[Result, None, None]:
         """The listing's outcomes; the place is done once the listing went through."""
         yield from super().outcomes()
         if not self.out_of_time and not self.incomplete:
@@ -543,7 +571,7 @@ class Cheapest:
         """Whether the chosen source stopped at --max-duration."""
         return self.chosen is not None and self.chosen.out_of_time
 
-    def outcomes(self) -> Generator[Outcome, None, None]:
+    def outcomes(self) -> Generator[Result, None, None]:
         """Choose, then the chosen source's outcomes."""
         try:
             self.chosen = self._choose()
@@ -553,6 +581,12 @@ class Cheapest:
         except Cancelled:
             self._incomplete = "stopped on request"
             return
+        except FatalApiError:
+            raise
+        except ApiError as error:  # the listing is broken, not the application: fetch the due ids instead
+            log.warning("auto strategy: the listing's first page failed (%s); fetching the %d due connection(s) "
+                        "one by one instead", error, len(self.due))
+            self.chosen = ByIds(self.ctx, self.due)
         yield from self.chosen.outcomes()
 
     def _choose(self) -> ByIds | ResumableListing:

@@ -45,6 +45,9 @@ class Metrics:
                                         "(NaN while one was never fetched)", registry=r)
         self.budget_tokens = Gauge("smartcar_etl_rate_budget_tokens", "Tokens in the application's rate budget",
                                    registry=r)
+        self.deletions_held = Gauge("smartcar_etl_last_run_deletions_held",
+                                    "404s of live connections the last run held back and did not store "
+                                    "(the mass-deletion guard, sync.max_deleted_share)", registry=r)
         self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
                                   registry=r)
         self._server: Any = None
@@ -69,6 +72,7 @@ class Metrics:
         self.run_duration.set(result.seconds)
         self.rate_limit_wait.set(result.rate_limit_wait)
         self.deferred.inc(result.deferred)
+        self.deletions_held.set(result.deletions_held)
         status = result.status
         if status == "succeeded":
             self.last_success.set(finished_at.timestamp())

@@ -41,6 +41,21 @@ class Failed:
 Outcome = Fetched | Gone | Failed
 
 
+@dataclass(frozen=True)
+class Postponed:
+    """A retry of the fetch would have ended past the pass's deadline: nothing is stored, it stays due.
+
+    ``after``: the retriable error (a 429, a 5xx, a timeout) whose retry was deferred.
+    """
+
+    connection_id: str
+    observed_at: dt.datetime
+    after: ApiError
+
+
+Result = Outcome | Postponed  # what a source yields; the run loop stores the outcomes
+
+
 @dataclass
 class BatchCounts:
     """What a batch (or a run) stored."""

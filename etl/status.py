@@ -10,7 +10,7 @@ from etl.config import Config
 from etl.db.store import Store
 
 RUN_COLUMNS = ("run_id", "trigger", "status", "started_at", "duration_seconds", "planned", "fetched",
-               "changed", "deleted", "failed", "requests", "error")
+               "changed", "deleted", "deletions_held", "failed", "requests", "error")
 FAILING_COLUMNS = ("connection_id", "status", "failures_in_a_row", "last_attempt_at", "next_due_at",
                    "last_success_at", "last_error")
 
@@ -26,7 +26,7 @@ def status_report(store: Store, *, runs: int = 10, failing: int = 50) -> dict[st
             if row.finished_at else None,
             "planned": row.connections_planned, "fetched": row.connections_fetched,
             "changed": row.connections_changed, "deleted": row.connections_deleted,
-            "failed": row.connections_failed, "granted": row.permissions_granted,
+            "deletions_held": row.deletions_held, "failed": row.connections_failed, "granted": row.permissions_granted,
             "revoked": row.permissions_revoked, "requests": row.requests, "error": row.error,
             "pid": row.pid, "host": row.host,
         }

@@ -19,9 +19,10 @@ from etl.cadence import EARLY
 from etl.config import Config
 from etl.context import Pass, Seams
 from etl.db.store import Store
-from etl.errors import DatabaseError, FatalApiError, SyncAborted, one_line
+from etl.errors import DatabaseError, EtlError, FatalApiError, SyncAborted, one_line
 from etl.fetch import ByIds, Cheapest, OutcomeSource, ResumableListing
-from etl.outcomes import BatchCounts, Failed, Outcome
+from etl.guards import DeletionGuard, OutageGuard
+from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Outcome, Postponed, Result
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class RunResult:
     deferred: int = 0  # due connections left for the next pass (--max-duration)
     rate_limit_wait: float = 0.0  # seconds the run's requests waited for the rate limit
     hint: str | None = None  # what to do when a pass had nothing to fetch
+    deletions_held: int = 0  # 404s of live connections the mass-deletion guard did not store
+    error: str | None = None  # why a guard ended the pass
 
     @property
     def exit_code(self) -> int:
@@ -52,7 +55,7 @@ class RunResult:
         return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code, "planned": self.planned,
                 **asdict(self.counts), "requests": self.requests, "seconds": round(self.seconds, 3),
                 "deferred": self.deferred, "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
-                "hint": self.hint, "error": None}
+                "deletions_held": self.deletions_held, "hint": self.hint, "error": self.error}
 
     def summary(self) -> str:
         """One line for humans and logs."""
@@ -60,11 +63,12 @@ class RunResult:
         waited = f" ({self.rate_limit_wait:.0f}s of it waiting for the rate limit)" \
             if self.rate_limit_wait >= 1 else ""
         nulled = f"; {c.nulled} field(s) stored as NULL (see the warnings)" if c.nulled else ""
-        deferred = f"; {self.deferred} deferred to the next pass (--max-duration)" if self.deferred else ""
+        deferred = f"; {self.deferred} deferred to the next pass" if self.deferred else ""
+        why = f"; {self.error}" if self.error else ""
         return (f"run {self.run_id} {self.status}: {self.planned} planned, {c.fetched} fetched, "
                 f"{c.changed} changed, {c.deleted} deleted, {c.failed} failed; "
                 f"{c.granted} granted, {c.revoked} revoked; {self.requests} requests in {self.seconds:.1f}s"
-                f"{waited}{nulled}{deferred}")
+                f"{waited}{nulled}{deferred}{why}")
 
 
 def outcome_without_result(status: str, exit_code: int, error: str, run_id: int | None = None) -> dict[str, Any]:
@@ -90,6 +94,9 @@ class RunLoop:
 
     def __post_init__(self) -> None:
         self.result = RunResult(run_id=self.run_id, status="running", planned=self.source.planned or 0)
+        settings = self.ctx.config.sync
+        self.deletions = DeletionGuard(self.ctx.store, max_share=settings.max_deleted_share)
+        self.outage = OutageGuard(limit=settings.outage_after)
         self._started = time.monotonic()
         self._requests_before = self.ctx.client.requests_sent
         limiter = self.ctx.client.limiter
@@ -111,13 +118,17 @@ class RunLoop:
                     self._take(batch, outcome)
                     if len(batch) >= self.ctx.config.sync.batch_size:
                         self._flush(writer.write, batch)
-            if batch:
-                self._flush(writer.write, batch)
+            self._release_deletions(batch)
+            for start in range(0, len(batch), self.ctx.config.sync.batch_size):
+                self._flush(writer.write, batch[start:start + self.ctx.config.sync.batch_size])
         except (FatalApiError, DatabaseError) as error:
             self._end_quietly("aborted", str(error))
             log.error("%s; %d fetched results were not stored; cause: %s", self.result.summary(), len(batch), error,
                       extra={"run_id": self.run_id, "status": "aborted",
                              "result": {**self.result.as_dict(), "exit_code": 3, "error": str(error)}})
+            raise SyncAborted(run_id=self.run_id, cause=error) from error
+        except EtlError as error:  # anything else that ends a run early aborts it: exit 3, as aborted runs do
+            self._end_quietly("aborted", str(error))
             raise SyncAborted(run_id=self.run_id, cause=error) from error
         except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
             self._end_quietly("aborted", one_line(error, limit=500))
@@ -133,13 +144,33 @@ class RunLoop:
                  extra={"run_id": self.run_id, "status": r.status, "duration_seconds": round(r.seconds, 3),
                         "rate_limit_wait_seconds": round(r.rate_limit_wait, 3), "result": r.as_dict()})
 
-    def _take(self, batch: list[Outcome], outcome: Outcome) -> None:
+    def _take(self, batch: list[Outcome], outcome: Result) -> None:
+        if self.progress is not None:
+            self.progress(1)
+        if self.outage.see(outcome):
+            self.ctx.cancelled.set()  # stop asking: requests in flight finish and are stored
+        if isinstance(outcome, Postponed):  # nothing to store: it stays due
+            return
         if isinstance(outcome, Failed):
             log.warning("connection %s failed: %s", outcome.connection_id, outcome.error,
                         extra={"run_id": self.run_id, "connection_id": outcome.connection_id})
+        if isinstance(outcome, Gone):
+            self.deletions.hold(outcome)  # judged when the pass ends (``_release_deletions``)
+            return
         batch.append(outcome)
-        if self.progress is not None:
-            self.progress(1)
+
+    def _release_deletions(self, batch: list[Outcome]) -> None:
+        """Add the held 404s that the mass-deletion guard lets through to ``batch``; a pass that was stopped
+        (on request, or by the outage guard) stores none of them: they stay due."""
+        if self.ctx.cancelled.is_set():
+            dropped = self.deletions.drop()
+            if dropped:
+                log.info("run %s stopped: %d 404(s) held for the mass-deletion guard were not stored; they stay "
+                         "due", self.run_id, dropped)
+            return
+        answered = self.result.counts.fetched + sum(isinstance(o, Fetched) for o in batch)
+        batch.extend(self.deletions.release(answered=answered))
+        self.result.deletions_held = self.deletions.dropped
 
     def _flush(self, write: Callable[[list[Outcome]], BatchCounts], batch: list[Outcome]) -> None:
         counts = write(batch)
@@ -154,6 +185,9 @@ class RunLoop:
         return c.fetched + c.deleted + c.failed
 
     def _verdict(self) -> tuple[str, str | None]:
+        guard = self.outage.tripped or self.deletions.tripped
+        if guard:  # a guard stopped the pass, or refused to store what it would have done
+            return "failed", guard
         done, planned = self._done(), self._planned()
         c, problem = self.result.counts, self.source.incomplete
         if self.ctx.cancelled.is_set() and (done < planned or problem):
@@ -173,7 +207,7 @@ class RunLoop:
 
     def _end(self, status: str, error: str | None = None) -> None:
         r = self.result
-        r.planned, r.status = self._planned(), status
+        r.planned, r.status, r.error = self._planned(), status, error
         r.requests = self.ctx.client.requests_sent - self._requests_before
         r.seconds = time.monotonic() - self._started
         limiter = self.ctx.client.limiter

@@ -103,6 +103,8 @@ def env_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "sync.track_listed": ("yes", True),
         "sync.max_duration": ("10m", 600.0),
         "sync.if_locked": ("skip", "skip"),
+        "sync.max_deleted_share": ("0.25", 0.25),
+        "sync.outage_after": ("3", 3),
         "schedule.interval": ("1h", 3600.0),
         "schedule.cron": ("*/5 * * * *", "*/5 * * * *"),
         "schedule.misfire_grace": ("2m", 120),

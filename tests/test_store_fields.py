@@ -75,9 +75,10 @@ def test_statuses_that_stop_or_retry_are_sorted_with_their_kind(status: int, kin
     assert (caught.value.status, caught.value.kind) == (status, kind)
 
 
-@pytest.mark.parametrize("status", [200, 404])
-def test_200_and_404_are_answers(status: int) -> None:
-    assert classify(httpx.Response(status), path="/p") is None
+@pytest.mark.parametrize("response", [
+    httpx.Response(200), httpx.Response(404, json={"errors": [{"status": "404", "code": "not_found"}]})])
+def test_200_and_smartcars_404_are_answers(response: httpx.Response) -> None:
+    assert classify(response, path="/p") is None
 
 
 def test_connection_source_and_seen_fields_are_written(engine: Engine) -> None:

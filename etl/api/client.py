@@ -1,9 +1,11 @@
 """HTTP client for the Smartcar Vehicle API v3 connections endpoints.
 
-Every response is sorted by ``classify`` and nowhere else: 200 and 404 are
-answers; 401 asks for one token renewal; 403 and 430 stop the run; 429, 5xx,
-timeouts and network errors are retried by the ``RetryPolicy``; any other
-status fails that one request. Error messages carry status, reason, path and
+Every response is sorted by ``classify`` and nowhere else: 200 is an answer, and
+so is a 404 that is Smartcar's own word that the resource is missing
+(``smartcar_not_found``); any other 404 (a proxy's page, a wrong base path)
+fails that one request. 401 asks for one token renewal; 403 and 430 stop the
+run; 429, 5xx, timeouts and network errors are retried by the ``RetryPolicy``;
+any other status fails that one request. Error messages carry status, reason, path and
 the API's error code and detail, never headers, tokens or query strings.
 """
 
@@ -24,7 +26,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import httpx
 
-from etl.api.deadline import PassDeadline
+from etl.api.deadline import Cancelled, Deferred, PassDeadline
 from etl.api.documents import (
     UNSTORABLE_RE,
     ConnectionRecord,
@@ -53,14 +55,6 @@ log = logging.getLogger(__name__)
 
 class Unauthorized(AuthenticationError):
     """A 401: the token was refused (the client renews it once before giving up)."""
-
-
-class Cancelled(Exception):
-    """The run was cancelled while this request waited or was about to be sent."""
-
-
-class Deferred(Cancelled):
-    """Not sent: the pass would end before an answer could come (``sync --max-duration``); it stays due."""
 
 
 class TokenSource(Protocol):
@@ -125,6 +119,35 @@ def redact(text: str | None, secrets: Iterable[str]) -> str | None:
     return text
 
 
+# Smartcar's documented 404s for a request it could not route (RESOURCE_NOT_FOUND with code PATH or
+# VERSION): a wrong base URL, not a missing connection.
+WRONG_PATH_CODES = frozenset({"PATH", "VERSION"})
+
+
+def smartcar_not_found(response: httpx.Response) -> bool:
+    """Whether a 404 is Smartcar's answer for a missing resource: a JSON:API ``errors`` array whose first
+    entry has status "404" and no code of a wrong path or version. An inferred rule (Smartcar documents
+    the error shape and the PATH/VERSION codes, not a body for each case): an HTML page, an empty body or
+    other JSON is some other server's 404, never proof that a connection is gone."""
+    try:
+        body: Any = decode_json(response.content)
+    except ValueError:
+        return False
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return False
+    first = errors[0]
+    if first.get("status") not in ("404", 404):
+        return False
+    marks = {str(first.get(key) or "").upper().rsplit(":", 1)[-1] for key in ("type", "code")}
+    return not marks & WRONG_PATH_CODES
+
+
+def vehicle_rate_limited(error: ApiError) -> bool:
+    """A 429 for one vehicle's limit (``RATE_LIMIT`` with code ``VEHICLE``), not the application's."""
+    return error.status == 429 and (error.code or "").upper().rsplit(":", 1)[-1] == "VEHICLE"
+
+
 def classify(
     response: httpx.Response,
     *,
@@ -132,12 +155,12 @@ def classify(
     now: Callable[[], dt.datetime] = utcnow,
     secrets: Iterable[str] = (),
 ) -> None:
-    """Return for an answer (200, 404); raise the error class that decides what happens next.
+    """Return for an answer (200, Smartcar's 404); raise the error class that decides what happens next.
 
     The API's error code and detail go into the error with ``secrets`` redacted.
     """
     status = response.status_code
-    if status in (200, 404):
+    if status == 200 or (status == 404 and smartcar_not_found(response)):
         return
     code, detail = error_info(response)
     secrets = list(secrets)
@@ -151,8 +174,13 @@ def classify(
         raise FatalApiError(kind="billing" if status == 430 else "forbidden", **fields)
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=now)
-        raise RetriableApiError(retry_after=retry_after, kind="rate_limited" if status == 429 else "server",
-                                **fields)
+        kind = "server" if status >= 500 else "vehicle_limit" if vehicle_rate_limited(ApiError(**fields)) \
+            else "rate_limited"
+        raise RetriableApiError(retry_after=retry_after, kind=kind, **fields)
+    if status == 404:
+        fields["detail"] = "not Smartcar's answer for a missing connection (" + (
+            fields["detail"] or "no error body") + "); is api.base_url right?"
+        raise ApiError(kind="unrecognised_404", **fields)
     raise ApiError(**fields)
 
 
@@ -417,19 +445,20 @@ class SmartcarClient:
                 if self.on_request is not None:
                     self.on_request(error.kind, error.status)
                 if isinstance(error, RetriableApiError) and error.status == 429 and error.retry_after \
-                        and self.limiter is not None:
+                        and self.limiter is not None and not vehicle_rate_limited(error):
                     self.limiter.drain(error.retry_after)  # every process of the application backs off
                 raise
             if self.on_request is not None:
                 self.on_request("ok" if response.status_code == 200 else "not_found", response.status_code)
             return response
 
+        patience = self.deadline.allows if self.deadline is not None else None
         try:
-            return self.retry.call(once, started=started)
+            return self.retry.call(once, started=started, patience=patience)
         except Unauthorized:
             self.auth.renew(used[-1])
         try:
-            return self.retry.call(once, started=started)
+            return self.retry.call(once, started=started, patience=patience)
         except Unauthorized as error:
             raise AuthenticationError(
                 path=path, status=401, reason=error.reason, code=error.code,
@@ -447,6 +476,9 @@ LISTING_PATH = "/connections"
 def listing_page(number: int, response: httpx.Response) -> ListingPage:
     """The listing's page ``number`` from the API's answer, its items validated one by one."""
     path = LISTING_PATH
+    if response.status_code != 200:  # the listing itself cannot be missing
+        raise ApiError(path=path, status=response.status_code, reason=response.reason_phrase,
+                       detail=f"page {number}: the listing answered {response.status_code}")
     try:
         body = decode_json(response.content)
     except ValueError as exc:

@@ -14,6 +14,22 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+
+class Cancelled(Exception):
+    """The run was cancelled while this request waited or was about to be sent."""
+
+
+class Deferred(Cancelled):
+    """Not sent: the pass would end before an answer could come (``sync --max-duration``); it stays due.
+
+    ``after``: the retriable error whose retry was deferred (its wait would have ended past the deadline).
+    """
+
+    def __init__(self, after: Exception | None = None) -> None:
+        self.after = after
+        super().__init__(str(after) if after is not None else "deferred to the next pass")
+
+
 FIRST_ESTIMATE = 1.0  # seconds, before any answer was timed
 SAMPLES = 200  # answer times kept for the percentile
 

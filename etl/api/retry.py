@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from etl.api.deadline import Deferred
 from etl.errors import RetriableApiError
 
 T = TypeVar("T")
@@ -72,10 +73,13 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
         return base * (0.5 + self.jitter() / 2)
 
-    def call(self, attempt_once: Callable[[], T], *, started: float | None = None) -> T:
+    def call(self, attempt_once: Callable[[], T], *, started: float | None = None,
+             patience: Callable[[float], bool] | None = None) -> T:
         """Call until it succeeds, raises a non-retriable error, or attempts or time run out (last error raised).
 
-        ``started`` (a ``clock`` reading) lets several calls share one deadline.
+        ``started`` (a ``clock`` reading) lets several calls share one deadline. ``patience`` says whether a
+        retry after a wait of so many seconds could still finish within the pass; when it refuses, Deferred
+        is raised (the request stays due for the next pass) instead of waiting.
         """
         started = self.clock() if started is None else started
         attempt = 1
@@ -90,6 +94,10 @@ class RetryPolicy:
                     log.info("%s; giving up: a retry in %.1fs would pass the retry deadline of %gs",
                              error, wait, self.deadline)
                     raise
+                if patience is not None and not patience(wait):
+                    log.info("%s; a retry in %.1fs would end past the pass's deadline: deferred to the next pass",
+                             error, wait)
+                    raise Deferred(after=error) from error
                 log.info("%s; retrying in %.1fs (attempt %d of %d)", error, wait, attempt + 1, self.max_attempts)
                 self.sleep(wait)
                 attempt += 1

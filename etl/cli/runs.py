@@ -28,6 +28,11 @@ if_locked_option = click.option(
 
 INTERRUPTED = 130  # 128 + SIGINT, as shells report an interrupted command
 
+accept_deletions_option = click.option(
+    "--accept-deletions", is_flag=True,
+    help="Store this run's deletions even when they are more than sync.max_deleted_share of the connections "
+         "answered (the mass-deletion guard), once you have checked that they are real.")
+
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
@@ -101,25 +106,28 @@ def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locke
 @click.option("--metrics-file", metavar="PATH",
               help="Write Prometheus metrics here after the run (node_exporter textfile collector); "
                    "default: metrics.textfile from the config.")
+@accept_deletions_option
 @if_locked_option
 @result_format_option
 @click.pass_context
 def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max_duration: str | None,
-                 metrics_file: str | None, if_locked: str | None, fmt: str) -> None:
+                 metrics_file: str | None, accept_deletions: bool, if_locked: str | None, fmt: str) -> None:
     """One pass now over the tracked connections that are due; what cron calls.
 
     A connection is due when it has not been fetched for schedule.interval, or
     when its retry or re-check time has come (failing connections back off;
     deleted ones are re-checked daily). Only one run at a time per database.
 
-    Exit 0: every connection fetched and stored, or found deleted; 1: some failed;
-    2: bad configuration; 3: aborted (credentials refused, billing, database down);
-    4: skipped, another run holds the lock (0 with --if-locked skip); 130: interrupted.
+    Exit 0: every connection fetched and stored, or found deleted; 1: some failed,
+    or a guard stopped the pass (mass deletion, outage); 2: bad configuration;
+    3: aborted (credentials refused, billing, database down); 4: skipped, another
+    run holds the lock (0 with --if-locked skip); 130: interrupted.
 
     \b
     Example:
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
         smartcar-etl sync --strategy list   # refresh the tracked ones through the listing
+        smartcar-etl sync --accept-deletions   # the deletions the guard held back are real
         smartcar-etl sync --format json --if-locked skip | jq .status
     """
     from etl.context import Seams
@@ -128,7 +136,7 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
     from etl.sync import sync
 
     state: State = ctx.obj
-    config = _with_max_duration(state.config, max_duration)
+    config = _with_run_options(state.config, max_duration, accept_deletions)
     textfile = metrics_file or config.metrics.textfile
     metrics = Metrics() if textfile else None
 
@@ -147,16 +155,19 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
     _report(ctx, run, fmt, if_locked or config.sync.if_locked)
 
 
-def _with_max_duration(config: Any, max_duration: str | None) -> Any:
-    """The config with ``sync.max_duration`` from ``--max-duration`` (checked as the config key would be)."""
-    if max_duration is None:
-        return config
+def _with_run_options(config: Any, max_duration: str | None, accept_deletions: bool) -> Any:
+    """The config with ``sync.max_duration`` from ``--max-duration`` (checked as the config key would be), and
+    without the mass-deletion guard for ``--accept-deletions``."""
     from dataclasses import replace
 
     from etl.config import parse_setting
 
-    seconds = parse_setting("sync.max_duration", max_duration, where="--max-duration")
-    return replace(config, sync=replace(config.sync, max_duration_seconds=seconds))
+    if max_duration is not None:
+        seconds = parse_setting("sync.max_duration", max_duration, where="--max-duration")
+        config = replace(config, sync=replace(config.sync, max_duration_seconds=seconds))
+    if accept_deletions:
+        config = replace(config, sync=replace(config.sync, max_deleted_share=1.0))
+    return config
 
 
 def _write_metrics(metrics: Any, state: State, path: str) -> None:
@@ -202,11 +213,12 @@ class _Bar:
               "it take; fetch and write nothing (--all sends one listing request to count).")
 @click.option("--max-duration", metavar="DURATION",
               help="Stop starting requests that cannot finish within DURATION; --resume continues later.")
+@accept_deletions_option
 @if_locked_option
 @result_format_option
 @click.pass_context
-def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool,
-                     dry_run: bool, max_duration: str | None, if_locked: str | None, fmt: str) -> None:
+def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool, dry_run: bool,
+                     max_duration: str | None, accept_deletions: bool, if_locked: str | None, fmt: str) -> None:
     """A large one-off fetch, with a progress bar on a terminal; resumable. The ids it fetches become tracked:
     with --all, every connection of the application.
 
@@ -228,7 +240,7 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         msg = "give exactly one of --ids-file FILE and --all"
         raise click.UsageError(msg)
     state: State = ctx.obj
-    config = _with_max_duration(state.config, max_duration)
+    config = _with_run_options(state.config, max_duration, accept_deletions)
 
     def source() -> Source:  # read once the configuration has loaded: a bad id is then one JSON outcome
         if ids_file is None:

@@ -248,6 +248,8 @@ class SyncRun(Base):
     connections_deferred: Mapped[int] = mapped_column(Integer, server_default="0")
     # Wall time the run's requests waited for the rate limit.
     rate_limit_wait_seconds: Mapped[float] = mapped_column(Float, server_default="0")
+    # 404s of active or pending connections that the mass-deletion guard did not store (sync.max_deleted_share).
+    deletions_held: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]

@@ -55,6 +55,7 @@ class FinishedRun(Protocol):
     requests: int
     deferred: int
     rate_limit_wait: float
+    deletions_held: int
 
 
 class BackfillSource(Protocol):
@@ -209,7 +210,7 @@ class Store:
                 update(sync_runs).where(sync_runs.c.id == run.run_id, sync_runs.c.status == "running")
                 .values(status=run.status, finished_at=at, requests=run.requests, error=error,
                         connections_planned=run.planned, connections_deferred=run.deferred,
-                        rate_limit_wait_seconds=run.rate_limit_wait)
+                        rate_limit_wait_seconds=run.rate_limit_wait, deletions_held=run.deletions_held)
             )
 
     def close_stale_runs(self, *, at: dt.datetime) -> int:
@@ -375,6 +376,15 @@ class Store:
         """How many connections the database knows that are not deleted: a lower bound of the application's size."""
         with self.read() as conn:
             return conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+
+    def live_ids(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` whose connection is ``active`` or ``pending`` (a 404 would make them ``deleted``)."""
+        live: set[str] = set()
+        with self.read() as conn:
+            for chunk in _chunks(ids):
+                live.update(conn.scalars(select(connections.c.id).where(
+                    dialects.among(conn, connections.c.id, chunk), connections.c.status.in_(("active", "pending")))))
+        return live
 
     def untracked_ids(self) -> set[str]:
         """The connections the user untracked (few: the listing skips them)."""
