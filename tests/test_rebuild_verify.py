@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select, update
 
 from etl.cli import cli
-from etl.db.archive import packed, unpacked
+from etl.db.archive import packed, unpacked, verified
 from etl.db.models import Base, archive_bodies, archive_spans, connections, permission_changes
 from etl.db.rebuild import snapshot
 from etl.db.store import Store
@@ -197,3 +198,105 @@ def changes(engine: Engine) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return sorted(tuple(r) for r in conn.execute(select(*(col for col in permission_changes.columns
                                                               if col is not c.id))))
+
+
+def test_unpacked_refuses_a_truncated_or_overlong_stream_and_verified_the_wrong_document() -> None:
+    document = json.dumps({"id": "x", "padding": "a" * 200}).encode()
+    compressed, stored = packed(document)
+    assert compressed and unpacked(True, stored) == document
+    with pytest.raises(ValueError, match=r"corrupt \(truncated\)"):
+        unpacked(True, stored[:-6])
+    with pytest.raises(ValueError, match=r"corrupt \(bytes after its end\)"):
+        unpacked(True, stored + b"\x00")
+    digest = hashlib.sha256(document).hexdigest()
+    assert verified(True, stored, digest) == document and verified(False, document, digest) == document
+    with pytest.raises(ValueError, match="not the stored digest"):
+        verified(True, stored, hashlib.sha256(document + b" ").hexdigest())
+    with pytest.raises(ValueError, match="corrupt"):  # the stream is read before the digest is compared
+        verified(True, stored[:-6], digest)
+
+
+def rewrite(engine: Engine, body_id: int, change: Any) -> None:
+    """Replace a body with ``change(document)``, its digest recomputed: a sound body of another document."""
+    with engine.begin() as conn:
+        row = conn.execute(select(archive_bodies).where(archive_bodies.c.id == body_id)).one()
+        document = change(json.loads(unpacked(row.compressed, row.body)))
+        text = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        compressed, stored = packed(text)
+        conn.execute(update(archive_bodies).where(archive_bodies.c.id == body_id).values(
+            compressed=compressed, body=stored, digest=hashlib.sha256(text).hexdigest()))
+
+
+def test_an_accepted_document_is_its_connections_by_the_canonical_form_of_its_id(
+        run_sync: Runner, engine: Engine) -> None:
+    ids = history(run_sync, 2, seed=29)
+    _, body = span_and_body(engine, ids[1])
+    rewrite(engine, body, lambda document: {**document, "id": document["id"].upper()})
+    before = derived(engine)
+    assert not Store(engine).rebuild().differs  # the same id, in upper case: the same connection's
+    assert derived(engine) == before
+
+
+@pytest.mark.parametrize("document", ["another", "none", "list"])
+def test_an_accepted_document_naming_another_connection_or_none_is_refused(
+        run_sync: Runner, engine: Engine, document: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sound body (its digest written too) whose document is another connection's: the digest cannot tell."""
+    ids = history(run_sync, 2, seed=30)
+    span, body = span_and_body(engine, ids[0])
+    if document == "another":
+        rewrite(engine, body, lambda d: {**d, "id": ids[1]})
+        expected = f"the document is connection {ids[1]}'s"
+    else:
+        rewrite(engine, body, (lambda d: {k: v for k, v in d.items() if k != "id"}) if document == "none"
+                else (lambda d: [d]))
+        expected = "the document is of no connection's"
+    refused(engine, tmp_path, monkeypatch, f"span {span}", f"body {body}", ids[0], expected)
+
+
+def test_every_page_of_spans_is_verified(run_sync: Runner, engine: Engine, tmp_path: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans are read a page (``BATCH``) at a time: the fault on the last page is found, and only it."""
+    from etl.db import rebuild
+
+    ids = history(run_sync, 6, seed=31)  # 7 spans: pages of 2, 2, 2 and 1
+    with engine.connect() as conn:
+        last, body = conn.execute(select(archive_spans.c.id, archive_spans.c.body_id)
+                                  .order_by(archive_spans.c.id.desc()).limit(1)).one()
+    assert last == 7
+    with engine.begin() as conn:
+        conn.execute(update(archive_bodies).where(archive_bodies.c.id == body).values(compressed=False, body=b"{}"))
+    monkeypatch.setattr(rebuild, "BATCH", 2)
+    [message, _] = refused(engine, tmp_path, monkeypatch, f"span {last}", f"body {body}", ids[0], "1 archived")
+    assert "span 6 " not in message
+
+
+def test_a_body_that_changes_between_the_verification_and_the_replay_is_refused(
+        run_sync: Runner, engine: Engine) -> None:
+    """The replay checks each body again as it reads it (``_outcomes``); the transaction then rolls back."""
+    from etl.db.rebuild import RebuildResult, _bodies, _Event, _outcomes
+
+    ids = history(run_sync, 1, seed=32)
+    span, body = span_and_body(engine, ids[0])
+    with engine.connect() as conn:
+        sound = _bodies(conn, {body, None})
+    event = _Event(span, ids[0], dt.datetime.now(dt.UTC), None, body, True)
+    assert [o.connection_id for o in _outcomes([event], sound, RebuildResult())] == ids[0:1]
+    with pytest.raises(UnverifiableArchive, match=f"span {span} of connection {ids[0]} \\(body {body}\\): its body "
+                                                  "is missing"):
+        _outcomes([event], {}, RebuildResult())
+    with engine.connect() as conn:
+        assert _bodies(conn, {None}) == {}
+
+
+def test_a_span_whose_body_row_is_missing_is_refused(run_sync: Runner, engine: Engine, tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only SQLite lets a span point at no body (a connection without foreign keys on)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the foreign key keeps a span's body on this database")
+    ids = history(run_sync, 2, seed=33)
+    span, _ = span_and_body(engine, ids[0])
+    import sqlite3
+
+    with closing(sqlite3.connect(str(engine.url.database))) as raw, raw:  # foreign keys are off by default
+        raw.execute("UPDATE archive_spans SET body_id = 999999 WHERE id = ?", (span,))
+    refused(engine, tmp_path, monkeypatch, f"span {span}", "body 999999", ids[0], "its body is missing")
