@@ -5,7 +5,8 @@ into a message on stderr and the exit code named on its class::
 
     EtlError                      exit 1
     ├── ConfigError               exit 2  bad option, config key or input value
-    │   └── InvalidIdError                a connection id that is not a UUID
+    │   ├── InvalidIdError                a connection id that is not a UUID
+    │   └── UnverifiableArchive           archived documents rebuild cannot verify (corrupt, altered, misplaced)
     ├── DatabaseError             exit 3  database unreachable or not a database
     │   ├── NotMigratedError      exit 2  the schema is not at the latest revision
     │   └── NoDatabaseError       exit 2  a SQLite file that does not exist (only `db upgrade` creates it)
@@ -26,6 +27,7 @@ or secrets, so they are safe to print and to store in ``fetch_errors``.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -225,3 +227,32 @@ class LockHeld(EtlError):
     def __init__(self, *, url: str, holder: str) -> None:
         self.holder = holder
         super().__init__(f"another run holds the lock on {url}: {holder}")
+
+
+class Unverified(NamedTuple):
+    """One archived observation that ``rebuild`` cannot verify: its span, its body, and why."""
+
+    span_id: int
+    body_id: int | None
+    connection_id: str  # the span's
+    reason: str
+
+
+class UnverifiableArchive(ConfigError):
+    """Archived documents that ``rebuild`` would replay cannot be verified; nothing was changed.
+
+    At most ``SHOWN`` of them are named (span, connection, body, reason), then how many more.
+    """
+
+    SHOWN = 10
+
+    def __init__(self, bad: list[Unverified], *, total: int | None = None) -> None:
+        self.bad = bad
+        self.total = len(bad) if total is None else total
+        lines = [f"span {u.span_id} of connection {u.connection_id} (body {u.body_id}): {u.reason}"
+                 for u in bad[: self.SHOWN]]
+        if self.total > self.SHOWN:
+            lines.append(f"… and {self.total - self.SHOWN:,} more")
+        header = (f"{self.total:,} archived observation(s) cannot be verified, so rebuild replays none of them "
+                  "and nothing was changed")
+        super().__init__(header + ":\n" + "\n".join(f"  - {line}" for line in lines))

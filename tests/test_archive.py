@@ -306,9 +306,8 @@ def test_hostile_values_are_archived_shown_and_rebuilt(run_sync: Runner, engine:
     assert dry.exit_code == 0 and "the history is as rebuilt" in dry.stdout, dry.output
 
 
-@pytest.mark.corrupts_history  # rebuilding without the unreadable document leaves its grants without changes
 @pytest.mark.parametrize("stored", ["garbage", "bomb"])
-def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_skips_it(
+def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_refuses_it(
         run_sync: Runner, engine: Engine, stored: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import zlib
 
@@ -330,5 +329,6 @@ def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_skips_i
     assert f"the archived document of connection {ids[0]} cannot be read" in shown.stderr
     assert ("corrupt" if stored == "garbage" else "inflates past") in shown.stderr
     assert CliRunner().invoke(cli, ["archive", "show", ids[1]], env=env).exit_code == 0  # the other one is fine
-    dry = CliRunner().invoke(cli, ["rebuild", "--dry-run"], env=env)
-    assert dry.exit_code == 0 and "1 unreadable (corrupt), skipped" in dry.stdout, dry.output
+    dry = CliRunner().invoke(cli, ["rebuild", "--dry-run"], env=env)  # skipping it would drop its history
+    assert dry.exit_code == 2 and ids[0] in dry.stderr and "nothing was changed" in dry.stderr, dry.output
+    assert ("corrupt" if stored == "garbage" else "inflates past") in dry.stderr

@@ -65,8 +65,10 @@ def rebuild_command(state: State, dry_run: bool) -> None:
     """Derive users, vehicles, connections' fields and the whole permission history again from the archive.
 
     Under the run lock, in one transaction, with the same code as sync; every archived document is
-    validated again, so a fix to the parser reaches the past. Refused (exit 2, naming them) when some
-    connections have observations the archive does not hold.
+    validated again, so a fix to the parser reaches the past. Refused (exit 2, naming them, nothing changed)
+    when some connections have observations the archive does not hold, or when an archived document cannot
+    be verified: it does not decompress or parse, is not what its digest was taken of, or is another
+    connection's. --dry-run is refused the same way.
 
     \b
     Example:
@@ -78,8 +80,7 @@ def rebuild_command(state: State, dry_run: bool) -> None:
     for name in result.removed:
         click.echo(f"{name}: {result.removed[name]:,} rows removed, {result.added[name]:,} added")
     click.echo(f"{result.observations:,} archived observations replayed; "
-               f"{result.still_rejected:,} documents still rejected by validation"
-               + (f"; {result.unreadable:,} unreadable (corrupt), skipped" if result.unreadable else ""))
+               f"{result.still_rejected:,} documents still rejected by validation")
     if dry_run:
         click.echo("dry run: nothing was changed" + ("" if result.differs else "; the history is as rebuilt"))
     else:

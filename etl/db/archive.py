@@ -84,6 +84,23 @@ def unpacked(compressed: bool, body: bytes) -> bytes:
     if inflater.unconsumed_tail:
         msg = f"the stored body inflates past {MAX_DOCUMENT:,} bytes"
         raise ValueError(msg)
+    if not inflater.eof or inflater.unused_data:
+        msg = "the stored body is corrupt (" + ("bytes after its end)" if inflater.eof else "truncated)")
+        raise ValueError(msg)
+    return document
+
+
+def verified(compressed: bool, body: bytes, digest: str) -> bytes:
+    """The canonical JSON of a stored body whose SHA-256 is its stored ``digest``; ValueError if it is corrupt
+    (``unpacked``) or is not the document the digest was taken of.
+
+    The digest is unkeyed: it catches corruption and a document replaced without its digest, not someone
+    who also writes the new document's digest.
+    """
+    document = unpacked(compressed, body)
+    if hashlib.sha256(document).hexdigest() != digest:
+        msg = "its SHA-256 is not the stored digest (the body was changed after it was archived)"
+        raise ValueError(msg)
     return document
 
 

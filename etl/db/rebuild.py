@@ -7,16 +7,22 @@ vehicles, the connections' fields that documents set (user, vehicle, status, sou
 last seen, last success), every grant and change (``run_id`` from the spans). A connection's schedule
 and failure columns (due time, last attempt and error, failure count) are kept as they were.
 
+Before it changes anything, every body a span will replay is verified (``verify``): that it decompresses,
+is the document its digest was taken of, parses as JSON, and is the span's connection's. One that is not
+refuses the whole rebuild (``UnverifiableArchive``, exit 2, naming the spans): skipping it would drop that
+connection's history, and replaying it would replay whatever it now says. The replay checks each body again
+as it reads it.
+
 All in one transaction; ``dry_run`` rolls it back after counting what would differ.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -33,9 +39,10 @@ from sqlalchemy import (
     update,
 )
 
-from etl.api.documents import parse_resource
-from etl.db.archive import Archiving, readable
+from etl.api.documents import canonical_id, decode_json, parse_resource
+from etl.db.archive import Archiving, verified
 from etl.db.batch import store_batch
+from etl.db.dialects import among
 from etl.db.models import (
     archive_bodies,
     archive_spans,
@@ -45,10 +52,9 @@ from etl.db.models import (
     users,
     vehicles,
 )
-from etl.errors import MalformedDocumentError
+from etl.errors import MalformedDocumentError, UnverifiableArchive, Unverified
 from etl.outcomes import Fetched, Gone, Outcome
 
-log = logging.getLogger(__name__)
 BATCH = 500
 # What rebuild derives, table by table (permission_changes without its surrogate id).
 DERIVED: dict[str, tuple[Table, tuple[str, ...]]] = {
@@ -74,7 +80,6 @@ class RebuildResult:
     added: dict[str, int] = field(default_factory=dict)
     observations: int = 0
     still_rejected: int = 0
-    unreadable: int = 0
 
     @property
     def differs(self) -> bool:
@@ -83,10 +88,11 @@ class RebuildResult:
 
 @dataclass(frozen=True)
 class _Event:
+    span_id: int
     connection_id: str
     at: dt.datetime
     run_id: int | None
-    body: tuple[bool, bytes] | None  # (compressed, stored bytes) of the document; None: a 404
+    body_id: int | None  # the document's archive_bodies row; None: a 404
     starts_span: bool
 
 
@@ -123,7 +129,9 @@ def uncovered(conn: Connection) -> tuple[list[str], int]:
 
 
 def rebuild(conn: Connection) -> RebuildResult:
-    """Rebuild the derived tables from the archive in the caller's transaction; what changed."""
+    """Rebuild the derived tables from the archive in the caller's transaction; what changed.
+    ``UnverifiableArchive`` before it changes anything when a body cannot be verified (``verify``)."""
+    verify(conn)
     before = snapshot(conn)
     kept = [dict(row._mapping) for row in conn.execute(select(connections.c.id, *(connections.c[k] for k in KEPT)))]
     conn.execute(delete(permission_changes))
@@ -135,7 +143,7 @@ def rebuild(conn: Connection) -> RebuildResult:
     conn.execute(delete(vehicles))
     result = RebuildResult()
     for run_id, batch in _batches(_events(conn)):
-        outcomes = _outcomes(batch, result)
+        outcomes = _outcomes(batch, _bodies(conn, {e.body_id for e in batch}), result)
         store_batch(conn=conn, run_id=run_id, outcomes=outcomes, archive=Archiving.LEAVE)
     if kept:
         conn.execute(update(connections).where(connections.c.id == bindparam("b_id")).values(
@@ -147,6 +155,65 @@ def rebuild(conn: Connection) -> RebuildResult:
     return result
 
 
+def verify(conn: Connection) -> None:
+    """Read every body an archived span refers to, a page of spans at a time; ``UnverifiableArchive`` naming
+    the spans (the first ``SHOWN``, and how many) whose body ``_checked`` refuses. Reads, never writes."""
+    bad: list[Unverified] = []
+    total = 0
+    for page in _span_pages(conn):
+        bodies = _bodies(conn, {span.body_id for span in page})
+        for span in page:
+            _, reason = _checked(span.connection_id, bodies.get(span.body_id))
+            if reason is not None:
+                total += 1
+                if len(bad) < UnverifiableArchive.SHOWN:
+                    bad.append(Unverified(span.id, span.body_id, span.connection_id, reason))
+    if total:
+        raise UnverifiableArchive(bad, total=total)
+
+
+def _span_pages(conn: Connection) -> Iterator[Sequence[Any]]:
+    """The spans with a document, ``BATCH`` at a time in id order (keyset pages: memory stays bounded)."""
+    s = archive_spans.c
+    query = select(s.id, s.connection_id, s.body_id).where(s.body_id.is_not(None)).order_by(s.id).limit(BATCH)
+    page = conn.execute(query).all()
+    while page:
+        yield page
+        page = conn.execute(query.where(s.id > page[-1].id)).all() if len(page) == BATCH else []
+
+
+def _bodies(conn: Connection, ids: set[int | None]) -> dict[int, Any]:  # archive_bodies rows
+    """These archive_bodies rows, by id."""
+    wanted = sorted(i for i in ids if i is not None)
+    if not wanted:
+        return {}
+    b = archive_bodies.c
+    rows = conn.execute(select(b.id, b.connection_id, b.digest, b.compressed, b.body, b.rejected)
+                        .where(among(conn, b.id, wanted)))
+    return {row.id: row for row in rows}
+
+
+def _checked(connection_id: str, body: Any) -> tuple[Any, str | None]:
+    """(the document as JSON, None) when ``body`` is sound and ``connection_id``'s, else (None, why not).
+
+    Sound: it decompresses, its SHA-256 is its digest (``verified``), and it is JSON. The connection's: the
+    body row is the connection's, and an accepted document's ``id`` is the connection's too (a rejected
+    one may name another id, or none).
+    """
+    if body is None:
+        return None, "its body is missing"
+    try:
+        document = decode_json(verified(bool(body.compressed), bytes(body.body), body.digest))
+    except ValueError as error:
+        return None, str(error)
+    if body.connection_id != connection_id:
+        return None, f"the body is connection {body.connection_id}'s"
+    named = canonical_id(document.get("id")) if isinstance(document, dict) else None
+    if not body.rejected and named != connection_id:
+        return None, f"the document is {f'connection {named}' if named else 'of no connection'}'s"
+    return document, None
+
+
 def snapshot(conn: Connection) -> dict[str, Counter[tuple[object, ...]]]:
     """Every derived row, as a multiset per table (what ``rebuild`` compares)."""
     return {name: Counter(tuple(row) for row in conn.execute(select(*(table.c[c] for c in columns))))
@@ -155,16 +222,13 @@ def snapshot(conn: Connection) -> dict[str, Counter[tuple[object, ...]]]:
 
 def _events(conn: Connection) -> Iterator[_Event]:
     """Every archived observation worth replaying, in time order (a span's last sighting after its first)."""
-    s, b = archive_spans.c, archive_bodies.c
-    rows = conn.execute(
-        select(s.connection_id, s.first_seen_at, s.last_seen_at, s.run_id, b.compressed, b.body)
-        .select_from(archive_spans.outerjoin(archive_bodies, s.body_id == b.id)))
+    s = archive_spans.c
+    rows = conn.execute(select(s.id, s.connection_id, s.first_seen_at, s.last_seen_at, s.run_id, s.body_id))
     events: list[_Event] = []
     for row in rows:
-        body = None if row.body is None else (bool(row.compressed), bytes(row.body))
-        events.append(_Event(row.connection_id, row.first_seen_at, row.run_id, body, True))
+        events.append(_Event(row.id, row.connection_id, row.first_seen_at, row.run_id, row.body_id, True))
         if row.last_seen_at > row.first_seen_at:
-            events.append(_Event(row.connection_id, row.last_seen_at, row.run_id, body, False))
+            events.append(_Event(row.id, row.connection_id, row.last_seen_at, row.run_id, row.body_id, False))
     events.sort(key=lambda e: (e.at, e.connection_id))
     return iter(events)
 
@@ -189,25 +253,24 @@ def _batches(events: Iterator[_Event]) -> Iterator[tuple[int | None, list[_Event
         yield run_id, batch
 
 
-def _outcomes(batch: Sequence[_Event], result: RebuildResult) -> list[Outcome]:
-    """The batch's observations, each document read and validated again; one that cannot be read (a corrupt
-    stored body) or is still refused counts as a failed fetch, which changes nothing rebuilt."""
+def _outcomes(batch: Sequence[_Event], bodies: dict[int, Any], result: RebuildResult) -> list[Outcome]:
+    """The batch's observations, each document checked (``_checked``: ``verify`` found it sound, so one that
+    is not any more was changed since: refused, and the transaction rolls back) and validated again; one
+    that validation still refuses counts as a failed fetch, which changes nothing rebuilt."""
     outcomes: list[Outcome] = []
     for event in batch:
         result.observations += 1
-        if event.body is None:
+        if event.body_id is None:
             outcomes.append(Gone(event.connection_id, event.at))
             continue
+        document, reason = _checked(event.connection_id, bodies.get(event.body_id))
+        if reason is not None:
+            raise UnverifiableArchive([Unverified(event.span_id, event.body_id, event.connection_id, reason)])
         try:
-            record = parse_resource(readable(*event.body), expected_id=event.connection_id,
+            record = parse_resource(document, expected_id=event.connection_id,
                                     path=f"/connections/{event.connection_id}")
         except MalformedDocumentError:
             result.still_rejected += 1
-            continue
-        except ValueError as error:
-            log.warning("connection %s: the archived document seen at %s is unreadable (%s); skipped",
-                        event.connection_id, event.at, error)
-            result.unreadable += 1
             continue
         outcomes.append(Fetched(event.connection_id, event.at, record))
     return outcomes

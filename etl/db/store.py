@@ -265,7 +265,8 @@ class Store:
     def rebuild(self, *, dry_run: bool = False) -> RebuildResult:
         """Derive the history again from the archive (``etl.db.rebuild``), under the run lock, in one
         transaction; with ``dry_run`` it is rolled back. ConfigError (exit 2), naming them, when some
-        connections have observations the archive does not hold."""
+        connections have observations the archive does not hold; ``UnverifiableArchive`` (exit 2) when a body
+        cannot be verified. Either way nothing changes."""
         with self.lock(), translate_errors(self.engine), self.engine.connect() as conn:
             conn.execution_options(**{dialects.IMMEDIATE: True})
             with conn.begin() as transaction:
