@@ -418,7 +418,8 @@ class SmartcarClient:
                     self.on_request(error.kind, error.status)
                 if isinstance(error, RetriableApiError) and error.status == 429 and error.retry_after \
                         and self.limiter is not None:
-                    self.limiter.drain(error.retry_after)  # every process of the application backs off
+                    # Every process of the application backs off, no longer than a retry would wait.
+                    self.limiter.drain(min(error.retry_after, self.retry.max_retry_after))
                 raise
             if self.on_request is not None:
                 self.on_request("ok" if response.status_code == 200 else "not_found", response.status_code)
