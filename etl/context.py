@@ -69,7 +69,6 @@ class StoreLedger:
         self.key = budget_key(config)
         self.bucket = Bucket(*below(config.rate_limit.capacity, config.rate_limit.per_minute))
         self.now = now
-        self.max_seconds = config.retry.max_retry_after_seconds
 
     def lease(self, want: int) -> tuple[int, float]:
         """Tokens granted, and the wait for the next one when none was."""
@@ -77,8 +76,7 @@ class StoreLedger:
         return lease.granted, lease.wait
 
     def drain(self, seconds: float) -> None:
-        """Empty the bucket for ``seconds``, at most ``retry.max_retry_after_seconds``."""
-        seconds = min(seconds, self.max_seconds)
+        """Empty the bucket for ``seconds`` (the store keeps it within one bucket's refill)."""
         self.store.drain_tokens(self.key, seconds=seconds, at=self.now() if self.now else None)
 
 

@@ -20,7 +20,7 @@ from etl.api.auth import StaticToken
 from etl.api.client import ClientOptions, SmartcarClient, make_http_client
 from etl.api.ratelimit import Patience, SharedBucket, TokenBucket
 from etl.api.retry import RetryPolicy
-from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret
+from etl.config import ApiConfig, Config, RateLimitConfig, Secret
 from etl.context import Seams, StoreLedger, budget_key
 from etl.db.models import rate_budgets
 from etl.db.store import Bucket, Store
@@ -121,18 +121,6 @@ def test_the_client_asks_for_no_longer_a_drain_than_max_retry_after(retry_after:
                             retry=retry, options=ClientOptions(now=lambda: T0, limiter=limiter))
     assert client.get_connection(conn.id) is not None
     assert limiter.drains == [30.0] and sleeps == [30.0]
-
-
-def test_the_ledger_caps_a_drain_at_max_retry_after(engine: Engine) -> None:
-    fake = FakeApi(client_id="test-client", client_secret="s")
-    config = make_config(fake, "unused")
-    config = replace(config, rate_limit=RateLimitConfig(capacity=1000, per_minute=60.0),
-                     retry=RetryConfig(max_retry_after_seconds=30.0))
-    store = Store(engine)
-    ledger = StoreLedger(store, config, now=lambda: T0)
-    assert ledger.lease(1)[0] == 1
-    ledger.drain(999999999999.0)
-    assert store.budget(ledger.key).tokens == -30.0  # 30 s at 1 a second, though the bucket goes deeper
 
 
 # -- 5. a clock stepped back does not spin --------------------------------------------------------------------------
