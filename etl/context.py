@@ -9,6 +9,7 @@ the run loop instead of a dozen arguments.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +25,11 @@ from etl.api.retry import RetryPolicy
 from etl.cadence import Cadence
 from etl.clock import utcnow
 from etl.config import Config
+from etl.db.models import rate_budgets
 from etl.db.store import Bucket, Store
 from etl.metrics import Metrics
+
+BUDGET_KEY_LENGTH: int = rate_budgets.c.key.type.length  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,19 @@ class Seams:
 
 
 def budget_key(config: Config) -> str:
-    """Which bucket of the database this application draws from: ``rate_limit.key``, else the client id."""
-    return config.rate_limit.key or (f"client:{config.api.client_id}" if config.api.client_id else "access-token")
+    """Which bucket of the database this application draws from: ``rate_limit.key``, else the client id.
+
+    A client id too long for the key column is hashed, so that every database takes the same key; a
+    key that fits stays as it is (the budget rows of existing databases keep their keys).
+    """
+    if config.rate_limit.key:
+        return config.rate_limit.key
+    if not config.api.client_id:
+        return "access-token"
+    key = f"client:{config.api.client_id}"
+    if len(key) <= BUDGET_KEY_LENGTH:
+        return key
+    return "client-sha256:" + hashlib.sha256(config.api.client_id.encode()).hexdigest()
 
 
 class StoreLedger:
@@ -61,7 +76,7 @@ class StoreLedger:
         return lease.granted, lease.wait
 
     def drain(self, seconds: float) -> None:
-        """Empty the bucket for ``seconds``."""
+        """Empty the bucket for ``seconds`` (the store keeps it within one bucket's refill)."""
         self.store.drain_tokens(self.key, seconds=seconds, at=self.now() if self.now else None)
 
 

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from etl.api.auth import clear_token_cache
 from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.context import Seams
@@ -201,6 +202,14 @@ def engine(db_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
         result = check_history(engine)
         assert result.ok, result.violations
     _checked_in(engine)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> Iterator[None]:
+    """Every test starts without the tokens the process keeps across passes (``etl.api.auth._cache``)."""
+    clear_token_cache()
+    yield
+    clear_token_cache()
 
 
 class Clock:

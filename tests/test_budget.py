@@ -92,12 +92,12 @@ def test_the_configuration_updates_the_bucket_and_a_429_empties_it(engine: Engin
     store.lease_tokens("k", want=1, bucket=Bucket(capacity=10.0, per_second=1.0), at=T0)
     smaller = store.lease_tokens("k", want=100, bucket=Bucket(capacity=4.0, per_second=2.0), at=T0)
     assert smaller.granted == 4 and store.budget("k").capacity == 4.0 and store.budget("k").per_second == 2.0
-    store.drain_tokens("k", seconds=30, at=T0)
+    store.drain_tokens("k", seconds=2, at=T0)  # -4 tokens: as deep as a bucket of 4 goes (-capacity)
     blocked = store.lease_tokens("k", want=1, bucket=Bucket(capacity=4.0, per_second=2.0),
-                                 at=T0 + dt.timedelta(seconds=29))
-    assert blocked.granted == 0 and blocked.wait == pytest.approx(1.5)  # 30 s of backing off, then one token
+                                 at=T0 + dt.timedelta(seconds=1))
+    assert blocked.granted == 0 and blocked.wait == pytest.approx(1.5)  # 2 s of backing off, then one token
     assert store.lease_tokens("k", want=1, bucket=Bucket(capacity=4.0, per_second=2.0),
-                              at=T0 + dt.timedelta(seconds=31)).granted == 1
+                              at=T0 + dt.timedelta(seconds=3)).granted == 1
 
 
 def _sync(config: Config, engine: Engine, seams: Seams, **kwargs: Any) -> RunResult:

@@ -357,8 +357,8 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
     config = run_sync.config
     config = replace(config, rate_limit=replace(config.rate_limit, capacity=10, per_minute=1))
     ledger = StoreLedger(Store(engine), config)
-    assert ledger.lease(1)[0] == 1  # the bucket's row, then 10 minutes without a token (a 429's Retry-After)
-    ledger.drain(600)
+    assert ledger.lease(1)[0] == 1  # the bucket's row, then 5 minutes without a token (a 429's Retry-After)
+    ledger.drain(300)
     transport = httpx.MockTransport(run_sync.fake.handle)
     report = diagnose(lambda: config, lambda: Store(engine), seams=Seams(transport=transport), env={})
     statuses = {c.name: c.status for c in report.checks}
@@ -366,8 +366,8 @@ def test_doctor_sends_nothing_when_the_budget_is_empty_and_only_warns(run_sync: 
     assert run_sync.fake.count("GET", "/v3/connections") == 0
     said = {c.name: c.detail for c in report.checks}
     assert said["api request"] == "not sent: the rate budget is empty (see below)"
-    assert re.fullmatch(r"empty \(0 of 10\): the next request can go in (11m|10m 5\ds); runs now wait for it",
-                        said["rate budget"]), said["rate budget"]  # 600 s drained, then one token at 1 a minute
+    assert re.fullmatch(r"empty \(0 of 10\): the next request can go in (6m|5m 5\ds); runs now wait for it",
+                        said["rate budget"]), said["rate budget"]  # 300 s drained, then one token at 1 a minute
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=12)  # the budget check reads the pass's clock
     report = diagnose(lambda: config, lambda: Store(engine), seams=Seams(transport=transport, now=lambda: later),
                       env={})

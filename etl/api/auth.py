@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +22,34 @@ from etl.errors import ApiError, AuthenticationError, RetriableApiError
 DEFAULT_EXPIRES_IN = 3600
 MAX_TOKEN_LENGTH = 8192
 TOKEN_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
-RENEW_MARGIN_SECONDS = 60.0
+RENEW_MARGIN_SECONDS = 60.0  # a token is renewed this long before it expires, or sooner for a short one:
+RENEW_SHARE = 0.25  # at most this share of its lifetime before (a 30 s token is used for 22.5 s)
+
+
+def renew_margin(lifetime: float) -> float:
+    """How long before its expiry a token of ``lifetime`` seconds is renewed: 60 s, less for a short one."""
+    return min(RENEW_MARGIN_SECONDS, RENEW_SHARE * lifetime)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A token, and when (on the source's clock) it is to be renewed."""
+
+    token: str
+    renew_at: float
+
+
+# Tokens kept across the passes of one process (a daemon asks for one when the last is about to expire,
+# not at every pass), per token endpoint, client id, client secret (as a digest) and clock.
+_CacheKey = tuple[str, str, str, Callable[[], float]]
+_cache: dict[_CacheKey, _Cached] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_token_cache() -> None:
+    """Forget every cached token (tests; a process that must not reuse what it was given)."""
+    with _cache_lock:
+        _cache.clear()
 
 
 class StaticToken:
@@ -47,7 +76,11 @@ class StaticToken:
 
 
 class ClientCredentials:
-    """OAuth 2.0 client-credentials tokens, cached and renewed ``margin`` seconds before expiry."""
+    """OAuth 2.0 client-credentials tokens, renewed shortly before expiry (``renew_margin``).
+
+    The token is kept for the process (``_cache``): another instance with the same endpoint, credentials
+    and clock, as the next pass of a daemon builds, uses it while it is valid.
+    """
 
     def __init__(
         self,
@@ -66,28 +99,36 @@ class ClientCredentials:
         self._secret = client_secret
         self.retry = retry or RetryPolicy()
         self.clock = clock
-        self.margin = RENEW_MARGIN_SECONDS
         self.limits = ReadLimits()  # bounds on each token request; ``token_source`` sets the configured ones
         self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires_at = 0.0
+        digest = hashlib.sha256(client_secret.get().encode()).hexdigest()
+        self._key: _CacheKey = (token_url, client_id, digest, clock)
+
+    def _cached(self) -> _Cached | None:
+        with _cache_lock:
+            return _cache.get(self._key)
 
     def token(self) -> str:
         """A valid cached token, fetching a new one when none is cached or it is about to expire."""
         with self._lock:
-            if self._token is not None and self.clock() < self._expires_at - self.margin:
-                return self._token
+            cached = self._cached()
+            if cached is not None and self.clock() < cached.renew_at:
+                return cached.token
             return self._fetch()
 
     def secrets(self) -> list[str]:
         """The client secret and the current token."""
-        return [self._secret.get()] + ([self._token] if self._token else [])
+        cached = self._cached()
+        return [self._secret.get()] + ([cached.token] if cached is not None else [])
 
     def renew(self, stale: str) -> str:
-        """Replace a token the API refused (once, even if several threads ask)."""
+        """Replace a token the API refused (once, even if several threads ask); the refused one is forgotten."""
         with self._lock:
-            if self._token is not None and self._token != stale:
-                return self._token
+            with _cache_lock:
+                cached = _cache.get(self._key)
+                if cached is not None and cached.token != stale:
+                    return cached.token  # another thread has renewed it
+                _cache.pop(self._key, None)  # refused: no later pass uses it, even if no new one comes
             return self._fetch()
 
     def _fetch(self) -> str:
@@ -105,8 +146,8 @@ class ClientCredentials:
                 path=self.path, status=error.status, reason=error.reason, code=error.code,
                 detail=error.detail,
             ) from error
-        self._token = token
-        self._expires_at = self.clock() + expires_in
+        with _cache_lock:
+            _cache[self._key] = _Cached(token, self.clock() + expires_in - renew_margin(expires_in))
         return token
 
     def _request_once(self) -> tuple[str, float]:

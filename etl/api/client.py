@@ -421,11 +421,14 @@ class SmartcarClient:
             if self.deadline is not None and not self.deadline.allows():
                 raise Deferred
             # The token first: refused credentials stop the run before it takes any of the rate budget.
-            self.auth.token()
-            if self.limiter is not None and not self.limiter.acquire(
-                    self.cancelled, self.deadline.allows if self.deadline is not None else None):
-                raise Cancelled if self.cancelled.is_set() else Deferred
-            token = self.auth.token()  # cached; renewed if the wait for the rate limit outlasted it
+            token = self.auth.token()
+            if self.limiter is not None:
+                waited = self.limiter.waited
+                patience = self.deadline.allows if self.deadline is not None else None
+                if not self.limiter.acquire(self.cancelled, patience):
+                    raise Cancelled if self.cancelled.is_set() else Deferred
+                if self.limiter.waited != waited:  # the wait for the rate limit may have outlasted the token
+                    token = self.auth.token()
             used.append(token)
             request = httpx.Request("GET", self.base_url + path, params=params,
                                     headers={**self.http.headers, "Authorization": f"Bearer {token}"})
@@ -446,7 +449,8 @@ class SmartcarClient:
                     self.on_request(error.kind, error.status)
                 if isinstance(error, RetriableApiError) and error.status == 429 and error.retry_after \
                         and self.limiter is not None and not vehicle_rate_limited(error):
-                    self.limiter.drain(error.retry_after)  # every process of the application backs off
+                    # Every process of the application backs off, no longer than a retry would wait.
+                    self.limiter.drain(min(error.retry_after, self.retry.max_retry_after))
                 raise
             if self.on_request is not None:
                 self.on_request("ok" if response.status_code == 200 else "not_found", response.status_code)

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 Patience = Callable[[float], bool]  # whether a wait of so many seconds is still worth it
+# Seconds a shared bucket waits at least after a lease that granted nothing: whatever the ledger says, it
+# never asks again within a busy loop (what refills meanwhile is leased together afterwards).
+MIN_LEASE_WAIT = 0.05
 
 
 class _Waits:
@@ -86,10 +89,12 @@ class TokenBucket(_Waits):
                     return False
 
     def drain(self, seconds: float) -> None:
-        """Empty the bucket for ``seconds`` (a 429 with Retry-After)."""
+        """Empty the bucket for ``seconds`` (a 429 with Retry-After), at most for as long as it takes to refill
+        ``capacity`` tokens: the bucket never holds less than ``-capacity``."""
         with self._lock:
             self._refill()
-            self._tokens = min(self._tokens, 0.0) - seconds * self.per_second
+            drained = min(self._tokens, 0.0) - max(0.0, seconds) * self.per_second  # NaN: max() keeps 0.0
+            self._tokens = max(-self.capacity, drained)
 
 
 class Ledger(Protocol):
@@ -140,7 +145,7 @@ class SharedBucket(_Waits):
                 if granted:
                     self._tokens = granted
                     break
-                if not self._pause(wait, cancelled, patience):
+                if not self._pause(max(MIN_LEASE_WAIT, wait), cancelled, patience):
                     return False
             self._tokens -= 1
             return True
