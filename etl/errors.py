@@ -76,14 +76,15 @@ class InvalidIdError(ConfigError):
         """
         self.bad = bad
         self.total = len(bad) if total is None else total
-        errors = [f"{where}: {_clipped(value, self.CLIP)} is not a connection id (a UUID)" if value is not None
+        errors = [f"{where}: {clipped(value, self.CLIP)} is not a connection id (a UUID)" if value is not None
                   else f"{where}: not UTF-8 text" for where, value in bad[: self.SHOWN]]
         if self.total > self.SHOWN:
             errors.append(f"… and {self.total - self.SHOWN:,} more")
         super().__init__(errors)
 
 
-def _clipped(value: str, limit: int) -> str:
+def clipped(value: str, limit: int = 60) -> str:
+    """``value``'s repr, cut to about ``limit`` characters with its full length said: safe to echo back."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 1]}…' ({len(value):,} characters)"
 
