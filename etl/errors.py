@@ -97,7 +97,7 @@ class DatabaseError(EtlError):
     def __init__(self, *, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"database {url}: {reason}")
+        super().__init__(f"database {url if len(url) <= 200 else url[:199] + '…'}: {reason}")
 
 
 class NotMigratedError(DatabaseError):

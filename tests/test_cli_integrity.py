@@ -15,10 +15,12 @@ from sqlalchemy import Engine
 
 from etl.cli import cli
 from etl.clock import http_date
+from etl.config import parse_setting
 from etl.context import Seams
 from etl.db.demofile import MARKER_TABLE
 from etl.db.store import Store
 from etl.doctor import diagnose
+from etl.errors import ConfigError
 from tests.conftest import Runner
 from tests.test_cli import GOOD, Cli
 from tests.test_deploy import fake_with_date, sqlite_only
@@ -199,3 +201,30 @@ def test_demo_replaces_a_database_of_an_older_demo_without_the_marker(tmp_path: 
         db.commit()
     refused = demo(database)  # no marker and no demo run: nothing proves the demo made it
     assert refused.exit_code == 2 and "exists and is not a demo database" in refused.output
+
+
+# -- other hostile option values ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ("daemon", "--cron", "x" * 10_000),
+    ("daemon", "--cron", "1-" + "9" * 2_000 + " * * * *"),
+    ("daemon", "--cron", "*/" + "9" * 300 + " * * * *"),
+    ("fake-api", "--host", "x" * 10_000),
+], ids=["cron of 10 KB", "cron with a 2,000-digit number", "cron step of 300 digits", "host of 10 KB"])
+def test_a_huge_option_value_is_exit_2_naming_it_clipped(args: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, list(args), env={"SMARTCAR_ETL_CONFIG": ""})
+    assert result.exit_code == 2 and args[1] in result.output, result.output
+    assert len(result.output) < 400 and "internal error" not in result.output
+
+
+def test_a_cron_expression_that_never_fires_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^--cron: '0 0 31 2 \*' never fires$"):
+        parse_setting("schedule.cron", "0 0 31 2 *", where="--cron")
+    assert parse_setting("schedule.cron", "0 0 29 2 *", where="--cron") == "0 0 29 2 *"  # leap years only
+
+
+def test_a_sqlite_file_name_too_long_is_one_clipped_line_not_an_internal_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / ('x' * 10_000)}"
+    result = CliRunner().invoke(cli, ["status"], env={"SMARTCAR_ETL_DATABASE_URL": url, "SMARTCAR_ETL_CONFIG": ""})
+    assert result.exit_code == 3 and "internal error" not in result.output
+    assert "cannot use the file: File name too long" in result.output and len(result.output) < 400
