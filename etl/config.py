@@ -216,8 +216,11 @@ def _name(key: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "…"
+    return _clip(repr(value))
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _boolean(path: str, value: Any, errors: list[str]) -> bool | None:
@@ -301,9 +304,12 @@ def _cron(path: str, value: Any, errors: list[str]) -> str | None:
     if text is None:
         return None
     try:
-        CronTrigger.from_crontab(text, timezone=dt.UTC)
+        trigger = CronTrigger.from_crontab(text, timezone=dt.UTC)
     except ValueError as exc:
-        errors.append(f"{path}: not a crontab expression ({exc}): {text!r}")
+        errors.append(f"{path}: not a crontab expression ({_clip(str(exc))}): {_show(text)}")
+        return None
+    if trigger.get_next_fire_time(None, dt.datetime.now(dt.UTC)) is None:  # 31 February: a daemon that never runs
+        errors.append(f"{path}: {_show(text)} never fires")
         return None
     return text
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret
+from etl.db.demofile import create_marked, read_marks
 from etl.db.engine import make_engine
-from etl.db.store import Store, sqlite_run_triggers
-from etl.errors import ConfigError
+from etl.db.store import Store
+from etl.errors import ConfigError, clipped
 from etl.fakeapi import FakeApi, serve, urls
 from etl.output import render
 from etl.reports import changes_after_first_fetch, permissions_by_vehicle
@@ -20,20 +23,54 @@ DEMO_TRIGGER = "demo"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
+# SQLite's files beside a database (its journals and shared memory) and the run lock's (etl.db.dialects).
+JOURNALS = ("-wal", "-shm", "-journal")
+SIBLINGS = (*JOURNALS, ".lock")
+
+
 def _is_demo_database(path: Path) -> bool:
-    triggers = sqlite_run_triggers(path)
-    return triggers is not None and triggers <= {DEMO_TRIGGER}
+    """Whether the demo made the file at ``path`` (its marker) and only demo runs have used it since.
+
+    Files of versions before the marker count when they hold runs, every one the demo's, and no journal.
+    """
+    marks = read_marks(path)  # the file alone: nothing beside it is touched before the proof
+    if marks is None:
+        return False
+    if marks.marked:  # ours, and so are its journals: read them too, for runs not yet in the file
+        marks = read_marks(path, with_journal=True)
+        return marks is not None and marks.triggers <= {DEMO_TRIGGER}
+    journals = any(os.path.lexists(f"{path}{suffix}") for suffix in JOURNALS)  # could hold other runs
+    return not journals and marks.triggers == {DEMO_TRIGGER}
 
 
 def prepare_database(path: Path) -> None:
-    """Remove an earlier demo database at ``path``; refuse to touch any other file."""
-    if not path.exists():
-        return
-    if not _is_demo_database(path):
-        msg = f"--database: {path} exists and is not a demo database; choose another path"
-        raise ConfigError(msg)
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    """Create a new, marked demo database at ``path``, replacing only one the demo made; never through a link."""
+    if path.is_symlink():
+        _refuse(path, "is a symbolic link, which the demo does not follow")
+    if os.path.lexists(path):
+        if not path.is_file() or not _is_demo_database(path):
+            _refuse(path, "exists and is not a demo database")
+        for sibling in [Path(f"{path}{suffix}") for suffix in SIBLINGS] + [path]:  # the proof goes last
+            try:
+                sibling.unlink(missing_ok=True)
+            except OSError as error:
+                _refuse(sibling, f"cannot be removed ({error.strerror})")
+    else:
+        for suffix in SIBLINGS:
+            sibling = Path(f"{path}{suffix}")
+            # A journal left without its database would be read into the new one; a link would be followed.
+            if sibling.is_symlink() or (os.path.lexists(sibling) and (suffix in JOURNALS or not sibling.is_file())):
+                _refuse(sibling, "exists without a demo database beside it")
+    try:
+        create_marked(path)
+    except OSError as error:  # made meanwhile by someone else, or the folder is missing or read-only
+        _refuse(path, f"cannot be created ({error.strerror})")
+
+
+def _refuse(path: Path, why: str) -> NoReturn:
+    name = str(path)
+    msg = f"--database: {name if len(name) <= 200 and name.isprintable() else clipped(name)} {why}; choose another path"
+    raise ConfigError(msg)
 
 
 def run_demo(
@@ -41,7 +78,7 @@ def run_demo(
     out: Callable[[str], None],
 ) -> None:
     """Run the demonstration, writing its story and report through ``out``."""
-    prepare_database(database)
+    prepare_database(database)  # before the fake API starts: a refusal costs nothing
     fake = FakeApi(client_id="demo-client", client_secret="demo-secret-not-real")
     ids = fake.populate(connections_count, seed=seed)
     store = Store(make_engine(f"sqlite:///{database}"))

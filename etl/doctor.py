@@ -11,13 +11,12 @@ messages come from errors that already hide secrets, and URLs are shown without 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from etl.clock import utcnow
+from etl.clock import http_date, utcnow
 from etl.config import Config, unknown_variables
 from etl.errors import ApiError, ConfigError, EtlError
 
@@ -209,9 +208,8 @@ def _clock(report: Diagnosis, probe: _Probe, now: Callable[[], dt.datetime] = ut
     if not probe.answered:
         report.add("clock", SKIPPED, "needs an answer from the API")
         return
-    try:
-        theirs = email.utils.parsedate_to_datetime(probe.date or "").astimezone(dt.UTC)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: a date at the edge of the calendar
+    theirs = http_date(probe.date)
+    if theirs is None:
         report.add("clock", WARNING, f"the API's Date header is missing or unreadable: {probe.date!r:.60}")
         return
     skew = (now() - theirs).total_seconds()

@@ -78,14 +78,15 @@ class InvalidIdError(ConfigError):
         """
         self.bad = bad
         self.total = len(bad) if total is None else total
-        errors = [f"{where}: {_clipped(value, self.CLIP)} is not a connection id (a UUID)" if value is not None
+        errors = [f"{where}: {clipped(value, self.CLIP)} is not a connection id (a UUID)" if value is not None
                   else f"{where}: not UTF-8 text" for where, value in bad[: self.SHOWN]]
         if self.total > self.SHOWN:
             errors.append(f"… and {self.total - self.SHOWN:,} more")
         super().__init__(errors)
 
 
-def _clipped(value: str, limit: int) -> str:
+def clipped(value: str, limit: int = 60) -> str:
+    """``value``'s repr, cut to about ``limit`` characters with its full length said: safe to echo back."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 1]}…' ({len(value):,} characters)"
 
@@ -98,7 +99,7 @@ class DatabaseError(EtlError):
     def __init__(self, *, url: str, reason: str) -> None:
         self.url = url
         self.reason = reason
-        super().__init__(f"database {url}: {reason}")
+        super().__init__(f"database {url if len(url) <= 200 else url[:199] + '…'}: {reason}")
 
 
 class NotMigratedError(DatabaseError):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from etl.db.store import Store
 
 from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
-from etl.errors import EtlError, one_line
+from etl.errors import EtlError, clipped, one_line
 from etl.output import FORMATS
 
 log = logging.getLogger("etl")
@@ -130,12 +130,17 @@ class Instant(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
         if isinstance(value, dt.datetime):
             return value
+        text = str(value)
         try:
-            parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+            parsed = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:
-            self.fail(f"{value!r} is not an ISO-8601 time like 2026-03-01 or 2026-03-01T08:00:00+01:00",
+            self.fail(f"{clipped(text)} is not an ISO-8601 time like 2026-03-01 or 2026-03-01T08:00:00+01:00",
                       param, ctx)
-        return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        try:
+            # Every UTC time Python holds (years 1-9999) is one that SQLite, PostgreSQL and MariaDB compare.
+            return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+            self.fail(f"{clipped(text)} is outside the years 1-9999 in UTC", param, ctx)
 
 
 def echo_json(value: Any) -> None:

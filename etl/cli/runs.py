@@ -291,13 +291,7 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
         seconds = parse_setting("schedule.interval", interval, where="--interval")
         config = replace(config, schedule=replace(config.schedule, interval_seconds=seconds, cron=None))
     if cron is not None:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(cron)
-        except ValueError as error:
-            msg = f"{cron!r} is not a crontab expression: {error}"
-            raise click.BadParameter(msg, param_hint="--cron") from None
+        cron = parse_setting("schedule.cron", cron, where="--cron")
         config = replace(config, schedule=replace(config.schedule, cron=cron))
     ctx.exit(Daemon(config, state.store()).serve())
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from etl.cli.base import State, cli
+from etl.errors import clipped
 
 
 @cli.command("demo")
@@ -76,7 +77,7 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, id
     from etl.fakeapi import FakeApi, serve, urls
 
     if not is_loopback_host(host):
-        msg = f"{host!r} is not a loopback address"
+        msg = f"{clipped(host)} is not a loopback address"
         raise click.BadParameter(msg, param_hint="--host")
     bucket = None
     if rate_limit is not None:

@@ -49,9 +49,13 @@ def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     path = dialects.sqlite_file(parsed)
     if path is not None:
-        if not path.parent.is_dir():
+        try:
+            folder, exists = path.parent.is_dir(), path.exists()
+        except OSError as error:  # a name too long for the file system
+            raise DatabaseError(url=safe_url(url), reason=f"cannot use the file: {error.strerror}") from None
+        if not folder:
             raise DatabaseError(url=safe_url(url), reason=f"folder {path.parent} does not exist")
-        if not create and not path.exists():
+        if not create and not exists:
             raise NoDatabaseError(url=safe_url(url))
     engine = create_engine(url, **{**dialects.engine_options(parsed), **kwargs})
     dialects.configure(engine)

@@ -15,12 +15,10 @@ import datetime as dt
 import logging
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, and_, case, exc, func, insert, or_, select, update
@@ -110,15 +108,6 @@ class TrackResult:
     added: int
     retracked: int
     unchanged: int
-
-
-def sqlite_run_triggers(path: Path) -> set[str] | None:
-    """The triggers of the runs recorded in a SQLite file, read-only; None if it is not such a database."""
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return {t for (t,) in db.execute("SELECT DISTINCT trigger FROM sync_runs")}
-    except sqlite3.Error:
-        return None
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
