@@ -28,7 +28,7 @@ from etl.config import Config
 from etl.context import Pass, Seams, build_client
 from etl.db.store import Store
 from etl.fetch import ByIds, Listing, OutcomeSource
-from etl.sync import RunLoop, RunResult
+from etl.runloop import RunLoop, RunResult
 from etl.tracking import track
 
 log = logging.getLogger(__name__)

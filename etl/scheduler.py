@@ -33,7 +33,8 @@ from etl.context import Seams
 from etl.db.store import Store
 from etl.errors import ConfigError, EtlError, LockHeld, SyncAborted, one_line
 from etl.metrics import Metrics
-from etl.sync import RunResult, outcome_without_result, sync
+from etl.runloop import RunResult, outcome_without_result
+from etl.sync import sync
 
 log = logging.getLogger(__name__)
 JOB_ID = "sync-pass"

@@ -26,8 +26,8 @@ from etl.fakeapi import FakeApi
 from etl.fetch import SyncListing
 from etl.metrics import Metrics
 from etl.outcomes import Fetched
+from etl.runloop import RunLoop
 from etl.status import status_report
-from etl.sync import RunLoop
 from etl.tracking import track
 from tests.conftest import Runner
 

@@ -24,16 +24,21 @@ class _Waits:
 
     sleep: Callable[[float], object] | None
     waited: float
+    resume_at: float | None = None  # while a request waits for the bucket: when it goes on (time.time())
 
     def _pause(self, wait: float, cancelled: threading.Event | None, patience: Patience | None) -> bool:
         """Wait ``wait`` seconds and count it; False if ``patience`` refuses the wait or a cancel ends it."""
         if patience is not None and not patience(wait):
             return False
         self.waited += wait
-        if self.sleep is not None:
-            self.sleep(wait)
-            return True
-        return not (cancelled or threading.Event()).wait(wait)
+        self.resume_at = time.time() + wait  # for the pass's progress lines
+        try:
+            if self.sleep is not None:
+                self.sleep(wait)
+                return True
+            return not (cancelled or threading.Event()).wait(wait)
+        finally:
+            self.resume_at = None
 
 
 class TokenBucket(_Waits):
@@ -111,6 +116,7 @@ class Limiter(Protocol):
     """What the client needs of a rate limiter."""
 
     waited: float
+    resume_at: float | None
 
     def acquire(self, cancelled: threading.Event | None = None, patience: Patience | None = None) -> bool: ...
 

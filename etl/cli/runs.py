@@ -17,7 +17,7 @@ from etl.config import IF_LOCKED
 from etl.output import render
 
 if TYPE_CHECKING:
-    from etl.sync import RunResult
+    from etl.runloop import RunResult
 
 
 if_locked_option = click.option(
@@ -54,7 +54,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locked: str) -> None:
     """Run, print the outcome (one JSON object for every outcome with --format json) and exit with its code."""
     from etl.errors import EtlError, LockHeld, one_line
-    from etl.sync import outcome_without_result
+    from etl.runloop import outcome_without_result
 
     outcome: dict[str, Any]
     try:
