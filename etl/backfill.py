@@ -22,10 +22,9 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from etl.config import Config
-from etl.context import Pass, Seams, build_client
+from etl.context import Pass, Progress, Seams, build_client
 from etl.db.store import Store
 from etl.fetch import ByIds, Listing, OutcomeSource
 from etl.runloop import RunLoop, RunResult
@@ -33,16 +32,6 @@ from etl.tracking import track
 
 log = logging.getLogger(__name__)
 LISTING = "listing"
-
-
-class Progress(Protocol):
-    """What a progress display needs: a start with the expected total, steps, an end."""
-
-    def start(self, total: int | None) -> None: ...
-
-    def advance(self, count: int, total: int | None = None) -> None: ...
-
-    def finish(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,9 @@ class SyncConfig:
     if_locked: str = "fail"  # fail: exit 4 when another run holds the lock; skip: exit 0
     max_deleted_share: float = 0.5  # more 404s of live connections than this share of the answers: none stored
     outage_after: int = 10  # connections in a row failing with server or network errors: the pass stops
+    flush_seconds: float = 10.0  # an answer waits at most this long to be stored, even in a batch not yet full
+    progress_interval_seconds: float = 30.0  # a long pass logs how it is doing this often
+    stop_timeout_seconds: float = 10.0  # after SIGTERM or SIGINT, what requests in flight may take
 
 
 @dataclass(frozen=True)
@@ -484,6 +487,12 @@ KEYS: tuple[Key, ...] = (
     Key("sync", "outage_after", "outage_after", _number(1, 1_000_000, whole=True),
         "a pass stops asking after this many connections in a row failed with server or network errors, "
         "1-1,000,000", kind="whole"),
+    Key("sync", "flush_seconds", "flush_seconds", _number(0.1, 3600),
+        "an answer is stored within this many seconds, even in a batch not yet full, 0.1-3600", kind="number"),
+    Key("sync", "progress_interval", "progress_interval_seconds", _duration(1, DAY),
+        "a pass logs how it is doing this often: sent, stored, failed, left, the budget, the expected end, 1s-1d"),
+    Key("sync", "stop_timeout", "stop_timeout_seconds", _duration(0.1, 3600),
+        "sync and backfill: after SIGTERM or SIGINT, how long requests in flight may take, 0.1s-1h"),
     Key("schedule", "interval", "interval_seconds", _duration(1, 30 * DAY),
         "how often each connection is fetched (and the daemon runs a pass), 1s-30d"),
     Key("schedule", "cron", "cron", _cron, "daemon: a crontab expression (UTC) instead of the interval"),

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import httpx
 
@@ -32,6 +33,16 @@ from etl.metrics import Metrics
 BUDGET_KEY_LENGTH: int = rate_budgets.c.key.type.length  # type: ignore[attr-defined]
 
 
+class Progress(Protocol):
+    """What a progress display needs: a start with the expected total, steps, an end."""
+
+    def start(self, total: int | None) -> None: ...
+
+    def advance(self, count: int, total: int | None = None) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Seams:
     """Everything external a pass touches; each default is production's, each can be a fake."""
@@ -42,6 +53,7 @@ class Seams:
     cancelled: threading.Event | None = None
     metrics: Metrics | None = None
     limiter: Limiter | None = None  # default: the application's bucket in the database (one per process without)
+    progress: Progress | None = None  # a progress bar (a terminal)
 
 
 def budget_key(config: Config) -> str:

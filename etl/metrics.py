@@ -36,6 +36,8 @@ class Metrics:
                                   registry=r)
         self.last_success = Gauge("smartcar_etl_last_success_timestamp_seconds",
                                   "Unix time when the last run that succeeded finished", registry=r)
+        self.last_pass = Gauge("smartcar_etl_last_pass_timestamp_seconds",
+                               "Unix time when the last run finished, whatever its status", registry=r)
         self.deferred = Counter("smartcar_etl_connections_deferred", "Due connections left for the next pass "
                                 "(--max-duration)", registry=r)
         self.rate_limit_wait = Gauge("smartcar_etl_last_run_rate_limit_wait_seconds",
@@ -73,8 +75,8 @@ class Metrics:
         self.rate_limit_wait.set(result.rate_limit_wait)
         self.deferred.inc(result.deferred)
         self.deletions_held.set(result.deletions_held)
-        status = result.status
-        if status == "succeeded":
+        self.last_pass.set(finished_at.timestamp())
+        if result.status == "succeeded":
             self.last_success.set(finished_at.timestamp())
 
     def load_state(self, store: Store, config: Config) -> None:

@@ -19,7 +19,8 @@ from etl.context import Pass
 from etl.errors import DatabaseError, EtlError, FatalApiError, SyncAborted, one_line
 from etl.fetch import OutcomeSource
 from etl.guards import DeletionGuard, OutageGuard
-from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Outcome, Postponed, Result
+from etl.heartbeat import Heartbeat, Pending
+from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Postponed, Result
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def outcome_without_result(status: str, exit_code: int, error: str, run_id: int 
 
 @dataclass
 class RunLoop:
-    """Stores a source's outcomes in batches as one run, and records how the run ended.
+    """Stores a source's outcomes as one run, and records how the run ended.
 
     ``checkpoint`` gives (backfill id, next page) to record with each batch;
     ``progress`` is called with 1 for every outcome (a progress bar).
@@ -94,6 +95,8 @@ class RunLoop:
         settings = self.ctx.config.sync
         self.deletions = DeletionGuard(self.ctx.store, max_share=settings.max_deleted_share)
         self.outage = OutageGuard(limit=settings.outage_after)
+        self.received = 0  # outcomes received (stored or waiting to be)
+        self.postponed = 0  # connections whose retry would have ended past the deadline
         self._started = time.monotonic()
         self._requests_before = self.ctx.client.requests_sent
         limiter = self.ctx.client.limiter
@@ -102,33 +105,34 @@ class RunLoop:
     def __call__(self) -> RunResult:
         """Run to the end. Raises SyncAborted (exit 3) when the API refuses the application or the
         database goes away: everything stored before stays, nothing more is written. When the pass is
-        cancelled from outside (the daemon stopping), requests in flight finish, what they fetched is
-        stored, and the run ends ``aborted``, saying how far it got.
+        stopped from outside (a signal, the daemon stopping), requests in flight finish, what was received
+        is stored, and the run ends ``aborted``, saying how far it got; an interruption (a second signal)
+        stores what was received too.
         """
+        settings = self.ctx.config.sync
         writer = self.ctx.store.batch_writer(self.run_id, cadence=self.ctx.cadence,
-                                             pass_started_at=self.started_at,
-                                             checkpoint=self.checkpoint)
-        batch: list[Outcome] = []
+                                             pass_started_at=self.started_at, checkpoint=self.checkpoint)
+        pending = Pending(lambda batch: self._stored(writer.write(batch), len(batch)),
+                          size=settings.batch_size, flush_seconds=settings.flush_seconds)
         try:
-            with closing(self.source.outcomes()) as outcomes:
-                for outcome in outcomes:
-                    self._take(batch, outcome)
-                    if len(batch) >= self.ctx.config.sync.batch_size:
-                        self._flush(writer.write, batch)
-            self._release_deletions(batch)
-            for start in range(0, len(batch), self.ctx.config.sync.batch_size):
-                self._flush(writer.write, batch[start:start + self.ctx.config.sync.batch_size])
+            with Heartbeat(pending, report=self.report, interval=settings.progress_interval_seconds):
+                with closing(self.source.outcomes()) as outcomes:
+                    for outcome in outcomes:
+                        self._take(pending, outcome)
+                self._release_deletions(pending)
+                pending.flush()
         except (FatalApiError, DatabaseError) as error:
             self._end_quietly("aborted", str(error))
-            log.error("%s; %d fetched results were not stored; cause: %s", self.result.summary(), len(batch), error,
-                      extra={"run_id": self.run_id, "status": "aborted",
-                             "result": {**self.result.as_dict(), "exit_code": 3, "error": str(error)}})
+            log.error("%s; %d fetched results were not stored; cause: %s", self.result.summary(), len(pending),
+                      error, extra={"run_id": self.run_id, "status": "aborted",
+                                    "result": {**self.result.as_dict(), "exit_code": 3, "error": str(error)}})
             raise SyncAborted(run_id=self.run_id, cause=error) from error
         except EtlError as error:  # anything else that ends a run early aborts it: exit 3, as aborted runs do
             self._end_quietly("aborted", str(error))
             raise SyncAborted(run_id=self.run_id, cause=error) from error
-        except BaseException as error:  # a bug or Ctrl-C: record the run as aborted, then let it through
-            self._end_quietly("aborted", one_line(error, limit=500))
+        except BaseException as error:  # a bug or an interruption: store what was received, record, let it through
+            self._store_quietly(pending)
+            self._end_quietly("aborted", self._stopped(one_line(error, limit=500)))
             raise
         self._end(*self._verdict())
         self.log_end()
@@ -141,12 +145,35 @@ class RunLoop:
                  extra={"run_id": self.run_id, "status": r.status, "duration_seconds": round(r.seconds, 3),
                         "rate_limit_wait_seconds": round(r.rate_limit_wait, 3), "result": r.as_dict()})
 
-    def _take(self, batch: list[Outcome], outcome: Result) -> None:
+    def report(self) -> tuple[str, dict[str, Any]]:
+        """How the pass is doing, as a log line and its fields (the heartbeat logs it at intervals)."""
+        c, planned = self.result.counts, self.source.planned
+        left = None if planned is None else max(0, planned - self.received)
+        limiter = self.ctx.client.limiter
+        resume = getattr(limiter, "resume_at", None)
+        waiting = None if resume is None else dt.datetime.fromtimestamp(resume, dt.UTC)
+        elapsed = time.monotonic() - self._started
+        end = None if not left or not self.received else \
+            self.ctx.now() + dt.timedelta(seconds=left * elapsed / self.received)
+        fields = {"run_id": self.run_id, "sent": self.ctx.client.requests_sent - self._requests_before,
+                  "received": self.received, "stored": c.fetched + c.deleted + c.failed, "failed": c.failed,
+                  "left": left, "waiting_for_budget_until": waiting, "expected_end": end}
+        line = (f"run {self.run_id}: {fields['sent']} request(s) sent, {fields['stored']} connection(s) stored "
+                f"({c.failed} failed), {'an unknown number' if left is None else left} left")
+        if waiting is not None:
+            line += f"; waiting for the rate budget until {waiting.isoformat(timespec='seconds')}"
+        if end is not None:
+            line += f"; expected to end about {end.isoformat(timespec='seconds')}"
+        return line, {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in fields.items()}
+
+    def _take(self, pending: Pending, outcome: Result) -> None:
+        self.received += 1
         if self.progress is not None:
             self.progress(1)
         if self.outage.see(outcome):
             self.ctx.cancelled.set()  # stop asking: requests in flight finish and are stored
         if isinstance(outcome, Postponed):  # nothing to store: it stays due
+            self.postponed += 1
             return
         if isinstance(outcome, Failed):
             log.warning("connection %s failed: %s", outcome.connection_id, outcome.error,
@@ -154,32 +181,49 @@ class RunLoop:
         if isinstance(outcome, Gone):
             self.deletions.hold(outcome)  # judged when the pass ends (``_release_deletions``)
             return
-        batch.append(outcome)
+        pending.add(outcome)
 
-    def _release_deletions(self, batch: list[Outcome]) -> None:
-        """Add the held 404s that the mass-deletion guard lets through to ``batch``; a pass that was stopped
-        (on request, or by the outage guard) stores none of them: they stay due."""
+    def _release_deletions(self, pending: Pending) -> None:
+        """Store the held 404s that the mass-deletion guard lets through; a pass that was stopped (on request,
+        or by the outage guard) stores none of them: they stay due."""
         if self.ctx.cancelled.is_set():
             dropped = self.deletions.drop()
             if dropped:
                 log.info("run %s stopped: %d 404(s) held for the mass-deletion guard were not stored; they stay "
                          "due", self.run_id, dropped)
             return
-        answered = self.result.counts.fetched + sum(isinstance(o, Fetched) for o in batch)
-        batch.extend(self.deletions.release(answered=answered))
+        answered = self.result.counts.fetched + sum(isinstance(o, Fetched) for o in pending.outcomes)
+        pending.extend(list(self.deletions.release(answered=answered)))
         self.result.deletions_held = self.deletions.dropped
 
-    def _flush(self, write: Callable[[list[Outcome]], BatchCounts], batch: list[Outcome]) -> None:
-        counts = write(batch)
-        log.debug("run %s: stored a batch of %d", self.run_id, len(batch))
+    def _stored(self, counts: BatchCounts, size: int) -> BatchCounts:
+        """Count a stored batch (in the run loop's thread, or the heartbeat's)."""
+        log.debug("run %s: stored a batch of %d", self.run_id, size)
         self.result.counts.add(counts)
         if self.ctx.metrics is not None:
             self.ctx.metrics.batch(counts)
-        batch.clear()
+        return counts
+
+    def _store_quietly(self, pending: Pending) -> None:
+        """Store what was received while an interruption is on its way out; a failure is only logged."""
+        self.deletions.drop()
+        try:
+            pending.flush()
+        except BaseException as failure:
+            log.error("run %s: %d received result(s) could not be stored: %s", self.run_id, len(pending),
+                      one_line(failure))
 
     def _done(self) -> int:
         c = self.result.counts
         return c.fetched + c.deleted + c.failed
+
+    def _stopped(self, fallback: str) -> str:
+        """Why the pass stopped early: the signal (or whoever asked), else ``fallback``."""
+        reason = getattr(self.ctx.cancelled, "reason", None)
+        if reason is None:
+            return fallback
+        planned = self._planned()
+        return f"stopped by {reason} after {self._done()} of {planned} connections; what was received is stored"
 
     def _verdict(self) -> tuple[str, str | None]:
         guard = self.outage.tripped or self.deletions.tripped
@@ -188,7 +232,12 @@ class RunLoop:
         done, planned = self._done(), self._planned()
         c, problem = self.result.counts, self.source.incomplete
         if self.ctx.cancelled.is_set() and (done < planned or problem):
-            return "aborted", f"stopped on request after {done} of {planned or done} connections"
+            return "aborted", self._stopped(f"stopped on request after {done} of {planned or done} connections")
+        if self.postponed and not done:
+            self.result.deferred = planned
+            return "failed", (f"none of the {planned} connection(s) was fetched: the retries that {self.postponed} "
+                              "of them needed (backoff or Retry-After) would have ended past the pass's deadline; "
+                              "they stay due")
         if not problem and (self.source.out_of_time or (self.ctx.client.deadline is not None and done < planned)):
             self.result.deferred = planned - done  # they stay due: the next pass takes them first
             return ("succeeded" if c.failed == 0 else "partial"), None

@@ -34,6 +34,7 @@ from etl.db.store import Store
 from etl.errors import ConfigError, EtlError, LockHeld, SyncAborted, one_line
 from etl.metrics import Metrics
 from etl.runloop import RunResult, outcome_without_result
+from etl.stop import StopRequest
 from etl.sync import sync
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
-        self._cancel: threading.Event | None = None
+        self._cancel: StopRequest | None = None
         self._lock = threading.Lock()
 
     def run_pass(self) -> RunResult | None:
@@ -85,7 +86,7 @@ class Daemon:
         with self._lock:
             if self.stopping.is_set():
                 return None
-            self._cancel = threading.Event()
+            self._cancel = StopRequest()
             self.idle.clear()
         try:
             return sync(self.config, self.store, seams=replace(self.seams, cancelled=self._cancel), trigger="daemon")
@@ -95,15 +96,12 @@ class Daemon:
                         extra={"result": outcome_without_result("skipped", error.exit_code, str(error))})
         except SyncAborted as error:
             if error.run_id is None:  # else the run's own closing record has said it, with its result
-                log.error("pass failed: %s", error, extra={"result": outcome_without_result(
-                    "aborted", error.exit_code, str(error))})
-        except EtlError as error:
-            log.error("pass failed: %s", error, extra={"result": outcome_without_result(
-                "error" if error.exit_code == 2 else "aborted", error.exit_code, str(error))})
+                self._unrecorded(str(error), "aborted", error.exit_code)
+        except EtlError as error:  # before a run could be recorded: the database is down, say
+            self._unrecorded(str(error), "error" if error.exit_code == 2 else "aborted", error.exit_code)
         except Exception as error:  # the daemon goes on; the traceback only inside a JSON log record
-            message = f"internal error ({one_line(error)})"
-            log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True,
-                      extra={"result": outcome_without_result("aborted", 3, message)})
+            log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True)
+            self._unrecorded(f"internal error ({one_line(error)})", "aborted", 3)
         finally:
             with self._lock:
                 self._cancel = None
@@ -114,6 +112,11 @@ class Daemon:
                 log.warning("could not read the freshness and budget for the metrics: %s", error)
         return None
 
+    def _unrecorded(self, error: str, status: str, exit_code: int) -> None:
+        """A pass that failed before it could record a run: logged, and counted in the metrics all the same."""
+        log.error("pass failed: %s", error, extra={"result": outcome_without_result(status, exit_code, error)})
+        self.metrics.runs.labels(status="aborted").inc()
+
     def request_stop(self, signum: int | None = None) -> None:
         """Stop scheduling, and let the pass in flight finish what it has started."""
         name = signal.Signals(signum).name if signum else "request"
@@ -122,7 +125,7 @@ class Daemon:
         with self._lock:
             self.stopping.set()
             if self._cancel is not None:
-                self._cancel.set()
+                self._cancel.request(name)
 
     def serve(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code (0)."""

@@ -64,10 +64,18 @@ def sync(
         log.info("run %s: %d connection(s) due, strategy %s", run_id, len(due), strategy,
                  extra={"run_id": run_id, "strategy": strategy})
         checkpoint = None if isinstance(source, ByIds) else source.checkpoint
-        loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint)
+        bar = seams.progress
+        loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint,
+                       progress=None if bar is None else lambda n: bar.advance(n, source.planned))
         if not due and strategy != "list":
             loop.result.hint = idle_hint(store, at=ctx.now(), interval=ctx.cadence.interval * (1 - EARLY))
-        return loop()
+        if bar is None:
+            return loop()
+        bar.start(source.planned)
+        try:
+            return loop()
+        finally:
+            bar.finish()
 
 
 def idle_hint(store: Store, *, at: dt.datetime, interval: dt.timedelta) -> str:

@@ -105,6 +105,9 @@ def env_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "sync.if_locked": ("skip", "skip"),
         "sync.max_deleted_share": ("0.25", 0.25),
         "sync.outage_after": ("3", 3),
+        "sync.flush_seconds": ("2.5", 2.5),
+        "sync.progress_interval": ("5s", 5.0),
+        "sync.stop_timeout": ("20s", 20.0),
         "schedule.interval": ("1h", 3600.0),
         "schedule.cron": ("*/5 * * * *", "*/5 * * * *"),
         "schedule.misfire_grace": ("2m", 120),
@@ -506,7 +509,7 @@ def test_an_interrupted_sync_prints_its_json_object_and_exits_130(tmp_path: Path
             server.stdout.close()
     outcome = one_object(stdout)
     assert (sync.returncode, outcome["status"], outcome["exit_code"]) == (130, "aborted", 130)
-    assert "interrupted" in outcome["error"]
+    assert outcome["error"].startswith("stopped by SIGTERM after ") and outcome["fetched"] >= 1  # stored
 
 
 @sqlite_only

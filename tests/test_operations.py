@@ -153,7 +153,7 @@ def test_sigterm_mid_pass_stores_what_was_fetched_and_records_the_run(
     [run] = runs(engine)
     sent = fake_api.count("GET", "/v3/connections/")
     assert run.status == "aborted" and run.finished_at is not None
-    assert run.error == f"stopped on request after {sent} of {len(ids)} connections"
+    assert run.error == f"stopped by SIGTERM after {sent} of {len(ids)} connections; what was received is stored"
     assert run.connections_fetched == sent < len(ids)  # everything fetched was stored, nothing more asked
     with engine.connect() as conn:
         assert conn.scalar(select(connections.c.status).where(connections.c.status == "active").limit(1))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ from etl.output import render
 
 if TYPE_CHECKING:
     from etl.runloop import RunResult
+    from etl.stop import StopRequest
 
 
 if_locked_option = click.option(
@@ -34,32 +33,22 @@ accept_deletions_option = click.option(
          "answered (the mass-deletion guard), once you have checked that they are real.")
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler stopping the job) interrupts the run as Ctrl-C does: it is recorded as aborted."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def _report(ctx: click.Context, run: Callable[[StopRequest], RunResult], fmt: str, if_locked: str,
+            grace: float) -> None:
+    """Run, print the outcome (one JSON object for every outcome with --format json) and exit with its code.
 
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (tests invoking the CLI from a thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locked: str) -> None:
-    """Run, print the outcome (one JSON object for every outcome with --format json) and exit with its code."""
+    The first SIGINT or SIGTERM stops the run: no new request, those in flight have ``grace`` seconds,
+    what was received is stored, and the exit code is 130; a second signal stops it at once.
+    """
     from etl.errors import EtlError, LockHeld, one_line
     from etl.runloop import outcome_without_result
+    from etl.stop import StopRequest, stop_on_signals
 
+    stop = StopRequest()
     outcome: dict[str, Any]
     try:
-        with _sigterm_interrupts():
-            result = run()
+        with stop_on_signals(stop, grace=grace):
+            result = run(stop)
     except LockHeld as error:
         code = 0 if if_locked == "skip" else error.exit_code
         if fmt != "json" and code:
@@ -73,8 +62,8 @@ def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locke
         outcome = outcome_without_result(status, error.exit_code, str(error), getattr(error, "run_id", None))
         click.echo(f"Error: {error}", err=True)
     except KeyboardInterrupt:
-        outcome = outcome_without_result("aborted", INTERRUPTED,
-                                         "interrupted (SIGINT or SIGTERM); the run is recorded as aborted")
+        outcome = outcome_without_result("aborted", INTERRUPTED, f"interrupted ({stop.reason or 'SIGINT'}); what was "
+                                         "received is stored and the run is recorded as aborted")
         click.echo(f"Error: {outcome['error']}", err=True)
     except Exception as error:
         if fmt != "json":
@@ -85,6 +74,8 @@ def _report(ctx: click.Context, run: Callable[[], RunResult], fmt: str, if_locke
         click.echo(f"Error: {outcome['error']}", err=True)
     else:
         outcome = result.as_dict()
+        if stop.reason is not None and result.status == "aborted":
+            outcome["exit_code"] = INTERRUPTED
         if fmt != "json":
             click.echo(result.summary())
             if result.hint:
@@ -140,10 +131,12 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
     textfile = metrics_file or config.metrics.textfile
     metrics = Metrics() if textfile else None
 
-    def run() -> RunResult:
+    bar = _Bar("sync") if sys.stderr.isatty() and fmt != "json" else None
+
+    def run(stop: StopRequest) -> RunResult:
         try:
-            return sync(config, state.store(), seams=Seams(metrics=metrics), ignore_due=ignore_due,
-                        strategy=strategy)
+            return sync(config, state.store(), seams=Seams(metrics=metrics, cancelled=stop, progress=bar),
+                        ignore_due=ignore_due, strategy=strategy)
         except LockHeld:
             if metrics is not None:
                 metrics.lock_skips.inc()
@@ -152,7 +145,7 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
             if metrics is not None and textfile:
                 _write_metrics(metrics, state, textfile)
 
-    _report(ctx, run, fmt, if_locked or config.sync.if_locked)
+    _report(ctx, run, fmt, if_locked or config.sync.if_locked, config.sync.stop_timeout_seconds)
 
 
 def _with_run_options(config: Any, max_duration: str | None, accept_deletions: bool) -> Any:
@@ -182,13 +175,14 @@ def _write_metrics(metrics: Any, state: State, path: str) -> None:
 class _Bar:
     """A progress bar on stderr (count, rate, time left), for a terminal only."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self._bar: Any = None
         self._started = time.monotonic()
         self._done = 0
 
     def start(self, total: int | None) -> None:
-        self._bar = click.progressbar(length=max(total or 0, 1), label="backfill", file=sys.stderr,
+        self._bar = click.progressbar(length=max(total or 0, 1), label=self.label, file=sys.stderr,
                                       show_pos=True, show_eta=True, show_percent=True,
                                       item_show_func=lambda rate: rate)
         self._bar.__enter__()
@@ -234,6 +228,7 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
     """
     from etl.backfill import Source, backfill
     from etl.backfill import dry_run as describe
+    from etl.context import Seams
     from etl.tracking import ids_from_file
 
     if (ids_file is None) == (not from_listing):
@@ -254,9 +249,10 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         else:
             click.echo(plan.describe())
         return
-    progress = _Bar() if sys.stderr.isatty() and fmt != "json" else None
-    _report(ctx, lambda: backfill(config, state.store(), source(), resume=resume, progress=progress), fmt,
-            if_locked or config.sync.if_locked)
+    progress = _Bar("backfill") if sys.stderr.isatty() and fmt != "json" else None
+    _report(ctx, lambda stop: backfill(config, state.store(), source(), resume=resume, progress=progress,
+                                       seams=Seams(cancelled=stop)),
+            fmt, if_locked or config.sync.if_locked, config.sync.stop_timeout_seconds)
 
 
 @cli.command("daemon")
