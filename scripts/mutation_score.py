@@ -25,6 +25,7 @@ AREAS = {
                       "etl.config.x__value*", "etl.config.x_variables_table*", "etl.config.x__default_text*",
                       "etl.config.x_unknown_variables*"],
     "doctor": ["etl.doctor.*"],
+    "archive and rebuild": ["etl.db.archive.*", "etl.db.rebuild.*"],
 }
 TARGET = 0.95
 
