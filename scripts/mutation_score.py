@@ -25,6 +25,11 @@ AREAS = {
                       "etl.config.x__value*", "etl.config.x_variables_table*", "etl.config.x__default_text*",
                       "etl.config.x_unknown_variables*"],
     "doctor": ["etl.doctor.*"],
+    "rate budget": ["etl.api.ratelimit.*", "etl.db.store.xǁStoreǁlease_tokens*",
+                    "etl.db.store.xǁStoreǁdrain_tokens*", "etl.db.store.xǁStoreǁ_refilled*",
+                    "etl.db.store.xǁStoreǁbudget_tokens*", "etl.db.store.x__bounded*",
+                    "etl.context.x_budget_key*", "etl.context.xǁStoreLedgerǁ*"],
+    "token cache": ["etl.api.auth.*"],
 }
 TARGET = 0.95
 
