@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of the permission history, the document validation, the retry policy,
 # the response sorting (classify and the reading of error bodies), the batch store, the configuration,
-# doctor, and the document archive and rebuild, against the
+# doctor, the document archive and rebuild, the rate budget and the token cache, against the
 # SQLite tests of those areas. Not part of CI: it takes about 25 minutes on 2 cores.
 # Builds .venv-mutation (mutmut kept out of the project's own environment), runs, prints a score per
 # area with the equivalent mutants (scripts/mutation-equivalent.txt, each with its reason) set aside.
@@ -17,7 +17,10 @@ areas=("etl.history.*" "etl.api.documents.*" "etl.api.retry.*" "etl.api.client.x
        "etl.config.x__from_text*" "etl.config.xǁ_Loadingǁ*" "etl.config.x__take_environment*"
        "etl.config.x__take_file*" "etl.config.x_effective_settings*" "etl.config.x__row*" "etl.config.x__value*"
        "etl.config.x_variables_table*" "etl.config.x__default_text*" "etl.config.x_unknown_variables*"
-       "etl.doctor.*" "etl.db.archive.*" "etl.db.rebuild.*")
+       "etl.doctor.*" "etl.db.archive.*" "etl.db.rebuild.*"
+       "etl.api.ratelimit.*" "etl.db.store.xǁStoreǁlease_tokens*" "etl.db.store.xǁStoreǁdrain_tokens*"
+       "etl.db.store.xǁStoreǁ_refilled*" "etl.db.store.xǁStoreǁbudget_tokens*" "etl.db.store.x__bounded*"
+       "etl.context.x_budget_key*" "etl.context.xǁStoreLedgerǁ*" "etl.api.auth.*")
 [ "$#" -gt 0 ] && areas=("$@")
 .venv-mutation/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${areas[@]}" > mutants.log 2>&1 || true
 exec .venv-mutation/bin/python scripts/mutation_score.py "${areas[@]}"

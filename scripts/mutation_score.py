@@ -26,6 +26,11 @@ AREAS = {
                       "etl.config.x_unknown_variables*"],
     "doctor": ["etl.doctor.*"],
     "archive and rebuild": ["etl.db.archive.*", "etl.db.rebuild.*"],
+    "rate budget": ["etl.api.ratelimit.*", "etl.db.store.xǁStoreǁlease_tokens*",
+                    "etl.db.store.xǁStoreǁdrain_tokens*", "etl.db.store.xǁStoreǁ_refilled*",
+                    "etl.db.store.xǁStoreǁbudget_tokens*", "etl.db.store.x__bounded*",
+                    "etl.context.x_budget_key*", "etl.context.xǁStoreLedgerǁ*"],
+    "token cache": ["etl.api.auth.*"],
 }
 TARGET = 0.95
 
