@@ -89,7 +89,14 @@ def budget(store: Store, config: Config, *, at: dt.datetime, tracked: int) -> di
     }
 
 
-def stale(store: Store, *, at: dt.datetime, max_age: float) -> int:
-    """How many tracked ``pending``/``active`` connections have no success within ``max_age`` seconds."""
+def stale(store: Store, *, at: dt.datetime, max_age: float) -> dict[str, Any]:
+    """How many tracked ``pending``/``active`` connections have no success within ``max_age`` seconds, and
+    whether the mirror is stale: some are, or nothing is tracked at all (so nothing is fresh)."""
     ages = store.success_ages(at=at, window=max_age)
-    return int(ages["tracked"] - ages["fresh"])
+    count = int(ages["tracked"] - ages["fresh"])
+    problem = None
+    if not ages["tracked"]:
+        problem = "nothing is tracked, so nothing is fresh"
+    elif count:
+        problem = f"{count} connection(s) without a success within the limit"
+    return {"max_age_seconds": max_age, "connections": count, "tracked": int(ages["tracked"]), "problem": problem}

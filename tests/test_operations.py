@@ -396,7 +396,7 @@ def test_status_shows_freshness_and_budget_and_max_age_is_for_monitoring(
     fresh = CliRunner().invoke(cli, ["status", "--max-age", "1h", "--json"], env=env)
     assert fresh.exit_code == 0, fresh.output
     report = json.loads(fresh.stdout)
-    assert report["stale"] == {"max_age_seconds": 3600.0, "connections": 0}
+    assert report["stale"] == {"max_age_seconds": 3600.0, "connections": 0, "tracked": 3, "problem": None}
     assert (report["freshness"]["tracked"], report["freshness"]["fetched_within_interval"],
             report["freshness"]["never_fetched"]) == (3, 3, 0)
     budget = report["budget"]

@@ -202,3 +202,63 @@ def test_a_second_signal_stops_at_once_and_still_stores_what_was_received(
     answered, kept = received(fake_api), stored(engine)
     assert kept <= answered and len(answered - kept) <= 1
 
+
+
+def test_status_max_age_with_nothing_tracked_is_stale(engine: Engine, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    result = CliRunner().invoke(cli, ["status", "--max-age", "1h", "--format", "json"], env=env)
+    assert result.exit_code == 1 and "nothing is tracked, so nothing is fresh" in result.stderr
+    assert json.loads(result.stdout)["stale"]["problem"] == "nothing is tracked, so nothing is fresh"
+
+
+class RefusedCertificate(FakeApi):
+    """An API whose TLS certificate the client refuses (as httpcore raises it)."""
+
+    def handle(self, request: Any) -> Any:
+        import ssl
+
+        import httpx
+
+        if not request.url.path.startswith("/v3/"):
+            return super().handle(request)
+        self.requests.append((request.method, request.url.path))
+        try:
+            error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+            error.verify_message = "self-signed certificate"
+            raise error
+        except ssl.SSLError as cause:
+            raise httpx.ConnectError(str(cause), request=request) from cause
+
+
+def test_a_refused_tls_certificate_says_so_and_is_not_retried(engine: Engine, clock: Any) -> None:
+    from etl.errors import SyncAborted
+
+    fake = RefusedCertificate(client_id="test-client", client_secret="test-client-secret")
+    run_sync = Runner(fake, engine, clock)
+    tracked_world(fake, engine, 3)
+    with pytest.raises(SyncAborted) as caught:
+        run_sync()
+    message = str(caught.value)
+    assert caught.value.exit_code == 3 and "api.test" in message and "self-signed certificate" in message
+    assert fake.count("GET", "/v3/") == 1 and run_sync.sleeps == []  # no retry, no second connection
+
+
+def test_a_stale_run_keeps_its_counters_and_says_it_was_abandoned(run_sync: Runner, engine: Engine) -> None:
+    from sqlalchemy import insert
+
+    tracked_world(run_sync.fake, engine, 2)
+    with engine.begin() as conn:
+        conn.execute(insert(sync_runs).values(trigger="daemon", started_at=run_sync.clock(), status="running",
+                                              connections_planned=9, connections_fetched=4, pid=1, host="gone"))
+    run_sync()
+    with engine.connect() as conn:
+        first = conn.execute(select(sync_runs).order_by(sync_runs.c.id)).first()
+    assert first is not None and (first.status, first.connections_planned, first.connections_fetched) == (
+        "aborted", 9, 4)
+    assert first.error.startswith("abandoned: a later run found it still running without the run lock")

@@ -15,6 +15,7 @@ import datetime as dt
 import importlib.util
 import logging
 import re
+import ssl
 import threading
 import time
 import urllib.request
@@ -265,6 +266,11 @@ def send(
     except httpx.TimeoutException as exc:
         raise RetriableApiError(path=path, kind="timeout", detail=type(exc).__name__) from exc
     except httpx.TransportError as exc:
+        refused = _tls_refusal(exc)
+        if refused is not None:  # not a blip: every request to this host would fail the same way
+            raise FatalApiError(path=path, kind="tls", detail=_clip(
+                f"TLS with {request.url.host} failed: {refused}; check the URL, the server's certificate and the "
+                "trusted certificates (SSL_CERT_FILE)")) from exc
         raise RetriableApiError(path=path, kind="network", detail=_clip(f"{type(exc).__name__}: {exc}")) from exc
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _ENCODING_HEADERS]
     log.debug("%s %s: HTTP %d, %d bytes in %.3fs", request.method, path, response.status_code, len(body),
@@ -272,6 +278,20 @@ def send(
     extensions = {k: v for k, v in response.extensions.items() if k == "reason_phrase"}
     return httpx.Response(response.status_code, headers=headers, content=body, request=request,
                           extensions=extensions)
+
+
+def _tls_refusal(error: BaseException) -> str | None:
+    """Why TLS failed, when a transport error comes from a refused certificate or handshake (not a network blip)."""
+    seen: BaseException | None = error
+    for _ in range(10):  # the chain of causes, bounded
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"the certificate was refused ({seen.verify_message or seen.reason or 'verify failed'})"
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return f"the handshake failed ({seen.reason or type(seen).__name__})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def environment_proxy(url: httpx.URL) -> str | None:

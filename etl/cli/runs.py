@@ -297,7 +297,8 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json (kept as an alias).")
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many recent runs.")
 @click.option("--max-age", metavar="DURATION", help="Exit 1 when a tracked pending or active connection has no "
-              "successful fetch within DURATION (15m, 1h), for monitoring; the output says how many.")
+              "successful fetch within DURATION (15m, 1h), or when nothing is tracked, for monitoring; the output "
+              "says how many.")
 @pass_state
 def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: str | None) -> None:
     """Recent runs, how fresh the mirror is, the rate budget, and the connections that are failing.
@@ -317,12 +318,13 @@ def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: st
     report["freshness"] = freshness(store, config, at=at)
     report["budget"] = budget(store, config, at=at, tracked=report["freshness"]["tracked"])
     if limit is not None:
-        report["stale"] = {"max_age_seconds": limit, "connections": stale(store, at=at, max_age=limit)}
+        report["stale"] = stale(store, at=at, max_age=limit)
     if as_json or fmt == "json":
         echo_json(report)
     else:
         _print_status(report)
-    if limit is not None and report["stale"]["connections"]:
+    if limit is not None and report["stale"]["problem"]:
+        click.echo(f"stale: {report['stale']['problem']}", err=True)
         ctx = click.get_current_context()
         ctx.exit(1)
 

@@ -212,15 +212,17 @@ class Store:
             )
 
     def close_stale_runs(self, *, at: dt.datetime) -> int:
-        """Mark ``running`` rows as aborted: called with the lock held, so their processes have ended."""
+        """Mark ``running`` rows as aborted, keeping the counters they had reached: called with the lock held,
+        so no process runs them any more (it ended, or it lost its connection to the database and the lock)."""
         with self._write() as conn:
             closed = conn.execute(
                 update(sync_runs).where(sync_runs.c.status == "running")
                 .values(status="aborted", finished_at=at,
-                        error="the process running it ended before finishing (found by the next run)")
+                        error="abandoned: a later run found it still running without the run lock (its process "
+                              "ended, or lost its connection to the database); its counters are as far as it got")
             ).rowcount
         if closed:
-            log.warning("closed %d run(s) left running by a process that ended", closed)
+            log.warning("closed %d abandoned run(s): still running, without the run lock", closed)
         return int(closed)
 
     def abandon_runs_of_this_process(self, *, at: dt.datetime, error: str) -> None:
