@@ -108,8 +108,8 @@ class Daemon:
                 self.idle.set()
             try:
                 self.metrics.load_state(self.store, self.config)  # freshness and budget after every pass
-            except EtlError as error:
-                log.warning("could not read the freshness and budget for the metrics: %s", error)
+            except Exception as error:  # a database that is down or not migrated: the metrics wait
+                log.warning("could not read the freshness and budget for the metrics: %s", one_line(error))
         return None
 
     def _unrecorded(self, error: str, status: str, exit_code: int) -> None:

@@ -262,3 +262,19 @@ def test_a_stale_run_keeps_its_counters_and_says_it_was_abandoned(run_sync: Runn
     assert first is not None and (first.status, first.connections_planned, first.connections_fetched) == (
         "aborted", 9, 4)
     assert first.error.startswith("abandoned: a later run found it still running without the run lock")
+
+
+def test_a_daemon_pass_that_fails_before_recording_a_run_is_counted(
+        fake_api: FakeApi, empty_engine: Engine, clock: Any) -> None:
+    import httpx
+
+    from etl.context import Seams
+    from etl.db.store import Store
+    from etl.scheduler import Daemon
+    from tests.conftest import make_config
+
+    metrics = Metrics()
+    daemon = Daemon(make_config(fake_api, "unused"), Store(empty_engine),  # a database it cannot use
+                    seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
+    assert daemon.run_pass() is None
+    assert metrics.registry.get_sample_value("smartcar_etl_runs_total", {"status": "aborted"}) == 1
