@@ -278,3 +278,14 @@ def test_a_daemon_pass_that_fails_before_recording_a_run_is_counted(
                     seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
     assert daemon.run_pass() is None
     assert metrics.registry.get_sample_value("smartcar_etl_runs_total", {"status": "aborted"}) == 1
+
+
+def test_the_readme_metrics_table_names_every_metric_the_job_exports() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(smartcar_etl_[a-z_]+)", readme, re.MULTILINE))
+    exported = set()
+    for family in Metrics().registry.collect():
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert table == exported
