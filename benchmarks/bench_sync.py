@@ -71,8 +71,7 @@ def raw_fetch(config: Config, ids: list[str]) -> float:
     try:
         client.auth.token()
         started = time.perf_counter()
-        fetched = sum(1 for _ in fetch_outcomes(ids, client=client, concurrency=config.api.concurrency,
-                                                window=config.sync.batch_size + config.api.concurrency))
+        fetched = sum(1 for _ in fetch_outcomes(ids, client=client, concurrency=config.api.concurrency))
         elapsed = time.perf_counter() - started
     finally:
         client.http.close()

@@ -27,7 +27,7 @@ from etl.errors import ConfigError
 from etl.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text
 
 if TYPE_CHECKING:
-    from etl.api.client import ReadLimits
+    from etl.api.transport import ReadLimits
 
 DEFAULT_CONFIG_FILE = "config.yaml"
 UNPRINTABLE_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -77,7 +77,7 @@ class ApiConfig:
 
     def read_limits(self) -> ReadLimits:
         """The bounds on one request: its whole duration and the decoded size of its answer."""
-        from etl.api.client import ReadLimits
+        from etl.api.transport import ReadLimits
 
         return ReadLimits(deadline=self.request_deadline_seconds, max_bytes=self.max_response_bytes)
 

@@ -19,10 +19,11 @@ from typing import Protocol
 import httpx
 
 from etl.api.auth import token_source
-from etl.api.client import ClientOptions, SmartcarClient, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient
 from etl.api.deadline import PassDeadline
 from etl.api.ratelimit import Limiter, SharedBucket, below, shared_bucket
 from etl.api.retry import RetryPolicy
+from etl.api.transport import make_http_client
 from etl.cadence import Cadence
 from etl.clock import utcnow
 from etl.config import Config
@@ -158,11 +159,6 @@ class Pass:
     def cadence(self) -> Cadence:
         """When fetched, failed and deleted connections are due again."""
         return Cadence.from_config(self.config.schedule)
-
-    @property
-    def window(self) -> int:
-        """How many fetched results may wait to be stored: a batch, plus what is in flight."""
-        return self.config.sync.batch_size + self.config.api.concurrency
 
     def affordable_requests(self) -> float:
         """How many requests the rate budget allows before the pass must end (infinite without an end)."""

@@ -181,8 +181,8 @@ def _request(report: Diagnosis, probe: _Probe) -> None:
     if client is None:
         report.add("api request", SKIPPED, "needs a token")
         return
-    from etl.api.client import LISTING_PATH, listing_page
     from etl.api.deadline import Deferred
+    from etl.api.listing import LISTING_PATH, listing_page
 
     try:
         response = client.get(LISTING_PATH, params={"page[number]": 1, "page[size]": 1})

@@ -2,7 +2,7 @@
 
 Each source is an object that owns its state (how many it plans, why it is
 incomplete, the listing page it is on) and yields ``Fetched`` / ``Gone`` /
-``Failed`` outcomes that the run loop in ``etl.sync`` stores in batches while
+``Failed`` outcomes that the run loop in ``etl.runloop`` stores in batches while
 fetching goes on (and ``Postponed`` for a connection whose retry would have
 ended past the pass's deadline: it stays due).
 """
@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
-from typing import Protocol, TypeVar, cast
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Protocol
 
-from etl.api.client import ListingPage, Paginator, SmartcarClient
+from etl.api.client import SmartcarClient
 from etl.api.deadline import Cancelled, Deferred
+from etl.api.listing import ListingPage, Paginator
 from etl.clock import utcnow
 from etl.context import Pass
 from etl.errors import ApiError, FatalApiError
 from etl.outcomes import Failed, Fetched, Gone, Postponed, Result
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class OutcomeSource(Protocol):
@@ -46,224 +42,75 @@ class OutcomeSource(Protocol):
     def outcomes(self) -> Generator[Result, None, None]: ...
 
 
-def next_limit(wall: float, cpu: float, maximum: int) -> int:
-    """How many requests to keep in flight, from a request's wall time and the CPU time its thread spent on it.
-
-    A thread is busy ``cpu`` out of every ``wall`` seconds, so ``wall / cpu``
-    threads would keep one core busy (Little's law): a slow API gets every
-    thread it is allowed, a fast one only as many as pay for themselves. Wall
-    time also counts the waits for the GIL, which grow with the threads (and
-    with the writer's share of the interpreter); halving the ratio lets that
-    contention shrink the limit instead of holding it up. Against a fast API
-    it settles at one request in flight, which measured fastest.
-    """
-    if cpu <= 0:
-        return maximum
-    return max(1, min(maximum, int(0.5 * wall / cpu)))
-
-
-class Gate:
-    """How many requests may be in flight (``limit``, from ``next_limit`` of the timings), and which workers send.
-
-    The limit starts at one, and ``fetch_outcomes`` sends from the consumer's
-    own thread until it grows. Then workers numbered below ``limit`` send.
-    Workers are numbered, so that at a limit of one the same thread goes on
-    request after request, and no thread is woken only to wait again.
-    """
-
-    SMOOTHING = 0.1
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.limit = 1  # start narrow: the first answers show whether latency calls for more
-        self.wall = self.cpu = 0.0  # averages, from the second request on
-        self.warm = False  # a first request was measured
-        self.closed = False
-        self._cond = threading.Condition()
-
-    def admit(self, index: int) -> bool:
-        """Wait until worker ``index`` may send; False once the gate is closed."""
-        with self._cond:
-            self._cond.wait_for(lambda: index < self.limit or self.closed)
-            return not self.closed
-
-    def timed(self, work: Callable[[], T]) -> T:
-        """Run ``work``; its wall and CPU time update the limit.
-
-        The first request also pays once for what later ones reuse (the
-        connection, the token, code run for the first time: 34 ms of CPU was
-        measured against a 200 ms API, where later requests took 1-2 ms). It
-        sets the limit on its own and is left out of the averages, which the
-        second request starts.
-        """
-        wall, cpu = time.perf_counter(), time.thread_time()
-        try:
-            return work()
-        finally:
-            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-            with self._cond:
-                a, before = self.SMOOTHING, self.limit
-                if not self.warm:  # the first request: the limit from it alone
-                    self.warm = True
-                    self.limit = next_limit(wall, cpu, self.maximum)
-                else:
-                    self.wall, self.cpu = (wall, cpu) if self.wall == 0 else (
-                        self.wall + a * (wall - self.wall), self.cpu + a * (cpu - self.cpu))
-                    self.limit = next_limit(self.wall, self.cpu, self.maximum)
-                if self.limit > before:
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        """Let every waiting worker go (and stop)."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
-_DONE = object()  # a worker has stopped
-
-
-class _Fetch:
-    """The ids, the workers that fetch them, and the queue of what they fetched (``fetch_outcomes``)."""
-
-    def __init__(self, ids: Sequence[str], client: SmartcarClient, window: int,
-                 now: Callable[[], dt.datetime]) -> None:
-        self.ids = iter(ids)
-        self.client = client
-        self.window = window
-        self.now = now
-        self.pending = 0  # taken and not yet consumed
-        self.stopped = False
-        self.cond = threading.Condition()
-        self.results: queue.SimpleQueue[object] = queue.SimpleQueue()
-
-    def take(self) -> str | None:
-        """The next id to fetch, once fewer than ``window`` results wait; None when there is nothing to do."""
-        client = self.client
-        with self.cond:
-            self.cond.wait_for(lambda: self.pending < self.window or self.stopped)
-            if self.stopped or client.cancelled.is_set() or (
-                    client.deadline is not None and not client.deadline.allows()):
-                return None
-            connection_id = next(self.ids, None)
-            if connection_id is None:
-                return None
-            self.pending += 1
-            return connection_id
-
-    def consumed(self) -> None:
-        """One result was consumed: a worker waiting for room may go on."""
-        with self.cond:
-            self.pending -= 1
-            self.cond.notify()
-
-    def stop(self) -> None:
-        """No worker takes another id."""
-        with self.cond:
-            self.stopped = True
-            self.cond.notify_all()
-
-    def one(self, connection_id: str) -> Result:
-        try:
-            record = self.client.get_connection(connection_id)
-        except FatalApiError:
-            self.client.cancelled.set()
-            raise
-        except Deferred as deferred:
-            if isinstance(deferred.after, ApiError):  # its retry would end past the deadline: it stays due
-                return Postponed(connection_id, self.now(), deferred.after)
-            raise
-        except ApiError as error:
-            return Failed(connection_id, self.now(), error)
-        at = self.now()
-        return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
-
-    def inline(self, gate: Gate) -> Generator[Result, None, bool]:
-        """Fetch in the consumer's own thread while the gate allows one request in flight.
-
-        Returns True when every id is done, False when the API's latency calls
-        for more requests in flight than one (the workers go on from there).
-        """
-        while gate.limit == 1:
-            connection_id = self.take()
-            if connection_id is None:
-                return True
-            try:
-                outcome = gate.timed(lambda: self.one(connection_id))  # noqa: B023 - called at once
-            except Cancelled:
-                continue  # take() sees the cancellation and ends
-            finally:
-                self.consumed()
-            yield outcome
-        return False
-
-    def work(self, gate: Gate, index: int) -> None:
-        """A worker: fetch ids while the gate admits it; a fatal error or a bug stops it and is passed on."""
-        try:
-            while gate.admit(index):
-                connection_id = self.take()
-                if connection_id is None:  # nothing more for anyone: the parked workers stop too
-                    gate.close()
-                    return
-                try:
-                    self.results.put(gate.timed(lambda: self.one(connection_id)))  # noqa: B023 - called at once
-                except Cancelled:
-                    self.consumed()
-        except BaseException as error:  # handed to the consumer, which raises it
-            self.results.put(error)
-        finally:
-            self.results.put(_DONE)
+def _one(client: SmartcarClient, now: Callable[[], dt.datetime], connection_id: str) -> Result:
+    """Fetch one connection: its outcome. A fatal error stops every other request (and is raised);
+    Cancelled means the pass stopped or ran out of time before this request could start."""
+    try:
+        record = client.get_connection(connection_id)
+    except FatalApiError:
+        client.cancelled.set()
+        raise
+    except Deferred as deferred:
+        if isinstance(deferred.after, ApiError):  # its retry would end past the deadline: it stays due
+            return Postponed(connection_id, now(), deferred.after)
+        raise
+    except ApiError as error:
+        return Failed(connection_id, now(), error)
+    at = now()
+    return Gone(connection_id, at) if record is None else Fetched(connection_id, at, record)
 
 
 def fetch_outcomes(
-    ids: Sequence[str],
+    ids: Iterable[str],
     *,
     client: SmartcarClient,
     concurrency: int,
-    window: int,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> Generator[Result, None, None]:
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
-    How many requests are in flight follows the API's latency (``Gate``). While
-    one is enough (a fast API), each request is sent from the consumer's own
-    thread: handing every answer from a worker to the consumer costs more than
-    it saves when both need the GIL. Once the API's latency calls for more,
-    workers fetch the rest, and at most ``window`` results wait to be consumed,
-    so fetching goes on while the consumer writes a batch, and memory stays
-    bounded. A FatalApiError is raised as soon as it is seen; no other request
-    is sent.
+    One request in flight (``api.concurrency: 1``, what a fast local API wants) is a plain loop in the
+    caller's thread. More is a window over a thread pool: ``concurrency`` requests in flight, the next
+    sent as each answer is taken, so fetching goes on while the caller stores a batch and nothing waits
+    unread beyond the window. No request starts once the pass is stopped or out of time; a
+    FatalApiError is raised as soon as it is seen, and no other request is sent.
     """
-    fetch, gate = _Fetch(ids, client, window, now), Gate(concurrency)
-    done = yield from fetch.inline(gate)
-    if not done:
-        yield from _from_workers(fetch, gate)
+    if concurrency <= 1:
+        for connection_id in ids:
+            if not client.may_send():
+                return
+            try:
+                yield _one(client, now, connection_id)
+            except Cancelled:
+                return
+        return
+    yield from _window(iter(ids), client=client, concurrency=concurrency, now=now)
 
 
-def _from_workers(fetch: _Fetch, gate: Gate) -> Generator[Result, None, None]:
-    """The rest of ``fetch``'s ids, from ``gate.maximum`` workers that send as the gate admits them."""
-    workers = [threading.Thread(target=fetch.work, args=(gate, i), name=f"fetch_{i}", daemon=True)
-               for i in range(gate.maximum)]
-    for worker in workers:
-        worker.start()
-    running = len(workers)
-    try:
-        while running:
-            item = fetch.results.get()
-            if item is _DONE:
-                running -= 1
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            fetch.consumed()
-            yield cast(Result, item)
-    finally:
-        if running:  # left early (an error, or the consumer stopped): send nothing more
-            fetch.client.cancelled.set()
-        fetch.stop()
-        gate.close()
-        for worker in workers:
-            worker.join()
+def _window(ids: Iterator[str], *, client: SmartcarClient, concurrency: int, now: Callable[[], dt.datetime]
+            ) -> Generator[Result, None, None]:
+    """``fetch_outcomes`` with ``concurrency`` requests in flight on a thread pool."""
+    running: set[Future[Result]] = set()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch") as pool:
+        try:
+            while True:
+                while len(running) < concurrency and client.may_send():
+                    connection_id = next(ids, None)
+                    if connection_id is None:
+                        break
+                    running.add(pool.submit(_one, client, now, connection_id))
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        outcome = future.result()
+                    except Cancelled:
+                        continue
+                    yield outcome
+        finally:
+            if running:  # left early (an error, or the caller stopped): the requests in flight send nothing more
+                client.cancelled.set()
 
 
 class ByIds:
@@ -285,7 +132,7 @@ class ByIds:
     def outcomes(self) -> Generator[Result, None, None]:
         """Every id's outcome, as requests complete."""
         for outcome in fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
-                                      window=self.ctx.window, now=self.ctx.now):
+                                      now=self.ctx.now):
             if not isinstance(outcome, Postponed):
                 self.done += 1
             yield outcome
@@ -348,52 +195,58 @@ class Listing:
             return connection_id not in untracked and (track_new or connection_id in known)
 
         paginator = Paginator(size=page_size, start=self.start_page)
-        ahead = PageAhead(ctx.client, page_size)
         page = self.first_page
-        with closing(ahead):
-            while True:
-                if ctx.cancelled.is_set():
-                    self.incomplete = "stopped on request"
+        while True:
+            if ctx.cancelled.is_set():
+                self.incomplete = "stopped on request"
+                return
+            try:
+                self.page = paginator.number
+                page = page or ctx.client.list_page(paginator.number, page_size)
+                if self._past_end(paginator, page):  # a resumed listing of an application that shrank
+                    paginator, page = Paginator(size=page_size, start=1), None
+                    continue
+                if self._goes_round(page):
                     return
-                try:
-                    self.page = paginator.number
-                    page = page or ahead.take(paginator.number)
-                    if self._past_end(paginator, page):  # a resumed listing of an application that shrank
-                        paginator, page = Paginator(size=page_size, start=1), None
-                        continue
-                    if page.ids and not any(i not in self.recent for i in page.ids):
-                        self.incomplete = (f"listing stopped at page {page.number}: it brought no connection "
-                                           "the listing had not shown already (its paging goes round)")
-                        log.error("%s; nothing will be marked deleted this run", self.incomplete)
-                        return
-                    more, problem = self._advance(paginator, page)
-                    if more:  # the next page is fetched while this one is stored
-                        ahead.fetch(paginator.number)
-                    known = known if track_new else ctx.store.known_ids(page.ids)
-                    yield from self._items(page, wanted)
-                    if problem is not None:
-                        raise problem
-                    self.total = paginator.total
-                except FatalApiError:
-                    raise
-                except Deferred:
-                    self.out_of_time = True
-                    if self.total is not None:  # what this pass leaves for the next one
-                        self.planned = self.listed + max(0, self.total - (paginator.number - 1) * page_size)
-                    log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
-                             "confirmed until the listing has gone through", paginator.number)
-                    return
-                except Cancelled:
-                    self.incomplete = "stopped on request"
-                    return
-                except ApiError as error:
-                    self.incomplete = f"listing stopped at page {paginator.number}: {error}"
-                    log.error("%s; nothing will be marked deleted this run", self.incomplete)
-                    return
-                if not more:
-                    break
-                page = None
+                more, problem = self._advance(paginator, page)
+                known = known if track_new else ctx.store.known_ids(page.ids)
+                yield from self._items(page, wanted)
+                if problem is not None:
+                    raise problem
+                self.total = paginator.total
+            except FatalApiError:
+                raise
+            except (Cancelled, ApiError) as error:
+                self._stop(error, paginator.number)
+                return
+            if not more:
+                break
+            page = None
         yield from self._confirm_missing()
+
+    def _goes_round(self, page: ListingPage) -> bool:
+        """Whether a page brings no connection the listing had not shown already (its paging goes round)."""
+        if not page.ids or any(i not in self.recent for i in page.ids):
+            return False
+        self.incomplete = (f"listing stopped at page {page.number}: it brought no connection the listing had not "
+                           "shown already (its paging goes round)")
+        log.error("%s; nothing will be marked deleted this run", self.incomplete)
+        return True
+
+    def _stop(self, error: Cancelled | ApiError, number: int) -> None:
+        """The listing stops at page ``number``: out of time (the next pass resumes there), stopped on
+        request, or a page that failed (nothing is confirmed deleted from an incomplete listing)."""
+        if isinstance(error, Deferred):
+            self.out_of_time = True
+            if self.total is not None:  # what this pass leaves for the next one
+                self.planned = self.listed + max(0, self.total - (number - 1) * self.ctx.config.sync.page_size)
+            log.info("out of time at page %d (--max-duration): the next pass resumes there; nothing is "
+                     "confirmed until the listing has gone through", number)
+        elif isinstance(error, Cancelled):
+            self.incomplete = "stopped on request"
+        else:
+            self.incomplete = f"listing stopped at page {number}: {error}"
+            log.error("%s; nothing will be marked deleted this run", self.incomplete)
 
     def _past_end(self, paginator: Paginator, page: ListingPage) -> bool:
         """Whether a listing resumed at a later page found that page past the end (the application shrank
@@ -468,38 +321,6 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-
-class PageAhead:
-    """One page of the listing fetched in the background while the previous one is stored.
-
-    Parsing and validating a page (in ``list_page``) then overlaps the
-    database's work on the one before, and a slow API's answer overlaps both.
-    What the request raises (Deferred, Cancelled, an ApiError) is raised by
-    ``take``, where a request made there would have raised it.
-    """
-
-    def __init__(self, client: SmartcarClient, size: int) -> None:
-        self.client = client
-        self.size = size
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing")
-        self._pending: tuple[int, Future[ListingPage]] | None = None
-
-    def fetch(self, number: int) -> None:
-        """Start fetching page ``number``."""
-        self._pending = number, self._pool.submit(self.client.list_page, number, self.size)
-
-    def take(self, number: int) -> ListingPage:
-        """Page ``number``: the one fetched in the background, or fetched now."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == number:
-            return pending[1].result()
-        return self.client.list_page(number, self.size)
-
-    def close(self) -> None:
-        """Drop a page nobody will take; a request already sent finishes on its own."""
-        self._pending = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class SyncListing:

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from etl.api.auth import StaticToken
-from etl.api.client import ClientOptions, SmartcarClient, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient
 from etl.api.ratelimit import Patience, SharedBucket, TokenBucket
 from etl.api.retry import RetryPolicy
+from etl.api.transport import make_http_client
 from etl.config import ApiConfig, Config, RateLimitConfig, Secret
 from etl.context import Seams, StoreLedger, budget_key
 from etl.db.models import rate_budgets

@@ -8,9 +8,11 @@ import email.utils
 import httpx
 import pytest
 
+from etl.api.answers import classify, error_info
 from etl.api.auth import ClientCredentials, StaticToken
-from etl.api.client import ClientOptions, SmartcarClient, classify, error_info, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient
 from etl.api.retry import RetryPolicy
+from etl.api.transport import make_http_client
 from etl.config import Secret
 from etl.errors import (
     ApiError,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from etl.api.client import redact
+from etl.api.answers import redact
 from etl.api.documents import (
     MAX_PERMISSIONS,
     OutOfRange,

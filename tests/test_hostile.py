@@ -23,9 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
-from etl.api.client import ClientOptions, ReadLimits, SmartcarClient, classify, make_http_client, send
+from etl.api.answers import classify
+from etl.api.client import ClientOptions, SmartcarClient
 from etl.api.documents import OutOfRange, canonical_id, decode_json, parse_connection
 from etl.api.retry import RetryPolicy, parse_retry_after
+from etl.api.transport import ReadLimits, make_http_client, send
 from etl.config import ApiConfig, Secret
 from etl.context import Seams
 from etl.db.models import connections, fetch_errors, permission_grants, sync_runs, vehicles

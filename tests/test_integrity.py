@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, update
 
-from etl.api.client import classify
+from etl.api.answers import classify
 from etl.db.models import backfills, connections, fetch_errors, permission_grants, rate_budgets, sync_runs
 from etl.db.store import Store
 from etl.errors import ApiError, SyncAborted

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from etl.api.client import ListingPage, Paginator
+from etl.api.listing import ListingPage, Paginator
 from etl.context import Seams
 from etl.db.models import connections, sync_runs
 from etl.db.store import Store

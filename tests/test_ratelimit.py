@@ -58,9 +58,10 @@ def test_shared_bucket_is_one_per_setting() -> None:
 def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
 
     from etl.api.auth import ClientCredentials
-    from etl.api.client import ClientOptions, SmartcarClient, make_http_client
+    from etl.api.client import ClientOptions, SmartcarClient
     from etl.api.ratelimit import client_bucket
     from etl.api.retry import RetryPolicy
+    from etl.api.transport import make_http_client
     from etl.config import Secret
     from etl.fakeapi import FakeApi, serve, urls
     from etl.fetch import fetch_outcomes
@@ -76,7 +77,7 @@ def test_a_client_bucket_like_the_apis_provokes_no_429() -> None:
         client = SmartcarClient(base_url=u["base_url"], auth=auth, http=http, retry=retry,
                                 options=ClientOptions(limiter=client_bucket(10, 200 * 60)))
         try:
-            outcomes = list(fetch_outcomes(ids, client=client, concurrency=8, window=16))
+            outcomes = list(fetch_outcomes(ids, client=client, concurrency=8))
         finally:
             http.close()
     assert fake.rate_limited == 0 and len(outcomes) == 120

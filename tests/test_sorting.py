@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from etl.api.client import MAX_DETAIL, _clip, error_info, redact
+from etl.api.answers import MAX_DETAIL, _clip, error_info, redact
 from etl.api.documents import OutOfRange
 from etl.api.retry import RetryPolicy, parse_retry_after
 from etl.errors import RetriableApiError
@@ -105,6 +105,6 @@ def test_a_retry_after_of_zero_is_not_rounded_up() -> None:
 @pytest.mark.parametrize("total, expected", [(250, 250), (0, 0), (10**9, 10**9), (10**9 + 1, None), (-1, None),
                                              (True, None), ("250", None), (2.5, None)])
 def test_only_a_plausible_total_count_is_believed(total: Any, expected: int | None) -> None:
-    from etl.api.client import ListingPage
+    from etl.api.listing import ListingPage
 
     assert ListingPage(number=1, body={"data": [], "meta": {"totalCount": total}}).total_count == expected

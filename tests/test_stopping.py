@@ -100,6 +100,7 @@ def test_a_progress_line_says_what_is_sent_stored_left_and_when_the_budget_resum
         def drain(self, seconds: float) -> None:
             pass
 
+    run_sync.config = replace(run_sync.config, api=replace(run_sync.config.api, concurrency=1))  # in order
     run_sync(limiter=Watching())
     line, fields = lines[-1]
     assert (fields["sent"], fields["stored"], fields["left"], fields["failed"]) == (3, 0, 1, 0)
@@ -241,6 +242,7 @@ def test_a_refused_tls_certificate_says_so_and_is_not_retried(engine: Engine, cl
 
     fake = RefusedCertificate(client_id="test-client", client_secret="test-client-secret")
     run_sync = Runner(fake, engine, clock)
+    run_sync.config = replace(run_sync.config, api=replace(run_sync.config.api, concurrency=1))
     tracked_world(fake, engine, 3)
     with pytest.raises(SyncAborted) as caught:
         run_sync()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, event, select
 
-from etl.api.client import classify
+from etl.api.answers import classify
 from etl.api.documents import ConnectionRecord, VehicleAttributes
 from etl.cadence import Cadence
 from etl.db.batch import MAX_ERROR_TEXT, error_text, store_batch

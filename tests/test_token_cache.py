@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from etl.api.auth import ClientCredentials, StaticToken
-from etl.api.client import ClientOptions, SmartcarClient, make_http_client
+from etl.api.client import ClientOptions, SmartcarClient
 from etl.api.ratelimit import Patience, TokenBucket
 from etl.api.retry import RetryPolicy
+from etl.api.transport import make_http_client
 from etl.config import Config, Secret
 from etl.context import Seams
 from etl.db.store import Store

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from etl.api.client import ReadLimits, Unauthorized, classify, send
+from etl.api.answers import Unauthorized, classify
 from etl.api.documents import decode_json
 from etl.api.retry import RetryPolicy
+from etl.api.transport import ReadLimits, send
 from etl.config import ApiConfig, Secret
 from etl.errors import ApiError, AuthenticationError, RetriableApiError
 

@@ -1,0 +1,126 @@
+"""How fetching spends its threads and its requests (``etl.fetch.fetch_outcomes``).
+
+Behaviour only; the speed is measured by ``benchmarks/bench_sync.py --static`` and ``bench_latency.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from etl.api.auth import StaticToken
+from etl.api.client import SmartcarClient
+from etl.api.transport import make_http_client
+from etl.config import Secret
+from etl.errors import FatalApiError
+from etl.fakeapi import FakeApi
+from etl.fetch import fetch_outcomes
+from etl.outcomes import Fetched, Result
+
+
+class Slow:
+    """A MockTransport handler answering after ``delay``, noting which thread asked and how many it held at once."""
+
+    def __init__(self, fake: FakeApi, delay: float) -> None:
+        self.fake, self.delay = fake, delay
+        self.active = self.peak = 0
+        self.threads: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.threads.append(threading.current_thread().name)
+        try:
+            time.sleep(self.delay)
+            return self.fake.handle(request)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def client_for(handler: object) -> SmartcarClient:
+    http = make_http_client(timeout=5, concurrency=4, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+    return SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http)
+
+
+def fetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fetch")]
+
+
+def fetch_all(handler: object, ids: list[str], concurrency: int = 4) -> list[Result]:
+    """Every outcome of ``fetch_outcomes`` over ``ids`` through a client on ``handler``."""
+    client = client_for(handler)
+    try:
+        return list(fetch_outcomes(ids, client=client, concurrency=concurrency))
+    finally:
+        client.http.close()
+
+
+def world(count: int, seed: int) -> tuple[FakeApi, list[str]]:
+    fake = FakeApi(access_tokens=("t",))
+    return fake, fake.populate(count, seed=seed)
+
+
+def test_a_slow_api_is_fetched_with_every_request_in_flight_it_may_have() -> None:
+    fake, ids = world(24, 4)
+    slow = Slow(fake, delay=0.05)
+    outcomes = fetch_all(slow, ids)
+    assert sorted(o.connection_id for o in outcomes) == sorted(ids)
+    assert all(isinstance(o, Fetched) for o in outcomes)
+    assert slow.peak == 4 and fetch_threads() == []
+
+
+def test_one_request_in_flight_is_a_plain_loop_in_the_callers_thread() -> None:
+    fake, ids = world(30, 7)
+    slow = Slow(fake, delay=0.0)
+    client = client_for(slow)
+    outcomes = fetch_outcomes(ids, client=client, concurrency=1)
+    first = [next(outcomes) for _ in range(20)]
+    assert fake.count("GET", "/v3/connections/") == 20  # nothing fetched ahead
+    outcomes.close()
+    client.http.close()
+    assert [o.connection_id for o in first] == ids[:20]  # in order, one at a time
+    assert set(slow.threads) == {threading.current_thread().name} and slow.peak == 1
+
+
+def test_the_window_never_sends_more_than_it_may_have_in_flight_beyond_what_was_taken() -> None:
+    fake, ids = world(40, 5)
+    client = client_for(Slow(fake, delay=0.01))
+    outcomes = fetch_outcomes(ids, client=client, concurrency=4)
+    first = [next(outcomes) for _ in range(3)]
+    outcomes.close()  # the caller stops early: what is in flight finishes, nothing more is sent
+    sent = fake.count("GET", "/v3/connections/")
+    time.sleep(0.05)
+    client.http.close()
+    assert len(first) == 3 and fetch_threads() == []
+    assert fake.count("GET", "/v3/connections/") == sent <= 3 + 4  # taken, and at most four in flight
+    assert client.cancelled.is_set()
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_fatal_answer_is_raised_and_nothing_more_is_sent(concurrency: int) -> None:
+    fake, ids = world(30, 6)
+    fake.fail_next(430, match=ids[5])
+    client = client_for(Slow(fake, delay=0.002))
+    with pytest.raises(FatalApiError):
+        list(fetch_outcomes(ids, client=client, concurrency=concurrency))
+    client.http.close()
+    sent = fake.count("GET", "/v3/connections/")
+    assert client.cancelled.is_set() and fetch_threads() == []
+    assert sent == 6 if concurrency == 1 else 6 <= sent <= 6 + concurrency
+
+
+def test_no_request_starts_once_the_pass_is_stopped() -> None:
+    fake, ids = world(20, 8)
+    client = client_for(Slow(fake, delay=0.0))
+    client.cancelled.set()
+    assert fetch_all(Slow(fake, delay=0.0), []) == []
+    assert list(fetch_outcomes(ids, client=client, concurrency=1)) == []
+    assert list(fetch_outcomes(ids, client=client, concurrency=4)) == []
+    client.http.close()
+    assert fake.count("GET", "/v3/connections/") == 0
