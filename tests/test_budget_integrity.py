@@ -248,9 +248,11 @@ class GrantingLedger:
 
     def __init__(self, granted: int, wait: float = 3600.0) -> None:
         self.granted, self.wait, self.leases = granted, wait, 0
+        self.wants: list[int] = []
 
     def lease(self, want: int) -> tuple[int, float]:
         self.leases += 1
+        self.wants.append(want)
         return (self.granted, 0.0) if self.granted else (0, self.wait)
 
     def drain(self, seconds: float) -> None:
@@ -308,3 +310,10 @@ def test_the_clock_step_log_names_the_key_and_both_times(engine: Engine, caplog:
     assert [r.getMessage() for r in caplog.records] == [
         f"rate budget {'k' * 40!r}: last updated at {later}, after now ({T0.isoformat()}): "
         "the clock stepped back? Counting from now"]
+
+
+def test_a_shared_bucket_leases_one_token_at_least_and_has_waited_nothing_at_first() -> None:
+    default, floor = GrantingLedger(1), GrantingLedger(1)
+    first, second = SharedBucket(default), SharedBucket(floor, lease=0)
+    assert first.acquire() and second.acquire()
+    assert (default.wants, floor.wants, first.waited, second.waited) == ([1], [1], 0.0, 0.0)
