@@ -234,3 +234,87 @@ def test_a_300_character_client_id_syncs_on_every_database(engine: Engine) -> No
         keys = list(conn.scalars(select(rate_budgets.c.key)))
     assert keys == [budget_key(config)] and len(keys[0]) <= KEY_LENGTH
 
+
+
+# -- what the mutation run asked of the tests above ----------------------------------------------------------------
+
+def test_a_drain_empties_a_full_in_process_bucket_for_exactly_that_long() -> None:
+    bucket = TokenBucket(capacity=4.0, per_second=2.0, clock=lambda: 0.0)
+    bucket.drain(0.5)  # 4 tokens gone, then one second's refill (0.5 s * 2) owed
+    assert bucket.try_acquire() == pytest.approx(1.0)
+
+
+class GrantingLedger:
+    """A ledger that grants ``granted`` tokens a lease, or nothing with a long wait."""
+
+    def __init__(self, granted: int, wait: float = 3600.0) -> None:
+        self.granted, self.wait, self.leases = granted, wait, 0
+        self.wants: list[int] = []
+
+    def lease(self, want: int) -> tuple[int, float]:
+        self.leases += 1
+        self.wants.append(want)
+        return (self.granted, 0.0) if self.granted else (0, self.wait)
+
+    def drain(self, seconds: float) -> None:
+        pass
+
+
+def test_a_drain_gives_back_the_tokens_a_shared_bucket_holds() -> None:
+    ledger = GrantingLedger(3)
+    bucket = SharedBucket(ledger, lease=3, sleep=lambda seconds: None)
+    assert bucket.acquire() and ledger.leases == 1
+    bucket.drain(1.0)
+    assert bucket.acquire() and ledger.leases == 2  # the two it held were dropped: leased again
+
+
+def test_a_cancelled_shared_bucket_takes_no_token() -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+    assert SharedBucket(GrantingLedger(0), sleep=lambda seconds: None).acquire(cancelled) is False
+
+
+def test_a_cancel_ends_a_shared_buckets_wait() -> None:
+    bucket = SharedBucket(GrantingLedger(0))  # an hour to the next token, waited for real
+    cancelled = threading.Event()
+    threading.Timer(0.05, cancelled.set).start()
+    assert bucket.acquire(cancelled) is False
+
+
+def test_an_in_process_bucket_asks_patience_before_it_waits() -> None:
+    time = SharedTime()
+    bucket = TokenBucket(capacity=1, per_second=1.0, clock=time.monotonic, sleep=time.sleep)
+    assert bucket.acquire()
+    asked: list[float] = []
+    assert bucket.acquire(patience=lambda wait: bool(asked.append(wait))) is False
+    assert asked == [pytest.approx(1.0)] and time.seconds == 0.0  # refused: not waited
+
+
+def test_the_process_bucket_has_the_settings_it_was_asked_for() -> None:
+    from etl.api.ratelimit import below, shared_bucket
+
+    bucket = shared_bucket(17, 42.0)
+    assert (bucket.capacity, bucket.per_second) == below(17, 42.0)
+
+
+def test_the_clock_step_log_names_the_key_and_both_times(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(engine)
+    bucket = Bucket(capacity=5.0, per_second=1.0)
+    key = "k" * 50
+    caplog.set_level(logging.INFO, logger="etl.db.store")
+    store.lease_tokens(key, want=1, bucket=bucket, at=T0)
+    store.lease_tokens(key, want=1, bucket=bucket, at=T0)  # the same instant: not a step back
+    assert caplog.records == []
+    _future_row(store, key, bucket, tokens=0.0)
+    store.lease_tokens(key, want=1, bucket=bucket, at=T0)
+    later = (T0 + dt.timedelta(hours=1)).isoformat()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rate budget {'k' * 40!r}: last updated at {later}, after now ({T0.isoformat()}): "
+        "the clock stepped back? Counting from now"]
+
+
+def test_a_shared_bucket_leases_one_token_at_least_and_has_waited_nothing_at_first() -> None:
+    default, floor = GrantingLedger(1), GrantingLedger(1)
+    first, second = SharedBucket(default), SharedBucket(floor, lease=0)
+    assert first.acquire() and second.acquire()
+    assert (default.wants, floor.wants, first.waited, second.waited) == ([1], [1], 0.0, 0.0)

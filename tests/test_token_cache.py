@@ -197,3 +197,18 @@ def test_another_client_secret_gets_its_own_token(
     gets = fake_api.count("GET", "/v3/")
     assert a_pass(daemon(fake_api, engine, clock, wrong), clock) is None  # refused, not hidden by the kept token
     assert fake_api.count("GET", "/v3/") == gets
+
+
+def test_a_refused_ready_token_stops_the_run_saying_what_to_set() -> None:
+    with pytest.raises(AuthenticationError) as caught:
+        StaticToken(Secret("ready")).renew("ready")
+    assert caught.value.path == "(access token)" and caught.value.status == 401
+    assert caught.value.detail == ("the ready access token was refused and cannot be renewed "
+                                   "(set a new SMARTCAR_ACCESS_TOKEN, or client credentials)")
+
+
+def test_a_renewal_with_nothing_kept_fetches_a_token() -> None:
+    clock = Seconds()
+    fake = FakeApi(client_id="test-client", client_secret="s", clock=clock)
+    _, auth = credentials_client(fake, clock)
+    assert auth.renew("refused-by-an-earlier-process") == fake.issued_tokens[0]
