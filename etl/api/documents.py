@@ -80,9 +80,20 @@ def decode_json(content: bytes) -> Any:
         raise ValueError(msg) from None
 
 
+# The vehicle's attributes, declared once: each is a field of ``VehicleAttributes`` and a column of
+# ``vehicles`` of the same name, read from the document's ``attributes.vehicle`` under its key, as text or as
+# a year. A new attribute is a line here, a field below, a column in ``etl/db/models.py`` and a migration;
+# the batch store and ``rebuild`` take the list from here.
+VEHICLE_KEYS: dict[str, tuple[str, str]] = {
+    "make": ("make", "text"), "model": ("model", "text"), "year": ("year", "year"), "mode": ("mode", "text"),
+    "powertrain_type": ("powertrainType", "text"),
+}
+VEHICLE_FIELDS = tuple(VEHICLE_KEYS)
+
+
 @dataclass(frozen=True)
 class VehicleAttributes:
-    """What the connection document says about its vehicle (each may be None)."""
+    """What the connection document says about its vehicle (each may be None); ``VEHICLE_KEYS`` reads them."""
 
     make: str | None = None
     model: str | None = None
@@ -208,6 +219,10 @@ class _Descriptive:
         log.warning("connection %s: %s %s; stored as NULL", self.connection_id, field, problem,
                     extra={"connection_id": self.connection_id, "field": field})
 
+    def read(self, kind: str, vehicle: dict[str, Any], key: str) -> Any:
+        """A vehicle attribute of ``kind`` (``text`` or ``year``, as ``VEHICLE_KEYS`` says) under ``key``."""
+        return self.year(vehicle, key) if kind == "year" else self.text(vehicle, key)
+
     def text(self, vehicle: dict[str, Any], key: str) -> str | None:
         value = vehicle.get(key)
         if value is None:
@@ -218,15 +233,15 @@ class _Descriptive:
             return None
         return str(value)
 
-    def year(self, vehicle: dict[str, Any]) -> int | None:
-        value = vehicle.get("year")
+    def year(self, vehicle: dict[str, Any], key: str) -> int | None:
+        value = vehicle.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            self.reject("data.attributes.vehicle.year", f"is {_show(value)}, expected a whole number")
+            self.reject(f"data.attributes.vehicle.{key}", f"is {_show(value)}, expected a whole number")
             return None
         if value not in YEARS:
-            self.reject("data.attributes.vehicle.year", f"is {value}, outside {YEARS.start}-{YEARS.stop - 1}")
+            self.reject(f"data.attributes.vehicle.{key}", f"is {value}, outside {YEARS.start}-{YEARS.stop - 1}")
             return None
         return value
 
@@ -284,13 +299,8 @@ def parse_resource(data: Any, *, expected_id: str | None, path: str) -> Connecti
         user_id=user_id,
         vehicle_id=vehicle_id,
         permissions=permissions,
-        vehicle=VehicleAttributes(
-            make=fields.text(vehicle, "make"),
-            model=fields.text(vehicle, "model"),
-            year=fields.year(vehicle),
-            mode=fields.text(vehicle, "mode"),
-            powertrain_type=fields.text(vehicle, "powertrainType"),
-        ),
+        vehicle=VehicleAttributes(**{name: fields.read(kind, vehicle, key)
+                                     for name, (key, kind) in VEHICLE_KEYS.items()}),
         source_created_at=fields.timestamp(data.get("meta"), "createdAt"),
         source_updated_at=fields.timestamp(data.get("meta"), "updatedAt"),
         nulled=tuple(fields.nulled),

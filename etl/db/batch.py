@@ -13,11 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select, update
 
+from etl.api.documents import VEHICLE_FIELDS
 from etl.cadence import Cadence
 from etl.db.archive import Archiving, Before, archive_outcomes, current, with_current
 from etl.db.dialects import among, insert_rows, upsert
@@ -172,7 +173,6 @@ def store_batch(
     )
 
 
-VEHICLE_FIELDS = ("make", "model", "year", "mode", "powertrain_type")
 # The connection columns a fetch can change besides the times; a healthy row whose IDENTITY is what the
 # API shows again only has its times refreshed (``_refresh_times``).
 IDENTITY = ("user_id", "vehicle_id", "status", "source_created_at", "source_updated_at")
@@ -258,11 +258,8 @@ def _upsert_entities(
         first = user_rows.get(r.user_id, {}).get("first_seen_at", o.observed_at)
         user_rows[r.user_id] = {"id": r.user_id, "first_seen_at": first, "last_seen_at": o.observed_at}
         first = vehicle_rows.get(r.vehicle_id, {}).get("first_seen_at", o.observed_at)
-        vehicle_rows[r.vehicle_id] = {
-            "id": r.vehicle_id, "make": r.vehicle.make, "model": r.vehicle.model, "year": r.vehicle.year,
-            "mode": r.vehicle.mode, "powertrain_type": r.vehicle.powertrain_type,
-            "first_seen_at": first, "last_seen_at": o.observed_at,
-        }
+        vehicle_rows[r.vehicle_id] = {"id": r.vehicle_id, **asdict(r.vehicle), "first_seen_at": first,
+                                      "last_seen_at": o.observed_at}
     upsert(conn=conn, table=users, rows=_worth_writing(conn, users, user_rows, ()), key=["id"],
            update=["last_seen_at"])
     upsert(conn=conn, table=vehicles, rows=_worth_writing(conn, vehicles, vehicle_rows, VEHICLE_FIELDS), key=["id"],

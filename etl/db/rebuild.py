@@ -39,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 
-from etl.api.documents import canonical_id, decode_json, parse_resource
+from etl.api.documents import VEHICLE_FIELDS, canonical_id, decode_json, parse_resource
 from etl.db.archive import Archiving, verified
 from etl.db.batch import store_batch
 from etl.db.dialects import among
@@ -59,8 +59,7 @@ BATCH = 500
 # What rebuild derives, table by table (permission_changes without its surrogate id).
 DERIVED: dict[str, tuple[Table, tuple[str, ...]]] = {
     "users": (users, ("id", "first_seen_at", "last_seen_at")),
-    "vehicles": (vehicles, ("id", "make", "model", "year", "mode", "powertrain_type", "first_seen_at",
-                            "last_seen_at")),
+    "vehicles": (vehicles, ("id", *VEHICLE_FIELDS, "first_seen_at", "last_seen_at")),
     "connections": (connections, ("id", "user_id", "vehicle_id", "status", "source_created_at",
                                   "source_updated_at", "first_seen_at", "last_seen_at", "last_success_at")),
     "permission_grants": (permission_grants, ("connection_id", "permission", "valid_from", "valid_to")),
