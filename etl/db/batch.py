@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select, update
@@ -31,7 +31,7 @@ from etl.db.models import (
     vehicles,
 )
 from etl.errors import ApiError
-from etl.history import Observation, diff
+from etl.history import HistoryDelta, Observation, diff
 from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Outcome
 
 MAX_ERROR_TEXT = 500
@@ -63,6 +63,20 @@ def _after(outcome: Outcome, previous: dt.datetime | None) -> Outcome:
     return replace(outcome, observed_at=previous + dt.timedelta(microseconds=1))
 
 
+@dataclass
+class _Stored:
+    """What the database holds of a batch's connections, read before anything is written."""
+
+    previous: dict[str, dt.datetime | None] = field(default_factory=dict)  # last success (answer) of each
+    failures: dict[str, int] = field(default_factory=dict)  # consecutive failures of each
+    held: dict[str, set[str]] = field(default_factory=dict)  # open grants of each
+    healthy: dict[str, tuple[object, ...]] = field(default_factory=dict)  # a healthy row's IDENTITY (``_as_stored``)
+    before: Before = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.before = Before(last_success=self.previous)
+
+
 def store_batch(
     *,
     conn: Connection,
@@ -74,59 +88,77 @@ def store_batch(
 ) -> BatchCounts:
     """Write a batch; the caller owns the transaction (one per batch).
 
-    ``cadence`` and ``pass_started_at`` set when each connection is due again.
-    A connection not seen before (from a listing) is stored as tracked.
-    ``archive``: keep the documents too, or not (``etl.db.archive.Archiving``).
+    Named steps: read what is stored, write what was fetched, write what is gone, write the history,
+    write the failures, and archive. ``cadence`` and ``pass_started_at`` set when each connection is
+    due again. A connection not seen before (from a listing) is stored as tracked. ``archive``: keep
+    the documents too, or not (``etl.db.archive.Archiving``).
     """
     outcomes = one_per_connection(outcomes)
-    answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
+    stored = _read_stored(conn, outcomes, archive)
+    outcomes = [_after(o, stored.previous.get(o.connection_id)) for o in outcomes]
+    fetched = [o for o in outcomes if isinstance(o, Fetched)]
+    gone = [o for o in outcomes if isinstance(o, Gone)]
+    failed = [o for o in outcomes if isinstance(o, Failed)]
+    seen_again = {o.connection_id for o in fetched if stored.healthy.get(o.connection_id) == _as_stored(o)}
+    _upsert_entities(conn, fetched, seen_again=seen_again, due=lambda at: cadence.after_success(pass_started_at or at))
+    _write_gone(conn, gone, cadence)
+    delta = _write_history(conn, fetched, gone, stored, run_id)
+    _write_failures(conn, failed, stored, cadence, run_id)
+    archive_outcomes(conn, archive, run_id, outcomes, stored.before)
+    return BatchCounts(
+        fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
+        failed=len(failed), granted=delta.granted, revoked=delta.revoked,
+        nulled=sum(len(o.record.nulled) for o in fetched),
+    )
 
-    previous: dict[str, dt.datetime | None] = {}
-    failures: dict[str, int] = {}
-    held: dict[str, set[str]] = {}
-    stored: dict[str, tuple[object, ...]] = {}  # what a healthy connection's row says of it (``_as_stored``)
-    before = Before(last_success=previous)
-    if outcomes:
-        query = (select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
-                        *(connections.c[c] for c in IDENTITY))
-                 .where(among(conn, connections.c.id, [o.connection_id for o in outcomes])))
-        for state in conn.execute(query if archive is Archiving.LEAVE else with_current(query)):
-            if archive is not Archiving.LEAVE and (span := current(state)) is not None:
-                before.spans[state.id] = span
-            previous[state.id] = state.last_success_at
-            failures[state.id] = state.consecutive_failures
-            if state.consecutive_failures == 0:  # a failure sets last_error and counts; a success clears both
-                stored[state.id] = tuple(getattr(state, c) for c in IDENTITY)
-        outcomes = [_after(o, previous.get(o.connection_id)) for o in outcomes]
+
+def _read_stored(conn: Connection, outcomes: Sequence[Outcome], archive: Archiving) -> _Stored:
+    """The batch's two SELECTs: the connections' state (and current archive spans), and their open grants."""
+    stored = _Stored()
+    if not outcomes:
+        return stored
+    query = (select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
+                    *(connections.c[c] for c in IDENTITY))
+             .where(among(conn, connections.c.id, [o.connection_id for o in outcomes])))
+    for state in conn.execute(query if archive is Archiving.LEAVE else with_current(query)):
+        if archive is not Archiving.LEAVE and (span := current(state)) is not None:
+            stored.before.spans[state.id] = span
+        stored.previous[state.id] = state.last_success_at
+        stored.failures[state.id] = state.consecutive_failures
+        if state.consecutive_failures == 0:  # a failure sets last_error and counts; a success clears both
+            stored.healthy[state.id] = tuple(getattr(state, c) for c in IDENTITY)
+    answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
     if answered:
         for row in conn.execute(
             select(permission_grants.c.connection_id, permission_grants.c.permission).where(
                 among(conn, permission_grants.c.connection_id, answered), permission_grants.c.valid_to.is_(None)
             )
         ):
-            held.setdefault(row.connection_id, set()).add(row.permission)
-    fetched = [o for o in outcomes if isinstance(o, Fetched)]
-    gone = [o for o in outcomes if isinstance(o, Gone)]
-    failed = [o for o in outcomes if isinstance(o, Failed)]
+            stored.held.setdefault(row.connection_id, set()).add(row.permission)
+    return stored
 
-    seen_again = {o.connection_id for o in fetched if stored.get(o.connection_id) == _as_stored(o)}
-    _upsert_entities(conn, fetched, seen_again=seen_again, due=lambda at: cadence.after_success(pass_started_at or at))
 
-    if gone:
-        conn.execute(
-            update(connections)
-            .where(connections.c.id == bindparam("b_id"))
-            .values(status="deleted", last_success_at=bindparam("b_at"), last_attempt_at=bindparam("b_at"),
-                    last_error=None, consecutive_failures=0, next_due_at=bindparam("b_due")),
-            [{"b_id": o.connection_id, "b_at": o.observed_at, "b_due": cadence.after_gone(o.observed_at)}
-             for o in gone],
-        )
+def _write_gone(conn: Connection, gone: Sequence[Gone], cadence: Cadence) -> None:
+    """Connections the API answered 404 for: ``deleted``, re-checked on the cadence of deleted ones."""
+    if not gone:
+        return
+    conn.execute(
+        update(connections)
+        .where(connections.c.id == bindparam("b_id"))
+        .values(status="deleted", last_success_at=bindparam("b_at"), last_attempt_at=bindparam("b_at"),
+                last_error=None, consecutive_failures=0, next_due_at=bindparam("b_due")),
+        [{"b_id": o.connection_id, "b_at": o.observed_at, "b_due": cadence.after_gone(o.observed_at)} for o in gone],
+    )
 
+
+def _write_history(conn: Connection, fetched: Sequence[Fetched], gone: Sequence[Gone], stored: _Stored,
+                   run_id: int | None) -> HistoryDelta:
+    """The permission changes the answers show against the open grants: grants closed and opened, changes."""
     observations = [
         Observation(o.connection_id, o.observed_at, o.record.permissions, o.record.source_updated_at)
         for o in fetched
-    ] + [Observation(o.connection_id, o.observed_at, None) for o in gone if o.connection_id in previous]
-    delta = diff(observations, held=held, previous_observed_at=previous, run_id=run_id)
+    ] + [Observation(o.connection_id, o.observed_at, None) for o in gone if o.connection_id in stored.previous]
+    delta = diff(observations, held=stored.held, previous_observed_at=stored.previous, run_id=run_id)
     if delta.close_grants:
         conn.execute(
             update(permission_grants)
@@ -140,36 +172,36 @@ def store_batch(
         )
     insert_rows(conn, permission_grants, delta.open_grants)
     insert_rows(conn, permission_changes, delta.changes)
+    return delta
 
-    unknown = [o for o in failed if o.connection_id not in previous]
+
+def _write_failures(conn: Connection, failed: Sequence[Failed], stored: _Stored, cadence: Cadence,
+                    run_id: int | None) -> None:
+    """Failed fetches: a ``fetch_errors`` row each, and the connection's last attempt, error and backoff."""
+    if not failed:
+        return
+    unknown = [o for o in failed if o.connection_id not in stored.previous]
     if unknown:  # first seen in a listing, already malformed: a pending row carries its error
         upsert(conn=conn, table=connections, key=["id"], update=[], rows=[
             {"id": o.connection_id, "status": "pending", "tracked": True, "tracked_at": o.observed_at}
             for o in unknown])
-    if failed and run_id is not None:
+    if run_id is not None:
         conn.execute(fetch_errors.insert(), [
             {"run_id": run_id, "connection_id": o.connection_id, "occurred_at": o.observed_at,
              "kind": o.error.kind, "http_status": o.error.status, "detail": error_text(o.error)}
             for o in failed
         ])
-    if failed:
-        conn.execute(
-            update(connections)
-            .where(connections.c.id == bindparam("b_id"))
-            .values(last_attempt_at=bindparam("b_at"), last_error=bindparam("b_error"),
-                    consecutive_failures=bindparam("b_failures"), next_due_at=bindparam("b_due")),
-            [
-                {"b_id": o.connection_id, "b_at": o.observed_at, "b_error": error_text(o.error),
-                 "b_failures": failures.get(o.connection_id, 0) + 1,
-                 "b_due": cadence.after_failure(o.observed_at, failures.get(o.connection_id, 0) + 1)}
-                for o in failed
-            ],
-        )
-    archive_outcomes(conn, archive, run_id, outcomes, before)
-    return BatchCounts(
-        fetched=len(fetched), changed=len(delta.changed_connections), deleted=len(gone),
-        failed=len(failed), granted=delta.granted, revoked=delta.revoked,
-        nulled=sum(len(o.record.nulled) for o in fetched),
+    conn.execute(
+        update(connections)
+        .where(connections.c.id == bindparam("b_id"))
+        .values(last_attempt_at=bindparam("b_at"), last_error=bindparam("b_error"),
+                consecutive_failures=bindparam("b_failures"), next_due_at=bindparam("b_due")),
+        [
+            {"b_id": o.connection_id, "b_at": o.observed_at, "b_error": error_text(o.error),
+             "b_failures": stored.failures.get(o.connection_id, 0) + 1,
+             "b_due": cadence.after_failure(o.observed_at, stored.failures.get(o.connection_id, 0) + 1)}
+            for o in failed
+        ],
     )
 
 
