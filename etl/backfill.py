@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from etl.api.listing import pages_for
 from etl.config import Config
 from etl.context import Pass, Progress, Seams, build_client
 from etl.db.store import Store
@@ -122,7 +123,7 @@ def dry_run(
         client.http.close()
     count = first.total_count if first.total_count is not None else max(store.known_connections(), len(first.ids))
     start = row.next_page if row else 1
-    pages = max(1, -(-count // config.sync.page_size) - (start - 1))
+    pages = max(1, pages_for(count, config.sync.page_size) - (start - 1))
     note = "listing pages only; each tracked connection the listing misses costs one more"
     return DryRun(source=source.name, connections=count, requests=pages, seconds=seconds_at_rate(config, pages),
                   resuming=row is not None, note=note)

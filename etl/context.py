@@ -73,6 +73,11 @@ def budget_key(config: Config) -> str:
     return "client-sha256:" + hashlib.sha256(config.api.client_id.encode()).hexdigest()
 
 
+def application_bucket(config: Config) -> Bucket:
+    """The bucket the job keeps for the application: just under the API's (``rate_limit.*``)."""
+    return Bucket(*below(config.rate_limit.capacity, config.rate_limit.per_minute))
+
+
 class StoreLedger:
     """The application's token bucket in the database, as a ``Ledger`` for a ``SharedBucket``."""
 
@@ -80,7 +85,7 @@ class StoreLedger:
         """``now`` is the tests' clock; by default the database server's (SQLite: this machine's)."""
         self.store = store
         self.key = budget_key(config)
-        self.bucket = Bucket(*below(config.rate_limit.capacity, config.rate_limit.per_minute))
+        self.bucket = application_bucket(config)
         self.now = now
 
     def lease(self, want: int) -> tuple[int, float]:
@@ -165,9 +170,9 @@ class Pass:
         deadline = self.client.deadline
         if deadline is None:
             return float("inf")
-        inner, per_second = below(self.config.rate_limit.capacity, self.config.rate_limit.per_minute)
-        tokens = self.store.budget_tokens(budget_key(self.config), at=self.now(), empty=inner)
-        return max(0.0, tokens) + per_second * max(0.0, deadline.left())
+        bucket = application_bucket(self.config)
+        tokens = self.store.budget_tokens(budget_key(self.config), at=self.now(), empty=bucket.capacity)
+        return max(0.0, tokens) + bucket.per_second * max(0.0, deadline.left())
 
     @contextmanager
     def locked(self) -> Iterator[Pass]:

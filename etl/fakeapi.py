@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote
 
 import httpx
 
+from etl.api.listing import pages_for
 from etl.api.ratelimit import TokenBucket
 
 TOKEN_PATH = "/oauth2/token"
@@ -381,7 +382,7 @@ class FakeApi:
         with self._lock:
             every = list(self.connections.values())
         page = every[(number - 1) * size: number * size]
-        last = max(1, -(-len(every) // size))
+        last = pages_for(len(every), size)
         style = self.listing
         prefix = str(request.url.copy_with(path="/", query=None)).rstrip("/") if style["next"] == "absolute" else ""
         link = f"{prefix}{API_PREFIX}/connections?page[number]={{}}&page[size]={size}"

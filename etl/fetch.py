@@ -18,7 +18,7 @@ from typing import Protocol
 
 from etl.api.client import SmartcarClient
 from etl.api.deadline import Cancelled, Deferred
-from etl.api.listing import ListingPage, Paginator
+from etl.api.listing import ListingPage, Paginator, pages_for
 from etl.clock import utcnow
 from etl.context import Pass
 from etl.errors import ApiError, FatalApiError
@@ -254,7 +254,7 @@ class Listing:
         if self.start_page == 1 or paginator.number != self.start_page or self.listed:
             return False
         total, size = page.total_count, paginator.size
-        if total is None or paginator.number <= max(1, -(-total // size)):
+        if total is None or paginator.number <= pages_for(total, size):
             return False  # without a totalCount, an empty page is the end, as in any listing
         log.info("page %d is past the end of the listing (totalCount %d): the application shrank since the "
                  "listing stopped there; starting again from page 1", paginator.number, total)
@@ -413,11 +413,11 @@ class Cheapest:
     def _choose(self) -> ByIds | ResumableListing:
         page_size = self.ctx.config.sync.page_size
         known = self.ctx.store.known_connections()
-        if len(self.due) <= max(1, -(-known // page_size)) or self.ctx.affordable_requests() < 1:
+        if len(self.due) <= pages_for(known, page_size) or self.ctx.affordable_requests() < 1:
             return ByIds(self.ctx, self.due)  # no probe: the ids win anyway, or no request fits this pass
         first = self.ctx.client.list_page(1, page_size)
         size = first.total_count if first.total_count is not None else known
-        pages = max(1, -(-size // page_size))
+        pages = pages_for(size, page_size)
         log.info("auto strategy: %d due id(s) vs %d listing page(s) for %d connection(s)", len(self.due), pages, size)
         return ResumableListing(self.ctx, first_page=first) if pages < len(self.due) else ByIds(self.ctx, self.due)
 

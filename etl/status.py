@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
+from etl.api.listing import pages_for
 from etl.config import Config
 from etl.db.store import Store
 
@@ -74,7 +74,7 @@ def budget(store: Store, config: Config, *, at: dt.datetime, tracked: int) -> di
 
     capacity, per_second = float(config.rate_limit.capacity), config.rate_limit.per_minute / 60
     tokens = store.budget_tokens(budget_key(config), at=at, empty=capacity)
-    pages = max(1, math.ceil(tracked / config.sync.page_size)) if tracked else 0
+    pages = pages_for(tracked, config.sync.page_size) if tracked else 0
 
     def seconds_for(requests: int) -> float:  # from a full bucket
         return max(0.0, requests - capacity) / per_second

@@ -176,7 +176,8 @@ def test_a_refused_token_is_forgotten_even_when_no_new_one_comes(
 ) -> None:
     sent: list[str] = []
     fake_api.hooks.append(lambda request: sent.append(request.headers.get("authorization", "")))
-    d = daemon(fake_api, engine, clock)
+    config = make_config(fake_api, engine.url.render_as_string(hide_password=False), concurrency=1)
+    d = daemon(fake_api, engine, clock, config)  # one request at a time: the one 401 renews, and fails
     assert a_pass(d, clock) == 3
     fake_api.expire_tokens()  # the API refuses the kept token from now on
     fake_api.fail_next(503, match=TOKEN, times=5)  # and the token endpoint is down for the next pass

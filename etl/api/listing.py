@@ -19,6 +19,11 @@ from etl.errors import ApiError, MalformedDocumentError
 MAX_TOTAL_COUNT = 10**9  # a totalCount beyond this is not believed (it would overflow run counters)
 
 
+def pages_for(count: int, size: int) -> int:
+    """How many pages of ``size`` a listing of ``count`` connections has (one, even when empty)."""
+    return max(1, -(-count // size))
+
+
 LISTING_PATH = "/connections"
 
 
@@ -104,7 +109,7 @@ class Paginator:
         total = page.total_count
         if total is not None:
             self.total = total
-            if self.number > max(1, -(-total // self.size)) + 1:
+            if self.number > pages_for(total, self.size) + 1:
                 raise MalformedDocumentError(path=path, status=200,
                                              detail=f"page {self.number} is past totalCount {total}")
         if not page.body["data"]:
