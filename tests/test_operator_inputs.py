@@ -323,9 +323,8 @@ def test_a_time_that_is_none_of_the_forms_is_refused_naming_them(tmp_path: Path)
     for typed in ("yesterday", "-7", "7d", "-7w", "-x" * 500):
         result = invoke("report", "changes", "--since", typed, obj=Seams(now=lambda: T0), **env)
         assert result.exit_code == 2, (typed, result.output)
-        assert "is not an ISO-8601 time like 2026-03-01" in result.stderr
-        assert "now, today (midnight UTC) or an offset from now like -7d, -12h, -30m" in result.stderr
-        assert len(result.stderr) < 600
+        assert "is not an ISO-8601 time, now, today or an offset like -7d or -12h" in result.stderr
+        assert len(result.stderr.splitlines()[-1]) < 200
     for typed in ("-99999999d", "-" + "9" * 30 + "d", "+3000000d"):
         result = invoke("report", "changes", "--since", typed, obj=Seams(now=lambda: T0), **env)
         assert result.exit_code == 2 and "is outside the years 1-9999 in UTC" in result.stderr, result.output
