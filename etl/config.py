@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from etl.db.dialects import SUPPORTED_URLS, normalise_url
 from etl.errors import ConfigError
-from etl.files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text
+from etl.errors import shown as _show
+from etl.files import MAX_SECRET_BYTES, group_or_other_access, read_text
+from etl.yamlfile import read_yaml_file
 
 if TYPE_CHECKING:
     from etl.api.transport import ReadLimits
@@ -185,6 +185,7 @@ class Config:
     source: str = "built-in defaults"
     # dotted key -> (default | file | environment | option, the variable or option's name); absent: default
     sources: Mapping[str, tuple[str, str | None]] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # not errors: each command logs them
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -218,17 +219,13 @@ def _name(key: Any) -> str:
     return _show(key)
 
 
-def _show(value: Any) -> str:
-    return _clip(repr(value))
-
-
 def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _boolean(path: str, value: Any, errors: list[str]) -> bool | None:
     if not isinstance(value, bool):
-        errors.append(f"{path}: expected true or false, got {value!r}")
+        errors.append(f"{path}: expected true or false, got {_show(value)}")
         return None
     return value
 
@@ -323,7 +320,7 @@ def _listen(path: str, value: Any, errors: list[str]) -> str | None:
         return None
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        errors.append(f"{path}: expected host:port, got {text!r}")
+        errors.append(f"{path}: expected host:port, got {_show(text)}")
         return None
     return text
 
@@ -371,19 +368,22 @@ def _api_url(path: str, value: Any, errors: list[str]) -> str | None:
     text = _string(path, value, errors)
     if text is None:
         return None
-    parts = urlsplit(text)
-    if parts.scheme == "https" and parts.hostname:
-        pass
-    elif parts.scheme == "http" and is_loopback_host(parts.hostname):
-        pass
-    elif parts.scheme == "http":
-        errors.append(f"{path}: plain http:// is accepted only for loopback addresses, got {text!r}")
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:  # "Invalid IPv6 URL": the text may hold credentials, so it is not echoed
+        errors.append(f"{path}: not a URL (expected https://HOST/PATH)")
         return None
-    else:
-        errors.append(f"{path}: expected an https:// URL, got {text!r}")
+    if "@" in parts.netloc or parts.query:
+        # Neither is echoed: user:password@ or ?token= in a URL is a secret in the wrong place.
+        errors.append(f"{path}: must not carry credentials (user:password@) or a query string; credentials "
+                      "are read from SMARTCAR_CLIENT_ID and SMARTCAR_CLIENT_SECRET")
         return None
-    if parts.query or parts.username or parts.password:
-        errors.append(f"{path}: must not carry a query string or credentials")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        errors.append(f"{path}: plain http:// is accepted only for loopback addresses, got {_show(text)}")
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        errors.append(f"{path}: expected an https:// URL, got {_show(text)}")
         return None
     return text.rstrip("/")
 
@@ -547,11 +547,6 @@ def _from_text(key: Key, text: str) -> Any:
     return text
 
 
-def _clip_yaml_error(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) if isinstance(exc, yaml.YAMLError) else "nested too deeply"
-    return text if len(text) <= 300 else text[:299] + "…"
-
-
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
     """Pick the config file: --config, else $SMARTCAR_ETL_CONFIG, else ./config.yaml."""
     for where, name in (("--config", explicit), ("SMARTCAR_ETL_CONFIG", env.get("SMARTCAR_ETL_CONFIG"))):
@@ -575,6 +570,7 @@ class _Loading:
     values: dict[str, dict[str, Any]] = field(default_factory=lambda: {section: {} for section in _SCHEMA})
     sources: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def set(self, key: Key, value: Any, where: str, source: str) -> None:
         """Parse ``value`` for ``key`` (an error names ``where``) and record it with its source."""
@@ -586,6 +582,10 @@ class _Loading:
         if key.key in _SECRET_KEYS.values():  # the file's name is no secret; the secret is its content
             self.values["api"][key.key] = str(value).strip()
             self.sources[f"api.{key.attr}"] = (source, where)
+            mode = group_or_other_access(str(value).strip())
+            if mode is not None:  # as ssh says of a private key; the file's name is not echoed either
+                self.warnings.append(f"{where}: the secret's file is open to its group or others (mode "
+                                     f"{mode:04o}); chmod 600 it")
 
     def secret(self, variable: str, text: str) -> None:
         attr = SECRET_VARIABLES[variable]
@@ -593,19 +593,6 @@ class _Loading:
         if secret is not None:
             self.values["api"][attr] = secret
             self.sources[f"api.{attr}"] = (ENVIRONMENT, variable)
-
-
-def _read_file(file: Path) -> dict[Any, Any]:
-    text = read_text(str(file), where=f"config file {file}", limit=MAX_CONFIG_BYTES)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except (yaml.YAMLError, RecursionError) as exc:
-        msg = f"{file}: cannot read YAML: {_clip_yaml_error(exc)}"
-        raise ConfigError(msg) from None
-    if not isinstance(raw, dict):
-        msg = f"{file}: expected a mapping at the top level"
-        raise ConfigError(msg)
-    return raw
 
 
 def _take_file(raw: Mapping[Any, Any], loading: _Loading) -> None:
@@ -671,7 +658,7 @@ def load_config(
     file = find_config_file(path, env)
     loading = _Loading()
     if file is not None:
-        _take_file(_read_file(file), loading)
+        _take_file(read_yaml_file(file), loading)
     _take_environment(env, loading)
     for dotted, value in (overrides or {}).items():
         if value is not None:
@@ -707,6 +694,7 @@ def load_config(
         archive=ArchiveConfig(**values["archive"]),
         source=str(file) if file else "built-in defaults",
         sources=loading.sources,
+        warnings=tuple(loading.warnings),
     )
 
 
@@ -754,6 +742,15 @@ def variables_table() -> list[str]:
         lines.append(f"| `{variable}` | (secret) | none | the {attr.replace('_', ' ')}; "
                      f"or name a file in `api.{attr}_file` |")
     return lines
+
+
+def setting_text(dotted: str, value: Any) -> str:
+    """A setting's value as people write it in the config file: a duration as ``15m``, ``true``, ``null``."""
+    section, _, name = dotted.partition(".")
+    key = _SCHEMA.get(section, {}).get(name)
+    if value is None:
+        return "null"
+    return _default_text(key, value) if key is not None else str(value)
 
 
 def _default_text(key: Key, value: Any) -> str:

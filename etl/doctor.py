@@ -96,8 +96,9 @@ def _configuration(report: Diagnosis, probe: _Probe, load: Callable[[], Config],
     except ConfigError as error:
         report.add("configuration", ERROR, str(error), 2)
         return
-    if unknown:
-        report.add("configuration", WARNING, f"{detail}; not settings, ignored: {', '.join(unknown)}")
+    notes = [*config.warnings, *([f"not settings, ignored: {', '.join(unknown)}"] if unknown else [])]
+    if notes:  # an open secret file, a misspelt variable
+        report.add("configuration", WARNING, "; ".join([detail, *notes]))
     else:
         report.add("configuration", OK, detail)
 

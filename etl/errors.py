@@ -27,6 +27,7 @@ or secrets, so they are safe to print and to store in ``fetch_errors``.
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import NamedTuple
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -89,6 +90,17 @@ def clipped(value: str, limit: int = 60) -> str:
     """``value``'s repr, cut to about ``limit`` characters with its full length said: safe to echo back."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 1]}…' ({len(value):,} characters)"
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """Any value's repr for an error message, clipped; a list or mapping is never repr'd whole (it may be vast:
+    a YAML alias shares one list many times over)."""
+    text = _SHORT_REPR.repr(value) if isinstance(value, list | dict | tuple | set) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_SHORT_REPR = reprlib.Repr()  # a few items of a few levels (Python 3.11's Repr takes no keyword arguments)
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict, _SHORT_REPR.maxstring = 2, 4, 4, 40
 
 
 class DatabaseError(EtlError):

@@ -94,6 +94,20 @@ def read_lines(file: BinaryIO, *, where: str, limit: int = MAX_IDS_BYTES) -> Ite
             yield number, None
 
 
+def group_or_other_access(name: str) -> int | None:
+    """The permission bits of the file ``name`` when its group or others may use it (mode & 0o077), else None.
+
+    None too where permissions are not POSIX's, or the file cannot be examined (reading it reports that).
+    """
+    if os.name != "posix":
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(os.path.expanduser(name)).st_mode)
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None
+
+
 def write_text(name: str, text: str, *, where: str) -> None:
     """Write ``text`` to the file ``name`` through a temporary file beside it, so a reader never sees half of it;
     a ConfigError (exit 2) names ``where`` when it cannot be written."""

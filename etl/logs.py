@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from etl.output import escape_unsafe
+
 # Attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -28,7 +30,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger: message`` in UTC, one line a record.
+    """``time level logger: message`` in UTC, one line a record; control, bidirectional and line-separator
+    characters escaped (``\\n``, ``\\u202e``).
 
     A traceback is never printed as lines of its own: the message names the
     error, and the JSON format keeps the traceback in its ``exception`` field.
@@ -43,7 +46,8 @@ class TextFormatter(logging.Formatter):
         if record.exc_info or record.exc_text or record.stack_info:
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
                                             "stack_info": None})
-        return super().format(record)
+        # A value from outside (an API's text, a file name) cannot break the line or reorder it on a terminal.
+        return escape_unsafe(super().format(record))
 
 
 class _EtlHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from etl.output import WIDTH_SAMPLE, render, render_lines
+from etl.output import WIDTH_SAMPLE, render, render_chunks
 
 COLUMNS = ("id", "at", "note")
 
@@ -26,7 +26,7 @@ def rows(count: int, consumed: list[int] | None = None) -> Iterator[dict[str, An
 @pytest.mark.parametrize("count", [0, 1, 3])
 def test_json_and_csv_are_exactly_what_the_libraries_write(count: int) -> None:
     expected = [{"id": r["id"], "at": r["at"].isoformat(), "note": r["note"]} for r in rows(count)]
-    assert render(rows(count), COLUMNS, "json") == json.dumps(expected, indent=2)
+    assert render(rows(count), COLUMNS, "json") == json.dumps(expected)  # one line
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -44,7 +44,7 @@ def test_a_table_pads_its_columns_and_says_when_it_is_empty() -> None:
 @pytest.mark.parametrize("fmt, most", [("json", 2), ("table", WIDTH_SAMPLE), ("csv", 2000)])
 def test_lines_come_before_the_rows_are_all_read(fmt: str, most: int) -> None:
     consumed: list[int] = []
-    lines = render_lines(rows(100_000, consumed), COLUMNS, fmt)
+    lines = render_chunks(rows(100_000, consumed), COLUMNS, fmt)
     first = next(lines)
     assert first and len(consumed) <= most
     assert sum(1 for _ in lines) > 0 and len(consumed) == 100_000

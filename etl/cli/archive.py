@@ -22,9 +22,10 @@ def archive() -> None:
 
 @archive.command("show")
 @click.argument("connection_id")
-@click.option("--as-of", "as_of", type=Instant(), help="The instant (ISO-8601; UTC if no offset); default: latest.")
+@click.option("--as-of", "as_of", type=Instant(),
+              help="The instant (ISO-8601, UTC if no offset; now, today, -7d, -12h); default: latest.")
 @click.option("--format", "fmt", type=click.Choice(("json", "table")), default="json", show_default=True,
-              help="json: one JSON object on stdout; table: the fields one a line, then the document.")
+              help="json: one JSON object on one line; table: the fields one a line, then the document.")
 @pass_state
 def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fmt: str) -> None:
     """Print the connection's document as received at an instant, as JSON, with when it was first and last seen.
@@ -49,7 +50,7 @@ def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fm
     shown = found.as_json()
     if fmt == "json":
         # default=repr: a number no column can hold was kept as the text it was read as (documents.OutOfRange)
-        click.echo(json.dumps(shown, indent=2, sort_keys=True, default=repr))
+        click.echo(json.dumps(shown, sort_keys=True, default=repr))  # one line, like every --format json
         return
     document = shown.pop("document")
     for name, value in shown.items():

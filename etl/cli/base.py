@@ -12,7 +12,9 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,8 @@ import click
 if TYPE_CHECKING:
     from etl.db.store import Store
 
-from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
+from etl.clock import utcnow
+from etl.config import LOG_FORMATS, LOG_LEVELS, Config, load_config, parse_duration, unknown_variables
 from etl.errors import EtlError, clipped, one_line
 from etl.output import FORMATS
 
@@ -68,20 +71,31 @@ class State:
     config_path: str | None
     log_level: str | None
     log_format: str | None
+    now: Callable[[], dt.datetime] = utcnow  # the clock --as-of, --since and --until count from
     _config: Config | None = None
     _stores: list[Store] = field(default_factory=list)
 
     @property
     def config(self) -> Config:
+        """The config, loaded once; its warnings and unknown SMARTCAR_ETL_* variables are logged then."""
         if self._config is None:
             from etl.logs import setup_logging
 
-            self._config = load_config(
-                self.config_path,
-                overrides={"logging.level": self.log_level, "logging.format": self.log_format},
-                option_names={"logging.level": "--log-level", "logging.format": "--log-format"},
-            )
+            try:
+                self._config = load_config(
+                    self.config_path,
+                    overrides={"logging.level": self.log_level, "logging.format": self.log_format},
+                    option_names={"logging.level": "--log-level", "logging.format": "--log-format"},
+                )
+            except EtlError:
+                unknown = unknown_variables_warning()
+                if unknown:  # a typo may be why it failed; logging is not set up yet
+                    click.echo(f"Warning: {unknown}", err=True)
+                raise
             setup_logging(self._config.logging.level, self._config.logging.format)
+            for warning in (unknown_variables_warning(), *self._config.warnings):
+                if warning:
+                    log.warning("%s", warning)
         return self._config
 
     def store(self, *, create: bool = False) -> Store:
@@ -99,6 +113,17 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+# Kubernetes puts these into every pod of a namespace with a Service named smartcar-etl: not typos.
+SERVICE_LINKS = re.compile(r"SMARTCAR_ETL_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)")
+
+
+def unknown_variables_warning() -> str | None:
+    """One warning for the SMARTCAR_ETL_* variables that set nothing (names only, never their values)."""
+    unknown = [name for name in unknown_variables(os.environ) if not SERVICE_LINKS.fullmatch(name.split(" ")[0])]
+    if not unknown:
+        return None
+    more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+    return f"SMARTCAR_ETL_* variables that are not settings, ignored: {', '.join(unknown[:20])}{more}"
 
 
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,35 +142,73 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str | None, log_
         smartcar-etl connections import ids.txt
         smartcar-etl sync
     """
-    state = State(config_path, log_level, log_format)
+    # A caller (a test) may fix the clock: CliRunner().invoke(cli, args, obj=Seams(now=clock)).
+    state = State(config_path, log_level, log_format, now=getattr(ctx.obj, "now", utcnow))
     ctx.obj = state
     ctx.call_on_close(state.close)
 
 
+OFFSET_RE = re.compile(r"([+-])\s*([0-9]+(?:\.[0-9]+)?\s*[smhd])")
+# Short: the refusal (with the clipped value) stays one line under 200 characters; --help says the rest.
+INSTANT_FORMS = "an ISO-8601 time, now, today or an offset like -7d or -12h"
+
+
 class Instant(click.ParamType):  # type: ignore[type-arg]
-    """An ISO-8601 time on the command line; without an offset it is UTC; a date alone is its midnight."""
+    """A time on the command line: ISO-8601 (UTC without an offset; a date alone is its midnight), ``now``,
+    ``today`` (midnight UTC) or an offset from now (``-7d``, ``-12h``, ``-30m``, ``+1h``).
+
+    ``now`` is the command's clock (``State.now``), else ``clock``, else the system's.
+    """
 
     name = "TIME"
+
+    def __init__(self, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.clock = clock
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
         if isinstance(value, dt.datetime):
             return value
         text = str(value)
         try:
-            parsed = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{clipped(text)} is not an ISO-8601 time like 2026-03-01 or 2026-03-01T08:00:00+01:00",
-                      param, ctx)
+            parsed = self._read(text.strip(), ctx)
+        except OverflowError:  # -99999999d: before the year 1
+            self.fail(f"{clipped(text)} is outside the years 1-9999 in UTC", param, ctx)
+        if parsed is None:
+            self.fail(f"{clipped(text)} is not {INSTANT_FORMS}", param, ctx)
         try:
             # Every UTC time Python holds (years 1-9999) is one that SQLite, PostgreSQL and MariaDB compare.
             return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
         except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
             self.fail(f"{clipped(text)} is outside the years 1-9999 in UTC", param, ctx)
 
+    def _read(self, text: str, ctx: click.Context | None) -> dt.datetime | None:
+        """The time ``text`` names, or None when it is none of the forms; OverflowError beyond the years 1-9999."""
+        word, offset = text.lower(), OFFSET_RE.fullmatch(text.lower())
+        if word in ("now", "today") or offset is not None:
+            now = self._now(ctx)
+            if word == "now":
+                return now
+            if word == "today":
+                return now.replace(hour=0, minute=0, second=0, microsecond=0)
+            assert offset is not None
+            seconds = parse_duration(offset.group(2))
+            if seconds is None:
+                return None
+            return now + dt.timedelta(seconds=seconds if offset.group(1) == "+" else -seconds)
+        try:
+            return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    def _now(self, ctx: click.Context | None) -> dt.datetime:
+        state = ctx.find_object(State) if ctx is not None else None
+        clock = self.clock or (state.now if state is not None else utcnow)
+        return clock().astimezone(dt.UTC)
+
 
 def echo_json(value: Any) -> None:
-    """One JSON document on stdout; times as ISO-8601."""
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    """One JSON document on stdout, on one line (it can sit in a JSON-lines log); times as ISO-8601."""
+    click.echo(json.dumps(value, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

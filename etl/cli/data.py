@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from etl.cli.base import EtlGroup, State, cli, echo_json, format_option, pass_state, result_format_option
-from etl.output import render_lines
+from etl.output import render_chunks
 
 
 @cli.group(cls=EtlGroup)
@@ -123,8 +123,9 @@ def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
     """
     from etl.tracking import LIST_COLUMNS, list_connections
 
-    for line in render_lines(list_connections(state.store(), include_untracked=include_untracked), LIST_COLUMNS, fmt):
-        click.echo(line)
+    for chunk in render_chunks(list_connections(state.store(), include_untracked=include_untracked), LIST_COLUMNS,
+                               fmt):
+        click.echo(chunk, nl=False)
 
 
 @connections.command("untrack")

@@ -27,14 +27,15 @@ def config_group() -> None:
 def config_show(state: State, fmt: str) -> None:
     """Print the effective configuration, and where each value came from (default, file, environment, option).
 
-    Secrets are shown only as set or unset; database URLs without their password. Durations are in seconds.
+    Secrets are shown only as set or unset; database URLs without their password. Durations are shown as
+    they are written (15m, 90s, 1h, 1d); with --format json, as numbers of seconds.
 
     \b
     Example:
         smartcar-etl config show
         smartcar-etl config show --format json | jq '.settings["rate_limit.per_minute"]'
     """
-    from etl.config import effective_settings
+    from etl.config import effective_settings, setting_text
     from etl.db.engine import safe_url
 
     config = state.config
@@ -47,15 +48,7 @@ def config_show(state: State, fmt: str) -> None:
                    "settings": {row["key"]: {k: row[k] for k in SETTINGS_COLUMNS[1:]} for row in rows}})
         return
     click.echo(f"config file: {config.source}")
-    click.echo(render(({**row, "value": _text(row["value"])} for row in rows), SETTINGS_COLUMNS))
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    click.echo(render(({**row, "value": setting_text(row["key"], row["value"])} for row in rows), SETTINGS_COLUMNS))
 
 
 @cli.command("doctor")

@@ -21,7 +21,8 @@ def report() -> None:
 
 
 @report.command("permissions")
-@click.option("--as-of", "as_of", type=Instant(), required=True, help="The instant (ISO-8601; UTC if no offset).")
+@click.option("--as-of", "as_of", type=Instant(), required=True,
+              help="The instant (ISO-8601, UTC if no offset; now, today, -7d, -12h).")
 @click.option("--permission", help="Only this permission, e.g. read_location.")
 @format_option
 @pass_state
@@ -38,7 +39,8 @@ def report_permissions(state: State, as_of: dt.datetime, permission: str | None,
 
 
 @report.command("changes")
-@click.option("--since", type=Instant(), required=True, help="From this instant (included).")
+@click.option("--since", type=Instant(), required=True,
+              help="From this instant (included): ISO-8601, now, today, -7d, -12h.")
 @click.option("--until", type=Instant(), help="Up to this instant (excluded); default: now.")
 @click.option("--permission", help="Only this permission, e.g. read_location.")
 @format_option

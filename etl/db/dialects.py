@@ -92,7 +92,11 @@ def normalise_url(text: str) -> str:
     except ArgumentError:
         msg = f"not a SQLAlchemy database URL (supported: {SUPPORTED_URLS})"
         raise ValueError(msg) from None
+    if url.drivername.partition("+")[0] == "postgres":  # Heroku's and libpq's spelling; SQLAlchemy dropped it
+        url = url.set(drivername="postgresql" + url.drivername[len("postgres"):])
     backend = url.get_backend_name()
+    if backend == "sqlite" and (url.host or url.port or url.username or url.password):
+        raise ValueError(_sqlite_form(url, text))
     if backend not in DRIVERS:
         msg = f"unsupported database {backend[:40]!r} (supported: {SUPPORTED_URLS})"
         raise ValueError(msg)
@@ -105,6 +109,16 @@ def normalise_url(text: str) -> str:
         # The drivers we ship: plain postgresql:// would ask for psycopg2, mysql:// for mysqlclient.
         return url.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
     return text
+
+
+def _sqlite_form(url: URL, text: str) -> str:
+    """Why a SQLite URL with a host is refused, and the form meant (the path is echoed unless it has a password)."""
+    rest = text.split("://", 1)[-1]
+    if url.username or url.password or len(rest) > 200:
+        return "a SQLite URL has no host or user: sqlite:///PATH (relative) or sqlite:////PATH (absolute)"
+    name = url.drivername
+    return (f"{name}://{rest} names a host, not a file: write {name}:///{rest} (three slashes: a path "
+            f"relative to the working directory) or {name}:////{rest} (four: an absolute path)")
 
 
 def is_mariadb(dialect: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,9 +36,16 @@ def migrations_path() -> str:
         return str(Path(__file__).resolve().parents[2] / "migrations")
 
 
+# Query parameters that carry a secret: libpq's password and sslpassword, PyMySQL's passwd, and the like.
+SECRET_PARAMETER = re.compile("pass|pwd|secret|token", re.IGNORECASE)
+
+
 def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and logs."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with any password masked, for messages and logs: its user's, and any in its query."""
+    parsed = make_url(url)
+    hidden = {name: "***" for name in parsed.query if SECRET_PARAMETER.search(name)}
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query is rendered URL-encoded
 
 
 def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
