@@ -17,8 +17,8 @@ AREAS = {
     "permission history": ["etl.history.*"],
     "document validation": ["etl.api.documents.*"],
     "retry policy": ["etl.api.retry.*"],
-    "response sorting": ["etl.api.client.x_classify*", "etl.api.client.x_error_info*",
-                         "etl.api.client.x__scalar_text*", "etl.api.client.x__clip*", "etl.api.client.x_redact*"],
+    "response sorting": ["etl.api.answers.x_classify*", "etl.api.answers.x_error_info*",
+                         "etl.api.answers.x__scalar_text*", "etl.api.answers.x__clip*", "etl.api.answers.x_redact*"],
     "batch store": ["etl.db.batch.*", "etl.db.store.xǁBatchWriterǁ*", "etl.db.store.x__count_into_run*"],
     "configuration": ["etl.config.x__from_text*", "etl.config.xǁ_Loadingǁ*", "etl.config.x__take_environment*",
                       "etl.config.x__take_file*", "etl.config.x_effective_settings*", "etl.config.x__row*",
@@ -31,6 +31,9 @@ AREAS = {
                     "etl.db.store.xǁStoreǁbudget_tokens*", "etl.db.store.x__bounded*",
                     "etl.context.x_budget_key*", "etl.context.xǁStoreLedgerǁ*"],
     "token cache": ["etl.api.auth.*"],
+    "fetch path": ["etl.fetch.x_fetch_outcomes*", "etl.fetch.x__window*", "etl.fetch.x__one*",
+                   "etl.fetch.xǁPageAheadǁ*"],
+    "client": ["etl.api.client.*", "etl.api.answers.*", "etl.api.transport.*", "etl.api.listing.*"],
 }
 TARGET = 0.95
 
