@@ -20,7 +20,7 @@ from etl.errors import DatabaseError, EtlError, FatalApiError, SyncAborted, one_
 from etl.fetch import OutcomeSource
 from etl.guards import DeletionGuard, OutageGuard
 from etl.heartbeat import Heartbeat, Pending
-from etl.outcomes import BatchCounts, Failed, Fetched, Gone, Postponed, Result
+from etl.outcomes import BatchCounts, Failed, Gone, Postponed, Result
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ class RunLoop:
                 log.info("run %s stopped: %d 404(s) held for the mass-deletion guard were not stored; they stay "
                          "due", self.run_id, dropped)
             return
-        answered = self.result.counts.fetched + sum(isinstance(o, Fetched) for o in pending.outcomes)
-        pending.extend(list(self.deletions.release(answered=answered)))
+        pending.flush()  # every document received is counted before the guard judges
+        pending.extend(list(self.deletions.release(answered=self.result.counts.fetched)))
         self.result.deletions_held = self.deletions.dropped
 
     def _stored(self, counts: BatchCounts, size: int) -> BatchCounts:
