@@ -65,15 +65,17 @@ def fetch_outcomes(
     *,
     client: SmartcarClient,
     concurrency: int,
+    window: int | None = None,
     now: Callable[[], dt.datetime] = utcnow,
 ) -> Generator[Result, None, None]:
     """Fetch every id with up to ``concurrency`` requests in flight; yield outcomes as they complete.
 
     One request in flight (``api.concurrency: 1``, what a fast local API wants) is a plain loop in the
-    caller's thread. More is a window over a thread pool: ``concurrency`` requests in flight, the next
-    sent as each answer is taken, so fetching goes on while the caller stores a batch and nothing waits
-    unread beyond the window. No request starts once the pass is stopped or out of time; a
-    FatalApiError is raised as soon as it is seen, and no other request is sent.
+    caller's thread. More is a bounded window over a thread pool of ``concurrency`` threads: up to
+    ``window`` requests (default: ``concurrency``) are given to the pool, which sends ``concurrency`` at
+    a time, and the next is given as each answer is taken; so fetching goes on while the caller stores
+    a batch, and at most ``window`` answers wait unread. No request starts once the pass is stopped or
+    out of time; a FatalApiError is raised as soon as it is seen, and no other request is sent.
     """
     if concurrency <= 1:
         for connection_id in ids:
@@ -84,33 +86,36 @@ def fetch_outcomes(
             except Cancelled:
                 return
         return
-    yield from _window(iter(ids), client=client, concurrency=concurrency, now=now)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
+    try:
+        yield from _window(iter(ids), client, pool, max(window or concurrency, concurrency), now)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _window(ids: Iterator[str], *, client: SmartcarClient, concurrency: int, now: Callable[[], dt.datetime]
-            ) -> Generator[Result, None, None]:
-    """``fetch_outcomes`` with ``concurrency`` requests in flight on a thread pool."""
-    running: set[Future[Result]] = set()
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch") as pool:
-        try:
-            while True:
-                while len(running) < concurrency and client.may_send():
-                    connection_id = next(ids, None)
-                    if connection_id is None:
-                        break
-                    running.add(pool.submit(_one, client, now, connection_id))
-                if not running:
-                    return
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        outcome = future.result()
-                    except Cancelled:
-                        continue
-                    yield outcome
-        finally:
-            if running:  # left early (an error, or the caller stopped): the requests in flight send nothing more
-                client.cancelled.set()
+def _window(ids: Iterator[str], client: SmartcarClient, pool: ThreadPoolExecutor, window: int,
+            now: Callable[[], dt.datetime]) -> Generator[Result, None, None]:
+    """``fetch_outcomes`` with ``window`` requests given to ``pool``."""
+    given: set[Future[Result]] = set()
+    try:
+        while True:
+            while len(given) < window and client.may_send():
+                connection_id = next(ids, None)
+                if connection_id is None:
+                    break
+                given.add(pool.submit(_one, client, now, connection_id))
+            if not given:
+                return
+            done, given = wait(given, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    outcome = future.result()
+                except Cancelled:
+                    continue
+                yield outcome
+    finally:
+        if given:  # left early (an error, or the caller stopped): what was given sends nothing more
+            client.cancelled.set()
 
 
 class ByIds:
@@ -131,8 +136,9 @@ class ByIds:
 
     def outcomes(self) -> Generator[Result, None, None]:
         """Every id's outcome, as requests complete."""
-        for outcome in fetch_outcomes(self.ids, client=self.ctx.client, concurrency=self.ctx.config.api.concurrency,
-                                      now=self.ctx.now):
+        settings = self.ctx.config
+        for outcome in fetch_outcomes(self.ids, client=self.ctx.client, concurrency=settings.api.concurrency,
+                                      window=settings.sync.batch_size + settings.api.concurrency, now=self.ctx.now):
             if not isinstance(outcome, Postponed):
                 self.done += 1
             yield outcome

@@ -123,3 +123,19 @@ def test_no_request_starts_once_the_pass_is_stopped() -> None:
     assert list(fetch_outcomes(ids, client=client, concurrency=4)) == []
     client.http.close()
     assert fake.count("GET", "/v3/connections/") == 0
+
+
+def test_fetching_goes_on_while_the_caller_is_busy_up_to_the_window() -> None:
+    fake, ids = world(40, 9)
+    slow = Slow(fake, delay=0.01)
+    client = client_for(slow)
+    outcomes = fetch_outcomes(ids, client=client, concurrency=2, window=8)
+    next(outcomes)  # then the caller stores a batch, and takes nothing for a while
+    give_up = time.monotonic() + 5
+    while fake.count("GET", "/v3/connections/") < 9 and time.monotonic() < give_up:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert fake.count("GET", "/v3/connections/") == 1 + 8  # the one taken, and a window's worth waiting
+    assert slow.peak == 2  # two in flight at a time
+    outcomes.close()
+    client.http.close()
