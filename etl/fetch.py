@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from etl.api.client import SmartcarClient
@@ -95,24 +96,26 @@ def fetch_outcomes(
 
 def _window(ids: Iterator[str], client: SmartcarClient, pool: ThreadPoolExecutor, window: int,
             now: Callable[[], dt.datetime]) -> Generator[Result, None, None]:
-    """``fetch_outcomes`` with ``window`` requests given to ``pool``."""
-    given: set[Future[Result]] = set()
+    """``fetch_outcomes`` with up to ``window`` requests given to ``pool``; answers are taken as they come."""
+    answered: queue.SimpleQueue[Future[Result]] = queue.SimpleQueue()
+    given = 0  # given to the pool and not taken back yet
     try:
         while True:
-            while len(given) < window and client.may_send():
+            while given < window and client.may_send():
                 connection_id = next(ids, None)
                 if connection_id is None:
                     break
-                given.add(pool.submit(_one, client, now, connection_id))
+                pool.submit(_one, client, now, connection_id).add_done_callback(answered.put)
+                given += 1
             if not given:
                 return
-            done, given = wait(given, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    outcome = future.result()
-                except Cancelled:
-                    continue
-                yield outcome
+            future = answered.get()
+            given -= 1
+            try:
+                outcome = future.result()
+            except Cancelled:
+                continue
+            yield outcome
     finally:
         if given:  # left early (an error, or the caller stopped): what was given sends nothing more
             client.cancelled.set()
