@@ -4,7 +4,8 @@
 so tests plug it into ``httpx.MockTransport``; ``serve`` puts the same object
 behind a real HTTP server on loopback. It implements the client-credentials
 token endpoint, ``GET /v3/connections/{id}``, the paged ``GET /v3/connections``,
-both documented error shapes, and scripted faults (``fail_next``).
+both documented error shapes, and scripted faults (``fail_next``); ``POST /_admin/...`` changes its
+world while it runs (``etl.fakeadmin``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import httpx
 
 from etl.api.listing import pages_for
 from etl.api.ratelimit import TokenBucket
+from etl.fakeadmin import answer_admin, is_admin
 
 TOKEN_PATH = "/oauth2/token"
 API_PREFIX = "/v3"
@@ -248,7 +250,9 @@ class FakeApi:
     # -- HTTP --------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request (the MockTransport handler)."""
+        """Answer one request (the MockTransport handler); ``/_admin/`` changes the world (``etl.fakeadmin``)."""
+        if is_admin(request):  # not API traffic: not logged, and no fault, latency or rate limit applies
+            return answer_admin(self, request)
         try:
             return self._handle(request)
         finally:

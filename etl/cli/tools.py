@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from etl.cli.base import State, cli
-from etl.errors import clipped
+from etl.errors import ConfigError, clipped
+
+if TYPE_CHECKING:
+    from etl.fakeapi import FakeApi
 
 
 @cli.command("demo")
@@ -68,36 +73,37 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, id
 
     Prints the environment to point the job at it. Its credentials are fake.
 
+    Its world can be changed while it runs, to rehearse change detection: POST
+    /_admin/revoke or /_admin/grant (?connection=ID&permission=P), /_admin/remove
+    (the user disconnects: the connection answers Smartcar's 404),
+    /_admin/restore (?connection=ID), and /_admin/add (a new connection; its
+    id in the answer). Only on the fake's loopback address; no token needed
+    (none from a browser: a request with an Origin header is refused).
+
     \b
     Example:
-        smartcar-etl fake-api --connections 1000 --ids-file ids.txt > fake.env &
-        . ./fake.env && smartcar-etl connections import ids.txt && smartcar-etl sync
+        smartcar-etl fake-api --connections 3 --ids-file ids.txt > fake.env &
+        . ./fake.env && smartcar-etl db upgrade && smartcar-etl connections import ids.txt
+        smartcar-etl sync
+        curl -X POST "http://127.0.0.1:8765/_admin/revoke?connection=$(head -1 ids.txt)&permission=read_charge"
+        smartcar-etl sync --all && smartcar-etl report changes --since -1h
     """
     from etl.config import is_loopback_host
-    from etl.fakeapi import FakeApi, serve, urls
+    from etl.fakeapi import FakeApi, urls
 
     if not is_loopback_host(host):
         msg = f"{clipped(host)} is not a loopback address"
         raise click.BadParameter(msg, param_hint="--host")
-    bucket = None
-    if rate_limit is not None:
-        capacity, _, per_minute = rate_limit.partition("/")
-        try:
-            bucket = (float(capacity), float(per_minute) / 60)
-        except ValueError:
-            bucket = None
-        if bucket is None or not all(math.isfinite(v) and v > 0 for v in bucket):
-            msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
-            raise click.BadParameter(msg, param_hint="--rate-limit")
-    fake = FakeApi(rate_limit=bucket, latency=latency)
+    fake = FakeApi(rate_limit=_bucket(rate_limit), latency=latency)
     ids = fake.populate(connections_count, seed=seed)
-    if ids_file is not None:
-        from etl.files import write_text
-
-        write_text(ids_file, "".join(f"{i}\n" for i in ids), where="--ids-file")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with serve(fake, host=host, port=port) as root:
+    with contextlib.ExitStack() as stack:
+        root = _listen(stack, fake, host, port)  # first: a port in use writes no ids file
+        if ids_file is not None:
+            from etl.files import write_text
+
+            write_text(ids_file, "".join(f"{i}\n" for i in ids), where="--ids-file")
         u = urls(root)
         click.echo(f"export SMARTCAR_API_BASE_URL={u['base_url']}")
         click.echo(f"export SMARTCAR_TOKEN_URL={u['token_url']}")
@@ -106,8 +112,37 @@ def fake_api_command(host: str, port: int, connections_count: int, seed: int, id
         click.echo(f"# {connections_count} connections"
                    + (f", their ids in {ids_file}" if ids_file else " (--ids-file FILE writes their ids)")
                    + "; Ctrl-C to stop", err=True)
+        click.echo(f"# change it: curl -X POST '{root}/_admin/revoke?connection=ID&permission=read_odometer' "
+                   "(also grant, remove, restore, add; see --help)", err=True)
         sys.stdout.flush()
         try:
             stop.wait()
         except KeyboardInterrupt:
             pass
+
+
+def _bucket(rate_limit: str | None) -> tuple[float, float] | None:
+    """``--rate-limit CAPACITY/PER_MINUTE`` as (capacity, refills per second)."""
+    if rate_limit is None:
+        return None
+    capacity, _, per_minute = rate_limit.partition("/")
+    try:
+        bucket = (float(capacity), float(per_minute) / 60)
+    except ValueError:
+        bucket = (math.nan, math.nan)
+    if not all(math.isfinite(v) and v > 0 for v in bucket):
+        msg = f"{rate_limit!r} is not CAPACITY/PER_MINUTE, e.g. 120/2"
+        raise click.BadParameter(msg, param_hint="--rate-limit")
+    return bucket
+
+
+def _listen(stack: contextlib.ExitStack, fake: FakeApi, host: str, port: int) -> str:
+    """Serve ``fake`` until ``stack`` closes; its root URL. A port in use (or refused) is exit 2, one line."""
+    from etl.fakeapi import serve
+
+    try:
+        return stack.enter_context(serve(fake, host=host, port=port))
+    except OSError as error:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        msg = f"fake-api --port: cannot listen on {where}: {error.strerror or error} (--port 0 takes a free one)"
+        raise ConfigError(msg) from error

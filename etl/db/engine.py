@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 import re
@@ -96,17 +97,27 @@ def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
-    """The newest migration revision shipped with this code."""
+    """The newest migration revision shipped with this code.
+
+    Read once a process: the migrations this code expects do not change while it runs, and reading
+    them (every script file) before each of a daemon's passes cost more than the pass's own queries.
+    """
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The database's migration revision, or None for an empty database."""
+    """The database's migration revision, or None for an empty database.
+
+    Read without SQLAlchemy's statement cache: Alembic builds its version table anew for every
+    ``MigrationContext``, and a ``Table``'s cache key is the object itself, so every call would add an
+    entry (and keep the table alive) until the cache's LRU limit. The daemon asks before every pass.
+    """
     with translate_errors(engine), engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return MigrationContext.configure(conn.execution_options(compiled_cache=None)).get_current_revision()
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
