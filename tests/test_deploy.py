@@ -1,5 +1,5 @@
-"""Deployment: every setting from the environment, config show, doctor, JSON results, --version, the README's
-deployment examples, and a new user's first hour."""
+"""Deployment: every setting from the environment, config show, doctor, JSON results, --version, the deployment
+examples (docs/operations.md), and a new user's first hour as the README tells it."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ from tests.conftest import Runner
 from tests.test_cli import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 # For tests whose subject is not the database: the servers add nothing but time.
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 UUID_LINE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -203,8 +204,8 @@ def test_an_old_and_a_new_name_with_the_same_value_agree_and_metrics_listen_can_
     assert settings["daemon.metrics_listen"]["value"] is None
 
 
-def test_the_readme_variable_table_equals_the_schema() -> None:
-    block = README.split("<!-- variables:start -->\n", 1)[1].split("\n<!-- variables:end -->", 1)[0]
+def test_the_documented_variable_table_equals_the_schema() -> None:
+    block = CONFIGURATION.split("<!-- variables:start -->\n", 1)[1].split("\n<!-- variables:end -->", 1)[0]
     assert block.splitlines() == variables_table(), "run .venv/bin/python scripts/readme_variables.py"
     for key in KEYS:
         assert f"`{key.variable}`" in block
@@ -541,10 +542,10 @@ def test_version_is_the_package_metadata() -> None:
     assert __version__ == importlib.metadata.version("smartcar-etl")
 
 
-# -- the README's deployment examples -------------------------------------------------------------------------------
+# -- the deployment examples in docs/operations.md --------------------------------------------------------------------
 
 def fenced(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.M | re.S)
+    return re.findall(rf"^```{language}\n(.*?)^```", OPERATIONS, flags=re.M | re.S)
 
 
 def parses(argv: list[str]) -> click.Context:

@@ -1,4 +1,4 @@
-"""Views, point-in-time queries, reports, `check` and the README's SQL cookbook, on all three databases."""
+"""Views, point-in-time queries, reports, `check` and the SQL cookbook (docs/), on all three databases."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from etl.reports import changes_between, fleet, permissions_at
 from etl.tracking import track
 from tests.conftest import T0, Runner, max_examples
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+# The cookbook's SQL: docs/reports.md, with a query or two beside their topic (docs/databases.md, docs/archive.md).
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # The reserved word, quoted as each database wants it (MariaDB reads "change" as a string).
 CHANGE = {"sqlite": '"change"', "postgresql": '"change"', "mariadb": "`change`"}
 UTC = dt.UTC
@@ -94,11 +96,12 @@ def database(engine: Engine) -> str:
 
 
 def cookbook(name: str) -> dict[str, str]:
-    """The README's cookbook queries for this database, by name; each name at most once."""
+    """The cookbook queries in the README and docs/ for this database, by name; each name at most once."""
     queries: dict[str, str] = {}
-    for block in re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL):
+    text = "\n".join(page.read_text(encoding="utf-8") for page in DOCS)
+    for block in re.findall(r"```sql\n(.*?)```", text, re.DOTALL):
         match = re.match(r"-- cookbook: (\w+)(?: \(([\w, ]+)\))?\n", block)
-        assert match, f"a README sql block without a cookbook name: {block[:60]}"
+        assert match, f"a documented sql block without a cookbook name: {block[:60]}"
         query, only = match.groups()
         if only is None or name in only.split(", "):
             assert query not in queries, f"two variants of {query} for {name}"
