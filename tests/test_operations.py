@@ -213,7 +213,14 @@ def test_two_daemons_never_fetch_a_connection_twice_in_one_cycle(
     ids = tracked_world(fake_api, engine, 10)
     interval = 2.0
     daemons = [procs.start("daemon", "--interval", f"{interval:g}s") for _ in range(2)]
-    time.sleep(interval * 3.5)
+
+    def fetched_thrice() -> bool:
+        counts = [fake_api.count("GET", f"/v3/connections/{i}") for i in ids]
+        return min(counts) >= 3
+
+    give_up = time.monotonic() + 60  # start-up is slow on a busy machine: wait for the cycles, not a clock
+    while not fetched_thrice() and time.monotonic() < give_up:
+        time.sleep(0.2)
     for d in daemons:
         d.send_signal(signal.SIGTERM)
     codes = [d.wait(timeout=30) for d in daemons]

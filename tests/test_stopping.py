@@ -124,6 +124,7 @@ def test_a_pass_whose_retries_were_all_deferred_is_failed(run_sync: Runner, engi
 def test_a_stop_request_names_who_asked_and_the_pass_stores_what_it_received(
         run_sync: Runner, engine: Engine) -> None:
     ids = tracked_world(run_sync.fake, engine, 20)
+    run_sync.config = replace(run_sync.config, api=replace(run_sync.config.api, concurrency=1))  # one in flight
     stop = StopRequest()
     run_sync.fake.hooks.append(lambda request: stop.request("SIGTERM")
                                if run_sync.fake.count("GET", "/v3/connections/") == 7 else None)
