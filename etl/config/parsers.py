@@ -94,10 +94,12 @@ def yaml_name(key: Any) -> str:
 
 
 def clip(text: str, limit: int = 60) -> str:
+    """Text cut to ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def boolean(path: str, value: Any, errors: list[str]) -> bool | None:
+    """true or false (a variable's yes/no/on/off/1/0 were read as such before)."""
     if not isinstance(value, bool):
         errors.append(f"{path}: expected true or false, got {_show(value)}")
         return None
@@ -105,6 +107,7 @@ def boolean(path: str, value: Any, errors: list[str]) -> bool | None:
 
 
 def string(path: str, value: Any, errors: list[str]) -> str | None:
+    """A non-empty string of printable characters, at most 4096, stripped."""
     if not isinstance(value, str) or not value.strip() or len(value) > 4096 or UNPRINTABLE_RE.search(value.strip()):
         errors.append(f"{path}: expected a non-empty string of printable characters, got {_show(value)}")
         return None
@@ -112,6 +115,7 @@ def string(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def short_string(path: str, value: Any, errors: list[str]) -> str | None:
+    """A ``string`` of at most 200 characters."""
     text = string(path, value, errors)
     if text is not None and len(text) > 200:
         errors.append(f"{path}: at most 200 characters, got {len(text)}")
@@ -120,6 +124,7 @@ def short_string(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
+    """A parser for one of ``choices`` (``upper``: given in any case)."""
     def parse(path: str, value: Any, errors: list[str]) -> str | None:
         text = value.upper() if upper and isinstance(value, str) else value
         if text not in choices:
@@ -166,6 +171,7 @@ def _check_duration(bounds: Bounded, path: str, value: Any, errors: list[str]) -
 
 
 def span(seconds: float) -> str:
+    """Seconds as people write them: ``15m``, ``6h``, ``1d``, ``90s``."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
@@ -173,6 +179,7 @@ def span(seconds: float) -> str:
 
 
 def cron(path: str, value: Any, errors: list[str]) -> str | None:
+    """A crontab expression (UTC) that fires at least once."""
     from apscheduler.triggers.cron import CronTrigger
 
     text = string(path, value, errors)
@@ -190,6 +197,7 @@ def cron(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def listen(path: str, value: Any, errors: list[str]) -> str | None:
+    """``host:port`` to listen on."""
     text = string(path, value, errors)
     if text is None:
         return None
@@ -201,6 +209,7 @@ def listen(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
+    """The secret held by the file the value names (the name is never echoed)."""
     if not isinstance(value, str) or not value.strip():
         errors.append(f"{path}: expected the name of a file holding the secret")
         return None
@@ -214,6 +223,7 @@ def file_secret(path: str, value: Any, errors: list[str]) -> Secret | None:
 
 
 def check_secret(where: str, text: str, errors: list[str]) -> Secret | None:
+    """A secret that is not empty, not a placeholder and of printable characters."""
     if not text:
         errors.append(f"{where}: the secret is empty")
         return None
@@ -240,6 +250,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def api_url(path: str, value: Any, errors: list[str]) -> str | None:
+    """An https:// URL (http:// for loopback) without credentials or a query string."""
     text = string(path, value, errors)
     if text is None:
         return None
@@ -264,6 +275,7 @@ def api_url(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def database_url(path: str, value: Any, errors: list[str]) -> str | None:
+    """A database URL of a supported driver, normalised (``postgres://`` read with psycopg 3)."""
     if not isinstance(value, str) or not value.strip() or UNPRINTABLE_RE.search(value.strip()):
         # Not echoed: a URL may carry a password.
         errors.append(f"{path}: expected a database URL ({SUPPORTED_URLS})")
