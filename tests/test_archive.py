@@ -246,20 +246,6 @@ def test_archive_show_as_of_returns_the_version_received_then(run_sync: Runner, 
     assert wrong.exit_code == 2 and "not-a-uuid" in wrong.stderr
 
 
-def test_archive_enabled_is_read_from_the_config_and_checked(tmp_path: Any) -> None:
-    from etl.config import load_config
-    from etl.errors import ConfigError
-
-    assert load_config(env={}).archive.enabled is True
-    off = tmp_path / "off.yaml"
-    off.write_text("archive:\n  enabled: false\n")
-    assert load_config(str(off), env={}).archive.enabled is False
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("archive:\n  enabled: sometimes\n")
-    with pytest.raises(ConfigError, match="archive.enabled"):
-        load_config(str(bad), env={})
-
-
 def test_a_batch_stored_directly_archives_by_default(engine: Engine) -> None:
     from etl.api.documents import parse_connection
     from etl.db.batch import store_batch

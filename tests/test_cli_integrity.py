@@ -15,12 +15,10 @@ from sqlalchemy import Engine
 
 from etl.cli import cli
 from etl.clock import http_date
-from etl.config import parse_setting
 from etl.context import Seams
 from etl.db.demofile import MARKER_TABLE
 from etl.db.store import Store
 from etl.doctor import diagnose
-from etl.errors import ConfigError
 from tests.conftest import Runner
 from tests.test_cli import GOOD, Cli
 from tests.test_deploy import fake_with_date, sqlite_only
@@ -215,12 +213,6 @@ def test_a_huge_option_value_is_exit_2_naming_it_clipped(args: tuple[str, ...]) 
     result = CliRunner().invoke(cli, list(args), env={"SMARTCAR_ETL_CONFIG": ""})
     assert result.exit_code == 2 and args[1] in result.output, result.output
     assert len(result.output) < 400 and "internal error" not in result.output
-
-
-def test_a_cron_expression_that_never_fires_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"^--cron: '0 0 31 2 \*' never fires$"):
-        parse_setting("schedule.cron", "0 0 31 2 *", where="--cron")
-    assert parse_setting("schedule.cron", "0 0 29 2 *", where="--cron") == "0 0 29 2 *"  # leap years only
 
 
 def test_a_sqlite_file_name_too_long_is_one_clipped_line_not_an_internal_error(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from etl.cli import cli
-from etl.config import load_config, parse_setting
 from etl.db.models import sync_runs
 from etl.errors import ConfigError
 from etl.files import read_lines
@@ -49,78 +48,7 @@ def write_config(tmp_path: Path, text: str) -> str:
 # -- numbers and durations ----------------------------------------------------
 
 
-@pytest.mark.parametrize("yaml_text, key", [
-    ("api:\n  timeout_seconds: .nan\n", "api.timeout_seconds"),
-    ("api:\n  timeout_seconds: .inf\n", "api.timeout_seconds"),
-    ("api:\n  concurrency: 100000\n", "api.concurrency"),
-    ("api:\n  max_response_bytes: 10\n", "api.max_response_bytes"),
-    ("api:\n  request_deadline: 100s\n", "api.request_deadline: must be at least api.timeout_seconds"),
-    ("api:\n  retry_deadline: 5m\n", "api.retry_deadline: must be at least api.request_deadline"),
-    ("schedule:\n  interval: .inf\n", "schedule.interval"),
-    ("schedule:\n  interval: 1e300\n", "schedule.interval"),
-    ("schedule:\n  interval: inf\n", "schedule.interval"),
-    ("schedule:\n  interval: nans\n", "schedule.interval"),
-    ("schedule:\n  interval: 1e3s\n", "schedule.interval"),
-    ("schedule:\n  retry_failed_max: 1e300\n", "schedule.retry_failed_max"),
-    ("schedule:\n  misfire_grace: 0.5s\n", "schedule.misfire_grace"),
-    ("retry:\n  max_attempts: 1e300\n", "retry.max_attempts"),
-    ("retry:\n  max_backoff_seconds: .inf\n", "retry.max_backoff_seconds"),
-    ("rate_limit:\n  per_minute: .nan\n", "rate_limit.per_minute"),
-    ("rate_limit:\n  per_minute: 1.0e-9\n", "rate_limit.per_minute"),
-    ("sync:\n  batch_size: 1e9\n", "sync.batch_size"),
-    ("daemon:\n  stop_timeout: 1e99d\n", "daemon.stop_timeout"),
-])
-def test_every_number_is_finite_and_within_its_range(tmp_path: Path, yaml_text: str, key: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load_config(write_config(tmp_path, yaml_text), env={})
-    assert any(error.startswith(key) for error in caught.value.errors), caught.value.errors
-    result = invoke("--config", str(tmp_path / "config.yaml"), "status")
-    assert result.exit_code == 2 and key.split(":")[0] in result.stderr
-
-
-def test_the_edges_of_the_ranges_are_accepted(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, (
-        "api:\n  timeout_seconds: 0.1\n  request_deadline: 1s\n  retry_deadline: 1d\n  max_response_bytes: 1024\n"
-        "schedule:\n  interval: 30d\n  misfire_grace: 1s\n"
-        "rate_limit:\n  per_minute: 0.001\n")), env={})
-    assert (config.api.request_deadline_seconds, config.api.retry_deadline_seconds) == (1.0, 86400.0)
-    assert config.schedule.misfire_grace_seconds == 1 and isinstance(config.schedule.misfire_grace_seconds, int)
-    assert config.rate_limit.per_minute == 0.001 and config.api.max_response_bytes == 1024
-
-
-@pytest.mark.parametrize("value", ["inf", "nan", "1e300", "0s", "-5m", "31d"])
-def test_daemon_interval_is_checked_like_the_config(value: str) -> None:
-    result = invoke("daemon", "--interval", value)
-    assert result.exit_code == 2 and "--interval" in result.stderr and repr(value) in result.stderr
-    with pytest.raises(ConfigError, match="--interval"):
-        parse_setting("schedule.interval", value, where="--interval")
-
-
 # -- files: secrets, config, ids -----------------------------------------------
-
-
-def test_a_secret_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    for name, problem in [("/dev/zero", "is not a regular file"), (str(fifo), "is not a regular file"),
-                          (str(tmp_path), "is not a regular file")]:
-        path = write_config(tmp_path, f"api:\n  client_id: abc\n  client_secret_file: {name}\n")
-        result = invoke("--config", path, "status")
-        assert result.exit_code == 2 and "api.client_secret_file" in result.stderr and problem in result.stderr
-
-
-def test_a_secret_file_too_large_or_not_utf8_is_refused_and_not_echoed(tmp_path: Path) -> None:
-    big, latin = tmp_path / "big", tmp_path / "latin"
-    big.write_bytes(b"x" * (64 * 1024 + 1))
-    latin.write_bytes(b"caf\xe9-secret")
-    for file, problem in [(big, "larger than 65536 bytes"), (latin, "is not UTF-8 text")]:
-        path = write_config(tmp_path, f"api:\n  client_id: abc\n  client_secret_file: {file}\n")
-        result = invoke("--config", path, "status")
-        assert result.exit_code == 2 and problem in result.stderr
-    # A secret typed into the *_file key by mistake is not echoed back.
-    path = write_config(tmp_path, f"api:\n  client_id: abc\n  client_secret_file: {SECRET}\n")
-    result = invoke("--config", path, "status")
-    assert result.exit_code == 2 and "api.client_secret_file" in result.stderr and SECRET not in result.stderr
 
 
 def test_a_config_file_not_utf8_or_too_large_exits_2_naming_it(tmp_path: Path) -> None:

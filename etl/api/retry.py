@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from etl.api.deadline import Deferred
+from etl.config import RetryConfig
 from etl.errors import RetriableApiError
 
 T = TypeVar("T")
@@ -53,10 +54,10 @@ class RetryPolicy:
     measures them): the last error is raised instead.
     """
 
-    max_attempts: int = 5
-    initial_backoff: float = 0.5
-    max_backoff: float = 60.0
-    max_retry_after: float = 300.0
+    max_attempts: int = RetryConfig.max_attempts  # the defaults are the config's
+    initial_backoff: float = RetryConfig.initial_backoff_seconds
+    max_backoff: float = RetryConfig.max_backoff_seconds
+    max_retry_after: float = RetryConfig.max_retry_after_seconds
     sleep: Callable[[float], object] = time.sleep
     jitter: Callable[[], float] = random.random
     deadline: float = math.inf

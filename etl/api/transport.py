@@ -20,6 +20,7 @@ from typing import Any, cast
 import httpx
 
 from etl.api.answers import _clip
+from etl.config import ApiConfig
 from etl.errors import ApiError, ConfigError, FatalApiError, RetriableApiError
 
 USER_AGENT = "smartcar-etl"
@@ -28,10 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Bounds on one request: its whole duration and the decoded size of its answer."""
+    """Bounds on one request: its whole duration and the decoded size of its answer (defaults: the config's)."""
 
-    deadline: float = 330.0
-    max_bytes: int = 8 * 1024 * 1024
+    deadline: float = ApiConfig.request_deadline_seconds
+    max_bytes: int = ApiConfig.max_response_bytes
 
 
 _ENCODING_HEADERS = {b"content-encoding", b"content-length", b"transfer-encoding"}
