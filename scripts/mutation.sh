@@ -13,13 +13,13 @@ cd "$(dirname "$0")/.."
 rm -rf mutants
 areas=("etl.history.*" "etl.api.documents.*" "etl.api.retry.*" "etl.api.client.x_classify*"
        "etl.api.client.x_error_info*" "etl.api.client.x__scalar_text*" "etl.api.client.x__clip*"
-       "etl.api.client.x_redact*" "etl.db.batch.*" "etl.db.store.xǁBatchWriterǁ*" "etl.db.store.x__count_into_run*"
+       "etl.api.client.x_redact*" "etl.db.batch.*" "etl.db.writer.xǁBatchWriterǁ*" "etl.db.writer.x__count_into_run*"
        "etl.config.x__from_text*" "etl.config.xǁ_Loadingǁ*" "etl.config.x__take_environment*"
        "etl.config.x__take_file*" "etl.config.x_effective_settings*" "etl.config.x__row*" "etl.config.x__value*"
        "etl.config.x_variables_table*" "etl.config.x__default_text*" "etl.config.x_unknown_variables*"
        "etl.doctor.*" "etl.db.archive.*" "etl.db.rebuild.*"
-       "etl.api.ratelimit.*" "etl.db.store.xǁStoreǁlease_tokens*" "etl.db.store.xǁStoreǁdrain_tokens*"
-       "etl.db.store.xǁStoreǁ_refilled*" "etl.db.store.xǁStoreǁbudget_tokens*" "etl.db.store.x__bounded*"
+       "etl.api.ratelimit.*" "etl.db.budget.xǁRateBudgetǁlease_tokens*" "etl.db.budget.xǁRateBudgetǁdrain_tokens*"
+       "etl.db.budget.xǁRateBudgetǁ_refilled*" "etl.db.budget.xǁRateBudgetǁbudget_tokens*" "etl.db.budget.x__bounded*"
        "etl.context.x_budget_key*" "etl.context.xǁStoreLedgerǁ*" "etl.api.auth.*")
 [ "$#" -gt 0 ] && areas=("$@")
 .venv-mutation/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "${areas[@]}" > mutants.log 2>&1 || true

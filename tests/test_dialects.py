@@ -14,7 +14,7 @@ def test_postgresql_prepares_what_runs_per_row_and_plans_each_batch_for_its_para
 
     from sqlalchemy import bindparam, select, update
 
-    from etl.db.dialects import among
+    from etl.db.dialects import dialect_for
     from etl.db.models import vehicles
 
     at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -24,8 +24,9 @@ def test_postgresql_prepares_what_runs_per_row_and_plans_each_batch_for_its_para
     for _ in range(2):  # the connection the test made, and a new one after dispose: set up the same way
         with engine.connect() as conn:
             conn.rollback()  # what the pool does at check-in
+            among = dialect_for(conn).among
             for n in range(16):  # past psycopg's default threshold (prepared at the fifth)
-                conn.execute(select(vehicles.c.id).where(among(conn, vehicles.c.id, ids[n * 30:n * 30 + 100]))).all()
+                conn.execute(select(vehicles.c.id).where(among(vehicles.c.id, ids[n * 30:n * 30 + 100]))).all()
             conn.execute(update(vehicles).where(vehicles.c.id == bindparam("b_id")).values(model="M"),
                          [{"b_id": i} for i in ids[:3]])
             prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
