@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import uuid
 import datetime as dt
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
