@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.context import Seams
-from etl.db.dialects import table_bytes
+from etl.db.dialects import dialect_for
 from etl.db.engine import make_engine
 from etl.db.models import archive_bodies, archive_spans
 from etl.db.store import Store
@@ -63,7 +63,7 @@ def measure(url: str, count: int, passes: int, changed: float) -> dict[str, floa
             sync(replace(config), store, ignore_due=True,
                  seams=Seams(transport=httpx.MockTransport(fake.handle), sleep=lambda s: None, now=now))
         with store.engine.connect() as conn:
-            sizes = table_bytes(conn, ARCHIVE + HISTORY)
+            sizes = dialect_for(conn).table_bytes(conn, ARCHIVE + HISTORY)
             payload = conn.scalar(select(func.sum(func.length(archive_bodies.c.body)))) or 0
             canonical = conn.scalar(select(func.sum(archive_bodies.c.size))) or 0
             spans = conn.scalar(select(func.count()).select_from(archive_spans)) or 0

@@ -45,7 +45,6 @@ from static_api import PAGE_SIZE, ceiling, serve, write_world
 from etl.api.documents import decode_json, parse_connection, parse_resource
 from etl.config import ApiConfig, Config, RateLimitConfig, Secret
 from etl.context import build_client
-from etl.db import batch as batch_module
 from etl.db.batch import store_batch
 from etl.db.engine import make_engine
 from etl.db.store import Store
@@ -138,8 +137,8 @@ class Stages:
 
 def _sql_timer(store: Store, stages: Stages) -> Callable[[], None]:
     """Count the time spent in cursor executions, and in COPY (PostgreSQL's bulk inserts, which SQLAlchemy does
-    not see), into stages['SQL']; return the function that stops it. The benchmark wraps ``insert_rows`` for
-    that; the job itself is never instrumented."""
+    not see), into stages['SQL']; return the function that stops it. The benchmark wraps the database object's
+    ``insert_rows`` for that (an attribute of this instance, removed after); the job itself is never instrumented."""
     starts: list[float] = []
 
     def before(*_: object) -> None:
@@ -148,7 +147,8 @@ def _sql_timer(store: Store, stages: Stages) -> Callable[[], None]:
     def after(*_: object) -> None:
         stages.seconds["SQL"] += time.perf_counter() - starts.pop()
 
-    original = batch_module.insert_rows
+    database = store.dialect
+    original = database.insert_rows
 
     def timed_insert_rows(conn: Any, table: Any, rows: Any) -> None:
         sql_before, started = stages.seconds["SQL"], time.perf_counter()
@@ -157,12 +157,12 @@ def _sql_timer(store: Store, stages: Stages) -> Callable[[], None]:
 
     event.listen(store.engine, "before_cursor_execute", before)
     event.listen(store.engine, "after_cursor_execute", after)
-    batch_module.insert_rows = timed_insert_rows
+    database.insert_rows = timed_insert_rows  # type: ignore[method-assign]
 
     def stop() -> None:
         event.remove(store.engine, "before_cursor_execute", before)
         event.remove(store.engine, "after_cursor_execute", after)
-        batch_module.insert_rows = original
+        del database.insert_rows  # the class's own again
     return stop
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from etl.db.dialects import dialect_for
 from etl.db.models import Base, compared_objects
 
 target_metadata = Base.metadata
@@ -21,7 +22,7 @@ def run_with(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=dialect_for(connection).alters_by_copy,
         include_object=compared_objects(connection.dialect),
     )
     with context.begin_transaction():

@@ -31,7 +31,7 @@ from etl.api.auth import clear_token_cache
 from etl.check import check_history
 from etl.config import ApiConfig, Config, RateLimitConfig, RetryConfig, Secret, SyncConfig
 from etl.context import Seams
-from etl.db.dialects import is_mariadb
+from etl.db.dialects import dialect_for
 from etl.db.engine import make_engine, upgrade
 from etl.db.scratch import create_database, drop_database, emptied, schema_of, scratch_database
 from etl.db.store import Store
@@ -169,7 +169,7 @@ EXAMPLE_SHARE = {"sqlite": 1.0, "postgresql": 0.4, "mariadb": 0.4}
 
 def max_examples(engine: Engine, on_sqlite: int) -> int:
     """How many hypothesis examples a property test runs on this engine's database."""
-    backend = "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+    backend = dialect_for(engine).name
     return max(1, round(on_sqlite * EXAMPLE_SHARE[backend]))
 
 

@@ -10,7 +10,7 @@ import pymysql
 import pytest
 from sqlalchemy import Engine, event, text
 
-from etl.db.dialects import is_mariadb
+from etl.db.dialects import dialect_for
 from etl.db.store import Store
 from etl.errors import one_line
 from etl.tracking import track
@@ -39,7 +39,7 @@ def test_a_batch_rolled_back_by_a_deadlock_is_run_again_and_stored_once(
     ids = run_sync.fake.populate(3, seed=4)
     track(Store(engine), ids)
     victims: list[str] = []
-    backend = "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+    backend = dialect_for(engine).name
 
     @event.listens_for(engine, "before_cursor_execute")
     def deadlock_at_the_counters(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -68,7 +68,7 @@ def test_a_deadlock_where_nothing_runs_it_again_is_a_database_error_not_an_inter
 
     ids = run_sync.fake.populate(1, seed=5)
     track(Store(engine), ids)
-    backend = "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+    backend = dialect_for(engine).name
 
     @event.listens_for(engine, "before_cursor_execute")
     def deadlock_at_the_run_row(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

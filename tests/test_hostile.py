@@ -556,7 +556,7 @@ def test_a_database_lost_during_copy_is_sorted_as_unreachable(engine: Engine) ->
 
     from sqlalchemy import exc
 
-    from etl.db.dialects import error_kind, insert_rows
+    from etl.db.dialects import dialect_for
     from etl.db.models import permission_changes
 
     cid = "00000000-0000-4000-8000-0000000000aa"
@@ -569,6 +569,6 @@ def test_a_database_lost_during_copy_is_sorted_as_unreachable(engine: Engine) ->
         with engine.connect() as other:
             other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")  # type: ignore[arg-type]
         with pytest.raises(exc.DBAPIError) as caught:
-            insert_rows(conn, permission_changes, [row])
+            dialect_for(conn).insert_rows(conn, permission_changes, [row])
         conn.invalidate()
-    assert error_kind(caught.value) == "unreachable"
+    assert dialect_for(engine).error_kind(caught.value) == "unreachable"

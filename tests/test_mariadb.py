@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 
 from etl.cli import cli
 from etl.db import dialects
+from etl.db.dialects.mariadb import lock_name
 from etl.db.engine import alembic_config, current_revision, head_revision, make_engine, upgrade
 from etl.db.models import permission_grants
 from etl.db.scratch import scratch_database
@@ -66,16 +67,17 @@ def test_another_mysql_driver_is_refused_naming_what_is_supported() -> None:
     ("11.4.2-MariaDB", None),
 ])
 def test_the_server_check_accepts_mariadb_10_5_and_newer_only(info: str, refused: str | None) -> None:
-    mariadb, version = dialects.server_version(info)
-    reason = dialects.refuse_server("mariadb", mariadb=mariadb, version=version)
+    mariadb, version = dialects.MariaDB.server_version(info)
+    reason = dialects.MariaDB.refuse_server(mariadb=mariadb, version=version)
     assert reason == refused if refused is None else reason is not None and reason.startswith(refused)
-    assert dialects.refuse_server("postgresql", mariadb=False, version=(8, 0)) is None
+    # Only the MariaDB object checks the server it reaches (a PostgreSQL 8.0 is not taken for MySQL).
+    assert [type(d).__name__ for d in dialects.DATABASES if hasattr(d, "refuse_server")] == ["MariaDB"]
 
 
 def test_the_run_lock_name_holds_the_database_and_fits_the_server_limit() -> None:
-    assert dialects.lock_name("etl") == "smartcar-etl:etl"
-    long = dialects.lock_name("x" * 64)
-    assert len(long) <= 64 and long != dialects.lock_name("y" * 64)
+    assert lock_name("etl") == "smartcar-etl:etl"
+    long = lock_name("x" * 64)
+    assert len(long) <= 64 and long != lock_name("y" * 64)
 
 
 # -- the server check, end to end ---------------------------------------------------------------------
@@ -233,7 +235,7 @@ def test_microseconds_and_utc_survive_whatever_the_reading_session_zone(engine: 
     assert raw == "2026-03-02 04:59:59.999999"
     assert Store(engine).known_ids([CID]) == {CID}
     with engine.connect() as conn:
-        now = dialects.server_now(conn)
+        now = dialects.dialect_for(conn).server_now(conn)
     assert now is not None and now.tzinfo == dt.UTC
     assert abs((now - dt.datetime.now(dt.UTC)).total_seconds()) < 60
 
@@ -299,7 +301,7 @@ def test_refused_rows_sort_as_rejected_not_as_an_unreachable_database(engine: En
     }
     for code, error in refused.items():
         assert error.orig.args[0] == code, error
-        assert dialects.error_kind(error) == "rejected", error
+        assert dialects.dialect_for(engine).error_kind(error) == "rejected", error
     assert isinstance(refused[4025], exc.OperationalError)  # PyMySQL's class alone would say "unreachable"
 
 
@@ -312,7 +314,7 @@ def test_a_lost_or_refused_server_sorts_as_unreachable(db_url: str) -> None:
                 pass
         finally:
             engine.dispose()
-        assert dialects.error_kind(caught.value) == "unreachable", caught.value
+        assert dialects.dialect_for(engine).error_kind(caught.value) == "unreachable", caught.value
 
 
 @mariadb_only
@@ -328,7 +330,7 @@ def test_deadlocks_and_lock_timeouts_sort_as_worth_a_retry(engine: Engine) -> No
         first.execute(text(lock), {"i": ids[0]})
         with pytest.raises(exc.OperationalError) as waited:
             second.execute(text(lock), {"i": ids[0]})  # waits 1 s, then gives up
-        assert waited.value.orig.args[0] == 1205 and dialects.error_kind(waited.value) == "retry"
+        assert waited.value.orig.args[0] == 1205 and dialects.dialect_for(engine).error_kind(waited.value) == "retry"
         second.rollback()
         second.execute(text(lock), {"i": ids[1]})
         crossed: list[BaseException] = []
@@ -348,7 +350,7 @@ def test_deadlocks_and_lock_timeouts_sort_as_worth_a_retry(engine: Engine) -> No
         waiter.join()
         codes = {e.orig.args[0]: e for e in crossed if isinstance(e, exc.DBAPIError)}
         assert 1213 in codes, crossed  # one of the two is the deadlock's victim
-        assert dialects.error_kind(codes[1213]) == "retry"
+        assert dialects.dialect_for(engine).error_kind(codes[1213]) == "retry"
     finally:
         first.close()
         second.close()

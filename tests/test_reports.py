@@ -20,7 +20,7 @@ from etl.api.documents import ConnectionRecord, VehicleAttributes
 from etl.check import check_history
 from etl.cli import cli
 from etl.db.batch import store_batch
-from etl.db.dialects import is_mariadb
+from etl.db.dialects import dialect_for
 from etl.db.store import Store
 from etl.outcomes import Failed, Fetched, Gone, Outcome
 from etl.reports import changes_between, fleet, permissions_at
@@ -92,7 +92,7 @@ def history(run_sync: Runner, engine: Engine) -> History:
 
 def database(engine: Engine) -> str:
     """The cookbook's name for the engine's database (``mysql://`` URLs are MariaDB too)."""
-    return "mariadb" if is_mariadb(engine.dialect) else engine.dialect.name
+    return dialect_for(engine).name
 
 
 def cookbook(name: str) -> dict[str, str]:

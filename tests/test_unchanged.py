@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import Engine, text
 
-from etl.db.dialects import is_mariadb
+from etl.db.dialects import dialect_for
 from tests.conftest import Runner
 
 COUNTED = ("users", "vehicles", "permission_grants", "permission_changes", "archive_bodies", "archive_spans")
@@ -32,7 +32,7 @@ def count_writes(engine: Engine) -> None:
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
                                       "FOR EACH ROW EXECUTE FUNCTION log_write()"))
-                elif is_mariadb(engine.dialect):
+                elif dialect_for(engine).name == "mariadb":
                     conn.execute(text(f"CREATE TRIGGER log_{table}_{op} AFTER {op} ON {table} "
                                       f"FOR EACH ROW INSERT INTO write_log VALUES ('{table}', '{op}')"))
                 else:

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, bindparam, case, exists, func, select, update
 
 from etl.api.documents import decode_json
-from etl.db.dialects import among, insert_rows
+from etl.db.dialects import dialect_for
 from etl.db.models import archive_bodies, archive_spans, connections
 from etl.errors import MalformedDocumentError
 from etl.outcomes import Failed, Fetched, Gone, Outcome
@@ -218,17 +218,18 @@ def end_spans(conn: Connection, connection_ids: Sequence[str], before: Before, *
             moved.append({"b_id": span.span_id, "b_at": success})
     _extend(conn, moved)
     if detach:
-        conn.execute(update(connections).where(among(conn, connections.c.id, ending)).values(archive_span_id=None))
+        ending_ones = dialect_for(conn).among(connections.c.id, ending)
+        conn.execute(update(connections).where(ending_ones).values(archive_span_id=None))
 
 
 def _start(conn: Connection, run_id: int | None, seen: Sequence[Seen], before: Before) -> None:
     """New spans for new documents (and 404s after a document), and the connections' pointers to them."""
     body_ids = _body_ids(conn, seen, before)
-    insert_rows(conn, archive_spans, [
+    dialect_for(conn).insert_rows(conn, archive_spans, [
         {"connection_id": o.connection_id, "body_id": body_ids[(o.connection_id, o.digest)] if o.digest else None,
          "first_seen_at": o.observed_at, "last_seen_at": o.observed_at, "run_id": run_id} for o in seen])
     s, c = archive_spans.c, connections.c
-    conn.execute(update(connections).where(among(conn, c.id, [o.connection_id for o in seen])).values(
+    conn.execute(update(connections).where(dialect_for(conn).among(c.id, [o.connection_id for o in seen])).values(
         archive_span_id=select(func.max(s.id)).where(s.connection_id == c.id).scalar_subquery()))
 
 
@@ -239,8 +240,9 @@ def _extend(conn: Connection, extend: Sequence[dict[str, Any]]) -> None:
     for row in extend:
         by_time.setdefault(row["b_at"], []).append(row["b_id"])
     if len(by_time) * 4 <= len(extend):
+        among = dialect_for(conn).among
         for at, ids in by_time.items():
-            conn.execute(update(archive_spans).where(among(conn, archive_spans.c.id, ids)).values(last_seen_at=at))
+            conn.execute(update(archive_spans).where(among(archive_spans.c.id, ids)).values(last_seen_at=at))
         return
     if extend:
         conn.execute(update(archive_spans).where(archive_spans.c.id == bindparam("b_id"))
@@ -260,7 +262,7 @@ def _body_ids(conn: Connection, seen: Sequence[Seen], before: Before) -> dict[tu
         if not connection_ids:
             return {}
         rows = conn.execute(select(b.id, b.connection_id, b.digest).where(  # a few bodies per connection
-            among(conn, b.connection_id, sorted(connection_ids))))
+            dialect_for(conn).among(b.connection_id, sorted(connection_ids))))
         return {(r.connection_id, r.digest): r.id for r in rows if (r.connection_id, r.digest) in wanted}
 
     have = stored({c for c, _ in wanted if c in before.spans or before.last_success.get(c) is not None})
@@ -271,7 +273,7 @@ def _body_ids(conn: Connection, seen: Sequence[Seen], before: Before) -> dict[tu
             compressed, body = packed(s.document)
             new.append({"connection_id": s.connection_id, "digest": s.digest, "compressed": compressed,
                         "body": body, "size": len(s.document), "rejected": s.rejected})
-    insert_rows(conn, archive_bodies, new)
+    dialect_for(conn).insert_rows(conn, archive_bodies, new)
     return have | stored({s.connection_id for key, s in wanted.items() if key not in have})
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Table, bindparam, select, update
 from etl.api.documents import VEHICLE_FIELDS
 from etl.cadence import Cadence
 from etl.db.archive import Archiving, Before, archive_outcomes, current, with_current
-from etl.db.dialects import among, insert_rows, upsert
+from etl.db.dialects import dialect_for
 from etl.db.models import (
     connections,
     fetch_errors,
@@ -119,7 +119,7 @@ def _read_stored(conn: Connection, outcomes: Sequence[Outcome], archive: Archivi
         return stored
     query = (select(connections.c.id, connections.c.last_success_at, connections.c.consecutive_failures,
                     *(connections.c[c] for c in IDENTITY))
-             .where(among(conn, connections.c.id, [o.connection_id for o in outcomes])))
+             .where(dialect_for(conn).among(connections.c.id, [o.connection_id for o in outcomes])))
     for state in conn.execute(query if archive is Archiving.LEAVE else with_current(query)):
         if archive is not Archiving.LEAVE and (span := current(state)) is not None:
             stored.before.spans[state.id] = span
@@ -131,7 +131,8 @@ def _read_stored(conn: Connection, outcomes: Sequence[Outcome], archive: Archivi
     if answered:
         for row in conn.execute(
             select(permission_grants.c.connection_id, permission_grants.c.permission).where(
-                among(conn, permission_grants.c.connection_id, answered), permission_grants.c.valid_to.is_(None)
+                dialect_for(conn).among(permission_grants.c.connection_id, answered),
+                permission_grants.c.valid_to.is_(None),
             )
         ):
             stored.held.setdefault(row.connection_id, set()).add(row.permission)
@@ -170,8 +171,8 @@ def _write_history(conn: Connection, fetched: Sequence[Fetched], gone: Sequence[
             .values(valid_to=bindparam("b_valid_to")),
             delta.close_grants,
         )
-    insert_rows(conn, permission_grants, delta.open_grants)
-    insert_rows(conn, permission_changes, delta.changes)
+    dialect_for(conn).insert_rows(conn, permission_grants, delta.open_grants)
+    dialect_for(conn).insert_rows(conn, permission_changes, delta.changes)
     return delta
 
 
@@ -182,7 +183,7 @@ def _write_failures(conn: Connection, failed: Sequence[Failed], stored: _Stored,
         return
     unknown = [o for o in failed if o.connection_id not in stored.previous]
     if unknown:  # first seen in a listing, already malformed: a pending row carries its error
-        upsert(conn=conn, table=connections, key=["id"], update=[], rows=[
+        dialect_for(conn).upsert(conn=conn, table=connections, key=["id"], update=[], rows=[
             {"id": o.connection_id, "status": "pending", "tracked": True, "tracked_at": o.observed_at}
             for o in unknown])
     if run_id is not None:
@@ -236,7 +237,7 @@ def _worth_writing(
     """
     stored = {row.id: row for row in conn.execute(
         select(table.c.id, table.c.first_seen_at, table.c.last_seen_at, *(table.c[f] for f in fields))
-        .where(among(conn, table.c.id, list(rows))))}
+        .where(dialect_for(conn).among(table.c.id, list(rows))))}
     keep = []
     for key, row in rows.items():
         old = stored.get(key)
@@ -259,7 +260,7 @@ def _refresh_times(conn: Connection, fetched: Sequence[Fetched], due: Callable[[
         by_time.setdefault(o.observed_at, []).append(o.connection_id)
     if len(by_time) * 4 <= len(fetched):
         for at, ids in by_time.items():
-            conn.execute(update(connections).where(among(conn, connections.c.id, ids)).values(
+            conn.execute(update(connections).where(dialect_for(conn).among(connections.c.id, ids)).values(
                 last_seen_at=at, last_success_at=at, last_attempt_at=at, next_due_at=due(at)))
         return
     conn.execute(
@@ -292,6 +293,7 @@ def _upsert_entities(
         first = vehicle_rows.get(r.vehicle_id, {}).get("first_seen_at", o.observed_at)
         vehicle_rows[r.vehicle_id] = {"id": r.vehicle_id, **asdict(r.vehicle), "first_seen_at": first,
                                       "last_seen_at": o.observed_at}
+    upsert = dialect_for(conn).upsert
     upsert(conn=conn, table=users, rows=_worth_writing(conn, users, user_rows, ()), key=["id"],
            update=["last_seen_at"])
     upsert(conn=conn, table=vehicles, rows=_worth_writing(conn, vehicles, vehicle_rows, VEHICLE_FIELDS), key=["id"],

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from etl.db import dialects
+from etl.db.dialects import dialect_for, for_url
 from etl.errors import DatabaseError, NoDatabaseError, NotMigratedError, one_line
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,14 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
-    """Create an engine set up for its database (``etl.db.dialects.configure``).
+    """Create an engine set up for its database (``Database.configure``).
 
     Without ``create``, a SQLite file that does not exist is an error (exit 2,
     naming ``db upgrade``) instead of being created empty.
     """
     parsed = make_url(url)
-    path = dialects.sqlite_file(parsed)
+    database = for_url(parsed)
+    path = database.file_of(parsed)
     if path is not None:
         try:
             folder, exists = path.parent.is_dir(), path.exists()
@@ -66,8 +67,8 @@ def make_engine(url: str, *, create: bool = True, **kwargs: Any) -> Engine:
             raise DatabaseError(url=safe_url(url), reason=f"folder {path.parent} does not exist")
         if not create and not exists:
             raise NoDatabaseError(url=safe_url(url))
-    engine = create_engine(url, **{**dialects.engine_options(parsed), **kwargs})
-    dialects.configure(engine)
+    engine = create_engine(url, **{**database.engine_options(parsed), **kwargs})
+    database.configure(engine)
     return engine
 
 
@@ -81,7 +82,7 @@ def translate_errors(engine: Engine, *, retried: bool = False) -> Iterator[None]
     try:
         yield
     except exc.DBAPIError as error:
-        kind = dialects.error_kind(error)
+        kind = dialect_for(engine).error_kind(error)
         if kind == "rejected" or (kind == "retry" and retried):
             raise  # one statement's data was refused: the caller decides what that costs
         reason = one_line(error).split(": ", 1)[-1] or type(error).__name__

@@ -1,10 +1,10 @@
 """Guards that make a migration safe to run again where DDL is not transactional (MariaDB).
 
 PostgreSQL and SQLite run a migration in one transaction: it applies whole or not at all.
-MariaDB commits every DDL statement at once, so a migration that fails part-way (a lost
-connection, a full disk) leaves some of its tables, columns or indexes behind while
-``alembic_version`` still names the revision before. Each step of a migration is therefore
-guarded by one of these checks, and running ``db upgrade`` again completes the revision
+A database without transactional DDL (MariaDB) commits every DDL statement at once, so a
+migration that fails part-way (a lost connection, a full disk) leaves some of its tables,
+columns or indexes behind while ``alembic_version`` still names the revision before. Each step
+of a migration is therefore guarded by one of these checks, and running ``db upgrade`` again completes the revision
 instead of failing on what already exists. On the other two databases the checks always
 find the step still to do.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from alembic import op
 from sqlalchemy import Column, inspect
 
-from etl.db.dialects import TABLE_OPTIONS, is_mariadb, partial_index_where
-from etl.db.models import OPEN_GRANT_DDL, OPEN_GRANT_INDEX
+from etl.db.dialects import TABLE_OPTIONS, dialect_for, partial_index_where
+from etl.db.models import OPEN_GRANT_INDEX, open_grant_stand_in
 
 
 def missing_table(name: str) -> bool:
@@ -68,9 +68,11 @@ def create_view(name: str, query: str) -> None:
 
 
 def create_open_grant_index() -> None:
-    """"At most one open grant per connection and permission": a partial unique index, or MariaDB's form."""
-    if is_mariadb(op.get_bind().dialect):
-        for statement in OPEN_GRANT_DDL:  # IF NOT EXISTS: safe to run again
+    """"At most one open grant per connection and permission": a partial unique index, or the stand-in for
+    one where the database has none (MariaDB)."""
+    dialect = op.get_bind().dialect
+    if not dialect_for(dialect).supports_partial_index:
+        for statement in open_grant_stand_in(dialect):  # IF NOT EXISTS: safe to run again
             op.execute(statement)
         return
     create_index("permission_grants", OPEN_GRANT_INDEX, ["connection_id", "permission"], unique=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,55 +26,30 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy import Connection as SqlConnection
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.schema import DDL
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from etl.db.dialects import (
-    MARIADB,
-    PARTIAL_INDEXES,
-    TABLE_OPTIONS,
-    is_mariadb,
-    mariadb_partial_unique,
-    partial_index_where,
-)
+from etl.db.dialects import MARIADB, TABLE_OPTIONS, dialect_for, partial_index_where
 
 UTC = dt.UTC
-
-
-class _SqliteUtcText(sqlite.DATETIME):
-    """SQLite DATETIME whose values UtcDateTime has already turned into text (and reads back itself)."""
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
     """A timezone-aware UTC timestamp, to the microsecond, on every database.
 
-    PostgreSQL stores ``timestamptz``. MariaDB stores naive UTC in ``DATETIME(6)`` (plain
-    ``DATETIME`` would drop the microseconds), whatever the session's time zone. SQLite has
-    no such type, so the value is stored as naive UTC text (``2026-03-01 12:00:00.000000``, SQLAlchemy's own
-    format, which sorts and compares correctly as text) and given back its UTC
-    zone when read; the text is made and parsed here by ``isoformat`` and
-    ``fromisoformat``, which are several times faster than the generic path.
-    Naive datetimes are refused rather than guessed at: the machine's time zone
-    never leaks in.
+    Each database object says how (``utc_type``, ``utc_value``): PostgreSQL stores ``timestamptz``;
+    MariaDB naive UTC in ``DATETIME(6)``, whatever the session's time zone; SQLite, which has no such
+    type, naive UTC text, given back its UTC zone when read. Naive datetimes are refused rather than
+    guessed at: the machine's time zone never leaks in.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(_SqliteUtcText())  # type: ignore[no-untyped-call]
-        if is_mariadb(dialect):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
+        return dialect_for(dialect).utc_type(dialect)
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
@@ -83,11 +57,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             msg = f"naive datetime {value!r}: timestamps must be timezone-aware"
             raise ValueError(msg)
-        if dialect.name == "sqlite":
-            return _sqlite_text(value)
-        if is_mariadb(dialect):
-            return value.astimezone(UTC).replace(tzinfo=None)
-        return value.astimezone(UTC)
+        return dialect_for(dialect).utc_value(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -97,12 +67,6 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]
-
-
-@functools.lru_cache(maxsize=4096)
-def _sqlite_text(value: dt.datetime) -> str:
-    """An aware datetime as SQLite stores it; remembered, as a batch binds the same few times again and again."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 ID = String(36)  # canonical lower-case UUID text, readable in SQL on every database
@@ -193,8 +157,17 @@ class Connection(Base):
 OPEN_GRANT_INDEX = "uq_permission_grants_open"
 # MariaDB has no partial index: a generated column, 1 while the grant is open, NULL after, with a unique key.
 OPEN_GRANT_FLAG = "is_open"
-OPEN_GRANT_DDL = mariadb_partial_unique("permission_grants", name=OPEN_GRANT_INDEX, flag=OPEN_GRANT_FLAG,
-                                        columns=("connection_id", "permission"), condition="valid_to IS NULL")
+def open_grant_stand_in(dialect: Dialect) -> list[str]:
+    """DDL for "one open grant per connection and permission" where there is no partial index (MariaDB's
+    generated column and unique key); none elsewhere, where the models' partial index is it."""
+    return dialect_for(dialect).partial_unique_stand_in(
+        "permission_grants", name=OPEN_GRANT_INDEX, flag=OPEN_GRANT_FLAG, columns=("connection_id", "permission"),
+        condition="valid_to IS NULL")
+
+
+def _has_partial_index(*_args: Any, dialect: Dialect, **_kw: Any) -> bool:
+    """``ddl_if``: create the partial index only where the database has them (``open_grant_stand_in`` elsewhere)."""
+    return dialect_for(dialect).supports_partial_index
 CHANGES = ("granted", "revoked")
 
 
@@ -203,9 +176,9 @@ class PermissionGrant(Base):
 
     __tablename__ = "permission_grants"
     __table_args__ = (
-        # At most one open interval per connection and permission (MariaDB: OPEN_GRANT_DDL below).
+        # At most one open interval per connection and permission (elsewhere: ``open_grant_stand_in``).
         Index(OPEN_GRANT_INDEX, "connection_id", "permission", unique=True,
-              **partial_index_where("valid_to IS NULL")).ddl_if(dialect=PARTIAL_INDEXES),  # type: ignore[arg-type]
+              **partial_index_where("valid_to IS NULL")).ddl_if(callable_=_has_partial_index),
         Index(None, "permission", "valid_from"),
         CheckConstraint("valid_to IS NULL OR valid_to > valid_from", name="interval"),
         TABLE_OPTIONS,
@@ -382,16 +355,18 @@ archive_spans: Table = Base.metadata.tables["archive_spans"]
 def compared_objects(dialect: Dialect) -> Callable[..., bool]:
     """Alembic's ``include_object`` for comparing these models with a database of this dialect.
 
-    On MariaDB it leaves out the stand-in for the partial unique index (the generated column and
+    Where there is no partial index (MariaDB) it leaves out the stand-in for it (the generated column and
     its unique key), which models cannot declare for one database only; a test checks it instead.
     """
     def include(_object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object) -> bool:
         stand_in = (type_ == "column" and name == OPEN_GRANT_FLAG) or (type_ == "index" and name == OPEN_GRANT_INDEX)
-        return not (stand_in and is_mariadb(dialect))
+        return not (stand_in and not dialect_for(dialect).supports_partial_index)
 
     return include
 
 
-for _statement in OPEN_GRANT_DDL:  # create_all() on MariaDB, as migration 0001 does
-    event.listen(permission_grants, "after_create",
-                 DDL(_statement).execute_if(dialect=MARIADB))  # type: ignore[no-untyped-call,arg-type]
+@event.listens_for(permission_grants, "after_create")
+def _create_open_grant_stand_in(target: Table, connection: SqlConnection, **_kw: object) -> None:
+    """create_all() makes the stand-in where there is no partial index, as migration 0001 does."""
+    for statement in open_grant_stand_in(connection.dialect):
+        connection.exec_driver_sql(statement)

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from etl.api.documents import VEHICLE_FIELDS, canonical_id, decode_json, parse_resource
 from etl.db.archive import Archiving, verified
 from etl.db.batch import store_batch
-from etl.db.dialects import among
+from etl.db.dialects import dialect_for
 from etl.db.models import (
     archive_bodies,
     archive_spans,
@@ -188,7 +188,7 @@ def _bodies(conn: Connection, ids: set[int | None]) -> dict[int, Any]:  # archiv
         return {}
     b = archive_bodies.c
     rows = conn.execute(select(b.id, b.connection_id, b.digest, b.compressed, b.body, b.rejected)
-                        .where(among(conn, b.id, wanted)))
+                        .where(dialect_for(conn).among(b.id, wanted)))
     return {row.id: row for row in rows}
 
 

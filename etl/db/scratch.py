@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, create_engine, pool, text
 from sqlalchemy.engine import make_url
 
-from etl.db.dialects import database_ddl, emptying_statements, normalise_url, schema_queries
+from etl.db.dialects import dialect_for, for_url, normalise_url
 from etl.db.models import Base
 
-# What a server database holds beside rows: one tuple of rows per query of ``schema_queries``.
+# What a server database holds beside rows: one tuple of rows per query of ``Database.schema_queries``.
 Schema = tuple[tuple[tuple[object, ...], ...], ...]
 
 
@@ -40,7 +40,7 @@ def create_database(admin_url: str, prefix: str = "etl_test_", template: str | N
     optionally a copy of the ``template`` database); return its URL."""
     url = make_url(normalise_url(admin_url))
     name = f"{prefix}{uuid.uuid4().hex[:16]}"
-    _run(admin_url, database_ddl(url.get_backend_name(), name, template)[0])
+    _run(admin_url, for_url(url).database_ddl(name, template)[0])
     return url.set(database=name).render_as_string(hide_password=False)
 
 
@@ -49,7 +49,7 @@ def drop_database(admin_url: str, url: str, prefix: str = "etl_test_") -> None:
     parsed = make_url(url)
     name = parsed.database
     assert name and name.startswith(prefix), f"not a scratch database: {name!r}"
-    _run(admin_url, database_ddl(parsed.get_backend_name(), name)[1])
+    _run(admin_url, for_url(parsed).database_ddl(name)[1])
 
 
 @contextmanager
@@ -75,10 +75,10 @@ def emptied(url: str, schema: Schema) -> bool:
     with _engine(url, poolclass=pool.NullPool) as engine, engine.begin() as conn:
         if _schema(conn) != schema:
             return False
-        for statement in emptying_statements(engine.dialect.name, [t.name for t in Base.metadata.sorted_tables]):
+        for statement in dialect_for(engine).emptying_statements([t.name for t in Base.metadata.sorted_tables]):
             conn.exec_driver_sql(statement)
     return True
 
 
 def _schema(conn: Connection) -> Schema:
-    return tuple(tuple(tuple(row) for row in conn.execute(text(query))) for query in schema_queries(conn.dialect.name))
+    return tuple(tuple(tuple(row) for row in conn.execute(text(query))) for query in dialect_for(conn).schema_queries())
