@@ -84,8 +84,8 @@ def _configuration(report: Diagnosis, probe: _Probe, load: Callable[[], Config],
     try:
         config = load()
     except ConfigError as error:  # several problems: one line, "; " between them
-        report.add("configuration", ERROR, "; ".join(error.errors) + " (the README's Configuration lists every "
-                   "key and variable)", 2)
+        report.add("configuration", ERROR, "; ".join(error.errors) + " (docs/configuration.md lists every key and "
+                   "variable)", 2)
         return
     probe.config = config
     settings = sum(1 for source, _ in config.sources.values() if source == "environment")

@@ -157,7 +157,7 @@ def test_doctor_bad_configuration_is_2_and_runs_no_other_check(cli_sqlite: Cli) 
     assert checks(result) == {"configuration": "error", "database": "skipped", "token": "skipped",
                               "api request": "skipped", "clock": "skipped", "rate budget": "skipped"}
     assert details(result) == {"configuration": "SMARTCAR_ETL_API_CONCURRENCY: expected a whole number from 1 to "
-                               "256, got 0 (the README's Configuration lists every key and variable)",
+                               "256, got 0 (docs/configuration.md lists every key and variable)",
                                **SKIPPED_BECAUSE}
     two = cli_sqlite("doctor", SMARTCAR_ETL_API_CONCURRENCY="0", SMARTCAR_ETL_SYNC_BATCH_SIZE="x")
     assert two.exit_code == 2 and re.search(r"configuration\s+error\s+SMARTCAR_ETL_API_CONCURRENCY: .*; "

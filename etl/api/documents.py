@@ -13,7 +13,7 @@ MariaDB cannot all hold, and gives the same verdict whatever the database:
   warning names the connection and the field. The permissions still count.
 
 Nothing is coerced into something that merely looks right. The limits are the
-constants below (documented in the README's failure-handling section).
+constants below (documented in docs/failures.md).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ shows them.
 - ``schema``: the dataclasses, each key declared once with ``setting(...)``; ``KEYS`` derived from them;
 - ``parsers``: how one value is checked (numbers and durations with their range, URLs, secrets);
 - ``loading``: defaults, file, environment and options, with each value's source; unknown variables;
-- ``showing``: ``config show``'s rows, the README's table of variables, values as people write them.
+- ``showing``: ``config show``'s rows, the table of variables in docs/configuration.md, values as people write them.
 """
 
 from etl.config.loading import DEFAULT_CONFIG_FILE, find_config_file, load_config, unknown_variables

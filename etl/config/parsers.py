@@ -2,7 +2,7 @@
 
 A parser takes ``(path, value, errors)`` and returns the parsed value, or None after appending one
 message to ``errors`` (so that every problem of a config is reported at once). Numbers and durations
-are ``Bounded`` objects whose range can be read (for the README, the example config and the tests).
+are ``Bounded`` objects whose range can be read (for docs/configuration.md, the example config and the tests).
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ class Config:
 
 SCHEMA = Schema.of(Config)
 # Every key, in the order of config.example.yaml (a test holds them equal). Every number and duration has a
-# range, in its parser, its help, config.example.yaml and the README's table (generated from this list).
+# range, in its parser, its help, config.example.yaml and the table in docs/configuration.md (generated from this list).
 KEYS: tuple[Key, ...] = SCHEMA.keys
 # Secrets themselves come only from these variables (or from the files the *_file keys name).
 SECRET_VARIABLES = {key.secret_variable: key.attr for key in KEYS if key.secret_variable}

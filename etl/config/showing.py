@@ -1,4 +1,5 @@
-"""Showing the configuration: ``config show``'s rows, the README's table of variables, values as people write them."""
+"""Showing the configuration: ``config show``'s rows, the table of variables in docs/configuration.md, values
+as people write them."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _row(config: Config, dotted: str, value: Any) -> dict[str, Any]:
 
 
 def variables_table() -> list[str]:
-    """The README's table of environment variables, generated from ``KEYS`` (a test keeps the README equal)."""
+    """The table of environment variables in docs/configuration.md, generated from ``KEYS`` (a test holds it)."""
     lines = ["| variable | key | default | meaning |", "|---|---|---|---|"]
     for key in KEYS:
         shown = "none" if key.default is None else f"`{_default_text(key, key.default)}`"

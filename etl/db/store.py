@@ -118,7 +118,7 @@ class Store(RunBookkeeping, RateBudget, ConnectionQueries, Transactions):
                     more = f" and {total - len(shown)} more" if total > len(shown) else ""
                     msg = (f"the archive does not hold every observation of {total} connection(s) "
                            f"({', '.join(shown)}{more}), e.g. from a time when archive.enabled was off; "
-                           "nothing was rebuilt (see the README: The document archive)")
+                           "nothing was rebuilt (see docs/archive.md)")
                     raise ConfigError(msg)
                 result = rebuild(conn)
                 if dry_run:
