@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine
 
 from etl.context import Seams
-from etl.db.models import _sqlite_text
+from etl.db.dialects.sqlite import _utc_text as _sqlite_text
 from etl.db.store import Store
 from etl.fakeapi import PERMISSIONS, FakeApi
 from etl.scheduler import Daemon
