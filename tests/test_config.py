@@ -5,7 +5,6 @@ table: tests/test_config_showing.py."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -13,9 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
 
-from etl.cli import cli
 from etl.config import (
     KEYS,
     SCHEMA,
@@ -32,6 +29,7 @@ from etl.config import (
 from etl.config import parsers as p
 from etl.config.loading import build
 from etl.errors import ConfigError
+from tests.test_hostile_cli import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "a-real-looking-client-secret-42"
@@ -51,14 +49,6 @@ def write(tmp_path: Path, text: str) -> str:
 write_config = write
 
 
-def invoke(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> Result:
-    """The CLI as a user runs it: exceptions are not caught by the runner, so a traceback would fail the test."""
-    result = CliRunner().invoke(cli, list(args), env={"SMARTCAR_ETL_CONFIG": "", **(env or {})},
-                                input=io.BytesIO(stdin) if stdin is not None else None, catch_exceptions=False)
-    # A traceback may only stand inside a JSON log record (its "exception" field), never as lines of its own.
-    plain = [line for line in result.output.splitlines() if not line.startswith("{")]
-    assert not any("Traceback" in line for line in plain), result.output
-    return result
 
 
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
