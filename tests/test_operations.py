@@ -165,7 +165,7 @@ def test_two_syncs_started_together_one_polls_the_other_exits_4(
     procs: Procs, engine: Engine, fake_api: FakeApi
 ) -> None:
     ids = tracked_world(fake_api, engine, 8)
-    fake_api.fail_next(None, delay=0.25, match="/v3/connections/", times=1000)
+    fake_api.fail_next(None, delay=1.0, match="/v3/connections/", times=1000)  # the holder keeps the lock ~4 s
     first, second = procs.start("sync"), procs.start("sync")
     results = [(p.wait(timeout=60), *p.communicate()) for p in (first, second)]
     assert sorted(code for code, _, _ in results) == [0, 4]
