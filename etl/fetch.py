@@ -90,8 +90,8 @@ def fetch_outcomes(
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch")
     try:
         yield from _window(iter(ids), client, pool, max(window or concurrency, concurrency), now)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    finally:  # left early (stopped): what was given and not started is dropped, requests in flight end alone
+        pool.shutdown(wait=not client.cancelled.is_set(), cancel_futures=True)
 
 
 def _window(ids: Iterator[str], client: SmartcarClient, pool: ThreadPoolExecutor, window: int,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from etl.outcomes import BatchCounts, Outcome
+from etl.stop import shielded
 
 log = logging.getLogger(__name__)
 TICK = 0.5  # seconds between the heartbeat's looks: an answer is stored at most this late after its time
@@ -76,8 +77,9 @@ class Pending:
     def _write(self) -> None:
         batch, self.outcomes, self.oldest = self.outcomes, [], None
         try:
-            self.write(batch)
-        except BaseException:
+            with shielded():  # an interruption waits for the write: the batch is stored whole or not at all
+                self.write(batch)
+        except Exception:
             self.outcomes = batch + self.outcomes  # not stored: the run loop decides what becomes of them
             raise
 

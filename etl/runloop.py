@@ -21,6 +21,7 @@ from etl.fetch import OutcomeSource
 from etl.guards import DeletionGuard, OutageGuard
 from etl.heartbeat import Heartbeat, Pending
 from etl.outcomes import BatchCounts, Failed, Gone, Postponed, Result
+from etl.stop import shielded
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class RunLoop:
                         self._take(pending, outcome)
                 self._release_deletions(pending)
                 pending.flush()
+            self._end(*self._verdict())
         except (FatalApiError, DatabaseError) as error:
             self._end_quietly("aborted", str(error))
             log.error("%s; %d fetched results were not stored; cause: %s", self.result.summary(), len(pending),
@@ -134,7 +136,6 @@ class RunLoop:
             self._store_quietly(pending)
             self._end_quietly("aborted", self._stopped(one_line(error, limit=500)))
             raise
-        self._end(*self._verdict())
         self.log_end()
         return self.result
 
@@ -260,7 +261,8 @@ class RunLoop:
         r.rate_limit_wait = (limiter.waited if limiter is not None else 0.0) - self._waited_before
         finished_at = self.ctx.now()
         try:
-            self.ctx.store.finish_run(r, at=finished_at, error=error)
+            with shielded():  # an interruption waits for the run's row to be written
+                self.ctx.store.finish_run(r, at=finished_at, error=error)
         finally:
             if self.ctx.metrics is not None:
                 self.ctx.metrics.run(r, finished_at=finished_at)

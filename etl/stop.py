@@ -27,10 +27,42 @@ class StopRequest(threading.Event):
         self.reason: str | None = None
 
     def request(self, reason: str) -> None:
-        """Ask the pass to stop, saying who asks (the first reason given is kept)."""
-        if not self.is_set():
+        """Ask the pass to stop, saying who asks (the first reason given is kept, also when the pass was
+        already stopping for a reason of its own, such as the outage guard)."""
+        if self.reason is None:
             self.reason = reason
-            self.set()
+        self.set()
+
+
+# An interruption that comes while the main thread writes to the database waits for the write to end:
+# a batch is then either stored whole (and not written again) or not at all.
+_shield = {"depth": 0, "due": False}
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """In the main thread, hold back the interruption of ``stop_on_signals`` until the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _shield["depth"] += 1
+    try:
+        yield
+    except BaseException:  # the block failed on its own: that error goes on, the run ends with it
+        _shield["depth"] -= 1
+        raise
+    _shield["depth"] -= 1
+    if not _shield["depth"] and _shield["due"]:
+        _shield["due"] = False
+        raise KeyboardInterrupt
+
+
+def _interrupt() -> None:
+    """Raise KeyboardInterrupt now, or when the main thread leaves its shielded block."""
+    if _shield["depth"]:
+        _shield["due"] = True
+        return
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -39,14 +71,20 @@ def stop_on_signals(stop: StopRequest, *, grace: float) -> Iterator[None]:
     signal, KeyboardInterrupt is raised in the main thread. Outside the main thread (tests invoking a
     command from a thread), signals are left as they are."""
     timers: list[threading.Timer] = []
+    state = {"signalled": False, "done": False}
+    lock = threading.Lock()
 
     def interrupt_main() -> None:  # a real signal, to the main thread: it also cuts a blocking read short
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        with lock:
+            if not state["done"]:
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def handler(signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set():
-            raise KeyboardInterrupt
+        if state["signalled"]:  # the second signal, or the grace is over
+            _interrupt()
+            return
+        state["signalled"] = True
         stop.request(name)
         log.warning("%s: stopping; no new request is sent, those in flight have %gs, then what was received is "
                     "stored (a second signal stops at once)", name, grace)
@@ -63,6 +101,9 @@ def stop_on_signals(stop: StopRequest, *, grace: float) -> Iterator[None]:
     try:
         yield
     finally:
+        with lock:
+            state["done"] = True
+        _shield["due"] = False
         for timer in timers:
             timer.cancel()
         for sig, old in previous.items():

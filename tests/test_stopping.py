@@ -292,3 +292,34 @@ def test_the_documented_metrics_table_names_every_metric_the_job_exports() -> No
     for family in Metrics().registry.collect():
         exported.add(family.name + ("_total" if family.type == "counter" else ""))
     assert table == exported
+
+
+def test_a_first_signal_is_a_graceful_stop_even_when_the_pass_was_already_stopping() -> None:
+    import os
+
+    from etl.stop import stop_on_signals
+
+    stop = StopRequest()
+    stop.set()  # the outage guard (or a fatal answer) had stopped the sending, with no reason given
+    with stop_on_signals(stop, grace=60):
+        os.kill(os.getpid(), signal.SIGTERM)  # not a second signal: no interruption
+        time.sleep(0.05)
+    assert stop.reason == "SIGTERM"
+
+
+def test_an_interruption_waits_for_the_database_write_in_progress() -> None:
+    import os
+
+    from etl.stop import shielded, stop_on_signals
+
+    done: list[str] = []
+    with stop_on_signals(StopRequest(), grace=60):
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: a graceful stop
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():  # a batch being written
+                os.kill(os.getpid(), signal.SIGTERM)  # the second: it waits for the write
+                time.sleep(0.05)
+                done.append("written whole")
+        done.append("interrupted after")
+    assert done == ["written whole", "interrupted after"]

@@ -82,7 +82,21 @@ def _report(ctx: click.Context, run: Callable[[StopRequest], RunResult], fmt: st
                 click.echo(result.hint)
     if fmt == "json":
         echo_json(outcome)
+    if outcome["exit_code"] == INTERRUPTED and outcome["run_id"] is None:  # interrupted where it stood
+        _leave_now()
     ctx.exit(outcome["exit_code"])
+
+
+def _leave_now() -> None:
+    """Exit 130 at once: requests still in flight on the fetch threads are not waited for (they would hold
+    the interpreter's exit until their deadline); what was received is stored already."""
+    import logging
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(INTERRUPTED)
 
 
 @cli.command("sync")
