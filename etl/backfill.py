@@ -28,7 +28,7 @@ from etl.config import Config
 from etl.context import Pass, Progress, Seams, build_client
 from etl.db.store import Store
 from etl.fetch import ByIds, Listing, OutcomeSource
-from etl.runloop import RunLoop, RunResult
+from etl.runloop import RunLoop, RunResult, progress_shown
 from etl.tracking import track
 
 log = logging.getLogger(__name__)
@@ -162,23 +162,12 @@ def backfill(
         log.info("run %s: backfill %d of %s%s", run_id, opened.id, source.name,
                  f", resuming at page {opened.next_page}" if opened.next_page > 1 else "",
                  extra={"run_id": run_id, "backfill_id": opened.id})
-        if progress is not None:
-            progress.start(estimate)
-        try:
+        with progress_shown(progress, outcomes, estimate) as step:
             result = RunLoop(ctx, outcomes, run_id, started_at, checkpoint=lambda: (opened.id, page()),
-                             progress=_advance(progress, outcomes))()
-        finally:
-            if progress is not None:
-                progress.finish()
+                             progress=step)()
         if result.status in ("succeeded", "partial", "failed") and not outcomes.incomplete and not result.deferred:
             store.finish_backfill(opened.id, at=ctx.now(), run_id=run_id)
         else:
             log.warning("backfill %d is not complete; `smartcar-etl backfill ... --resume` continues it", opened.id)
         return result
 
-
-def _advance(progress: Progress | None, outcomes: OutcomeSource) -> Callable[[int], None] | None:
-    """Step the progress display; the listing's totalCount, once known, becomes its total."""
-    if progress is None:
-        return None
-    return lambda n: progress.advance(n, getattr(outcomes, "total", None))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from etl.context import Pass
+from etl.context import Pass, Progress
 from etl.errors import DatabaseError, EtlError, FatalApiError, SyncAborted, one_line
 from etl.fetch import OutcomeSource
 from etl.guards import DeletionGuard, OutageGuard
@@ -74,6 +74,22 @@ def outcome_without_result(status: str, exit_code: int, error: str, run_id: int 
     """A pass's outcome when it ended without a result (skipped, aborted): a result's keys, the counts null."""
     return {**dict.fromkeys(RunResult(run_id=0, status="succeeded", planned=0).as_dict()),
             "run_id": run_id, "status": status, "exit_code": exit_code, "error": error}
+
+
+@contextmanager
+def progress_shown(progress: Progress | None, source: OutcomeSource, total: int | None
+                   ) -> Iterator[Callable[[int], None] | None]:
+    """A progress display around a run: started with ``total``, stepped for each outcome (the listing's
+    totalCount, once known, else what the source plans, becomes its total), finished however the run ends.
+    Gives the step for ``RunLoop``'s ``progress``; None without a display."""
+    if progress is None:
+        yield None
+        return
+    progress.start(total)
+    try:
+        yield lambda n: progress.advance(n, getattr(source, "total", None) or source.planned)
+    finally:
+        progress.finish()
 
 
 @dataclass

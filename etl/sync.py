@@ -16,7 +16,7 @@ from etl.config import Config
 from etl.context import Pass, Seams
 from etl.db.store import Store
 from etl.fetch import ByIds, Cheapest, ResumableListing
-from etl.runloop import RunLoop, RunResult
+from etl.runloop import RunLoop, RunResult, progress_shown
 
 __all__ = ["RunResult", "default_max_duration", "idle_hint", "sync"]
 log = logging.getLogger(__name__)
@@ -64,18 +64,11 @@ def sync(
         log.info("run %s: %d connection(s) due, strategy %s", run_id, len(due), strategy,
                  extra={"run_id": run_id, "strategy": strategy})
         checkpoint = None if isinstance(source, ByIds) else source.checkpoint
-        bar = seams.progress
-        loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint,
-                       progress=None if bar is None else lambda n: bar.advance(n, source.planned))
-        if not due and strategy != "list":
-            loop.result.hint = idle_hint(store, at=ctx.now(), interval=ctx.cadence.interval * (1 - EARLY))
-        if bar is None:
+        with progress_shown(seams.progress, source, source.planned) as step:
+            loop = RunLoop(ctx, source, run_id, started_at, checkpoint=checkpoint, progress=step)
+            if not due and strategy != "list":
+                loop.result.hint = idle_hint(store, at=ctx.now(), interval=ctx.cadence.interval * (1 - EARLY))
             return loop()
-        bar.start(source.planned)
-        try:
-            return loop()
-        finally:
-            bar.finish()
 
 
 def idle_hint(store: Store, *, at: dt.datetime, interval: dt.timedelta) -> str:
