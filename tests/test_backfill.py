@@ -205,3 +205,23 @@ def test_progress_bar_on_a_terminal_and_clean_logs_otherwise(
     assert "\r" not in piped.stderr and "/60" not in piped.stderr
     lines = [line for line in piped.stderr.splitlines() if line.strip()]
     assert lines and all(line[:4].isdigit() and " INFO " in line or " WARNING " in line for line in lines)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the display is the same on every database
+def test_sync_shows_the_same_progress_bar_on_a_terminal(
+    engine: Engine, api_server: dict[str, str], fake_api: FakeApi, tmp_path: Path
+) -> None:
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(fake_api.populate(40, seed=26)))
+    env = env_for(engine, api_server, fake_api, tmp_path)
+    assert etl(env, "connections", "import", str(ids_file), cwd=tmp_path).returncode == 0
+    fake_api.fail_next(None, delay=0.02, match="/v3/connections/", times=10_000)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "etl", "sync", "--all", "--strategy", "ids"], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=slave, text=True)
+    os.close(slave)
+    terminal = read_all(master, proc)
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    assert "sync" in terminal and "40/40" in terminal and "\r" in terminal
