@@ -291,3 +291,19 @@ def test_a_run_that_an_error_ends_early_is_aborted_and_exits_3(run_sync: Runner,
     assert caught.value.exit_code == 3
     with engine.connect() as conn:
         assert conn.scalar(select(sync_runs.c.status)) == "aborted"
+
+
+@pytest.mark.parametrize(("body", "kind"), [
+    ({"errors": [{"status": "429", "type": "RATE_LIMIT", "code": "VEHICLE"}]}, "vehicle_limit"),
+    ({"type": "RATE_LIMIT", "code": "VEHICLE", "statusCode": 429}, "vehicle_limit"),  # the v2 flat object
+    ({"errors": [{"status": "429", "type": "RATE_LIMIT", "code": "SMARTCAR_API"}]}, "rate_limited"),
+    ({"type": "RATE_LIMIT", "code": "SMARTCAR_API", "statusCode": 429}, "rate_limited"),
+    (None, "rate_limited"),  # no body: the application's limit, as before
+])
+def test_a_vehicles_429_is_told_from_the_applications_in_either_error_shape(body: Any, kind: str) -> None:
+    from etl.errors import RetriableApiError
+
+    response = httpx.Response(429) if body is None else httpx.Response(429, json=body)
+    with pytest.raises(RetriableApiError) as caught:
+        classify(response, path="/connections/x")
+    assert caught.value.kind == kind
