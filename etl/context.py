@@ -9,7 +9,6 @@ the run loop instead of a dozen arguments.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,11 +26,8 @@ from etl.api.transport import make_http_client
 from etl.cadence import Cadence
 from etl.clock import utcnow
 from etl.config import Config
-from etl.db.models import rate_budgets
 from etl.db.store import Bucket, Store
 from etl.metrics import Metrics
-
-BUDGET_KEY_LENGTH: int = rate_budgets.c.key.type.length  # type: ignore[attr-defined]
 
 
 class Progress(Protocol):
@@ -58,19 +54,9 @@ class Seams:
 
 
 def budget_key(config: Config) -> str:
-    """Which bucket of the database this application draws from: ``rate_limit.key``, else the client id.
-
-    A client id too long for the key column is hashed, so that every database takes the same key; a
-    key that fits stays as it is (the budget rows of existing databases keep their keys).
-    """
-    if config.rate_limit.key:
-        return config.rate_limit.key
-    if not config.api.client_id:
-        return "access-token"
-    key = f"client:{config.api.client_id}"
-    if len(key) <= BUDGET_KEY_LENGTH:
-        return key
-    return "client-sha256:" + hashlib.sha256(config.api.client_id.encode()).hexdigest()
+    """Which bucket of the database this application draws from: ``rate_limit.key``, else the application's
+    name (Smartcar keeps one bucket per application; every process of the job shares it)."""
+    return config.rate_limit.key or config.api.application
 
 
 def application_bucket(config: Config) -> Bucket:

@@ -9,26 +9,33 @@ query is exact on SQLite (UTC text), PostgreSQL (timestamptz) and MariaDB (UTC D
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, Select, func, or_, select
 
 from etl.db.engine import require_migrated, translate_errors
 from etl.db.models import connections, permission_changes, permission_grants, vehicles
 
-PERMISSIONS_COLUMNS = ("connection_id", "user_id", "vehicle_id", "make", "model", "permission", "granted_since",
-                       "status")
-CHANGES_COLUMNS = ("observed_at", "change", "permission", "connection_id", "user_id", "vehicle_id", "make",
-                   "model", "previous_observed_at")
-FLEET_COLUMNS = ("make", "powertrain_type", "mode", "status", "connections")
+PERMISSIONS_COLUMNS = ("application", "connection_id", "user_id", "vehicle_id", "make", "model", "permission",
+                       "granted_since", "status")
+CHANGES_COLUMNS = ("observed_at", "change", "permission", "application", "connection_id", "user_id", "vehicle_id",
+                   "make", "model", "previous_observed_at")
+FLEET_COLUMNS = ("application", "make", "powertrain_type", "mode", "status", "connections")
 
 
-def permissions_at(engine: Engine, at: dt.datetime, *, permission: str | None = None) -> list[dict[str, Any]]:
+def _of(query: Select[Any], applications: Sequence[str] | None) -> Select[Any]:
+    """``query`` limited to the connections of ``applications`` (None: every application)."""
+    return query if applications is None else query.where(connections.c.application.in_(applications))
+
+
+def permissions_at(engine: Engine, at: dt.datetime, *, permission: str | None = None,
+                   applications: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Which connections held which permissions at instant ``at``, with user and vehicle."""
     require_migrated(engine)
     g, c, v = permission_grants.c, connections.c, vehicles.c
     query = (
-        select(g.connection_id, c.user_id, c.vehicle_id, v.make, v.model, g.permission,
+        select(c.application, g.connection_id, c.user_id, c.vehicle_id, v.make, v.model, g.permission,
                g.valid_from.label("granted_since"), c.status)
         .join(connections, c.id == g.connection_id)
         .outerjoin(vehicles, v.id == c.vehicle_id)
@@ -38,18 +45,19 @@ def permissions_at(engine: Engine, at: dt.datetime, *, permission: str | None = 
     if permission is not None:
         query = query.where(g.permission == permission)
     with translate_errors(engine), engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [dict(row._mapping) for row in conn.execute(_of(query, applications))]
 
 
 def changes_between(
-    engine: Engine, since: dt.datetime, until: dt.datetime | None = None, *, permission: str | None = None
+    engine: Engine, since: dt.datetime, until: dt.datetime | None = None, *, permission: str | None = None,
+    applications: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Grants and revocations observed in [since, until), oldest first."""
     require_migrated(engine)
     pc, c, v = permission_changes.c, connections.c, vehicles.c
     query = (
-        select(pc.observed_at, pc.change, pc.permission, pc.connection_id, c.user_id, c.vehicle_id, v.make, v.model,
-               pc.previous_observed_at)
+        select(pc.observed_at, pc.change, pc.permission, c.application, pc.connection_id, c.user_id, c.vehicle_id,
+               v.make, v.model, pc.previous_observed_at)
         .join(connections, c.id == pc.connection_id)
         .outerjoin(vehicles, v.id == c.vehicle_id)
         .where(pc.observed_at >= since)
@@ -60,22 +68,22 @@ def changes_between(
     if permission is not None:
         query = query.where(pc.permission == permission)
     with translate_errors(engine), engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [dict(row._mapping) for row in conn.execute(_of(query, applications))]
 
 
-def fleet(engine: Engine) -> list[dict[str, Any]]:
-    """Connections by make, powertrain, mode and status."""
+def fleet(engine: Engine, *, applications: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Connections by application, make, powertrain, mode and status."""
     require_migrated(engine)
     c, v = connections.c, vehicles.c
     query = (
-        select(v.make, v.powertrain_type, v.mode, c.status, func.count().label("connections"))
+        select(c.application, v.make, v.powertrain_type, v.mode, c.status, func.count().label("connections"))
         .select_from(connections)
         .outerjoin(vehicles, v.id == c.vehicle_id)
-        .group_by(v.make, v.powertrain_type, v.mode, c.status)
-        .order_by(v.make, v.powertrain_type, v.mode, c.status)
+        .group_by(c.application, v.make, v.powertrain_type, v.mode, c.status)
+        .order_by(c.application, v.make, v.powertrain_type, v.mode, c.status)
     )
     with translate_errors(engine), engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+        return [dict(row._mapping) for row in conn.execute(_of(query, applications))]
 
 
 def changes_after_first_fetch(engine: Engine) -> list[Any]:

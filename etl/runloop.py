@@ -43,6 +43,7 @@ class RunResult:
     hint: str | None = None  # what to do when a pass had nothing to fetch
     deletions_held: int = 0  # 404s of live connections the mass-deletion guard did not store
     error: str | None = None  # why a guard ended the pass
+    application: str | None = None  # the application the run fetched for
 
     @property
     def exit_code(self) -> int:
@@ -51,7 +52,8 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         """The outcome as ``sync --format json`` prints it and the daemon logs it."""
-        return {"run_id": self.run_id, "status": self.status, "exit_code": self.exit_code, "planned": self.planned,
+        return {"application": self.application, "run_id": self.run_id, "status": self.status,
+                "exit_code": self.exit_code, "planned": self.planned,
                 **asdict(self.counts), "requests": self.requests, "seconds": round(self.seconds, 3),
                 "deferred": self.deferred, "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
                 "deletions_held": self.deletions_held, "hint": self.hint, "error": self.error}
@@ -108,7 +110,8 @@ class RunLoop:
     progress: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
-        self.result = RunResult(run_id=self.run_id, status="running", planned=self.source.planned or 0)
+        self.result = RunResult(run_id=self.run_id, status="running", planned=self.source.planned or 0,
+                                application=self.ctx.config.api.application)
         settings = self.ctx.config.sync
         self.deletions = DeletionGuard(self.ctx.store, max_share=settings.max_deleted_share)
         self.outage = OutageGuard(limit=settings.outage_after)

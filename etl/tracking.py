@@ -75,7 +75,7 @@ def untrack(store: Store, ids: Sequence[str]) -> tuple[int, list[str]]:
     return store.untrack(ids)
 
 
-LIST_COLUMNS = ("connection_id", "status", "tracked", "user_id", "vehicle_id", "permissions",
+LIST_COLUMNS = ("application", "connection_id", "status", "tracked", "user_id", "vehicle_id", "permissions",
                 "last_success_at", "last_attempt_at", "last_error")
 
 

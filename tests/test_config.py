@@ -194,13 +194,13 @@ archive:
         load_config(path, env={})
     assert caught.value.errors == [
         "colour: unknown section (expected one of database, api, retry, rate_limit, sync, schedule, daemon, "
-        "metrics, archive, logging)",
+        "metrics, archive, logging, applications)",
         "api: expected a mapping",
         "sync.client_secret: unknown key",
         "sync.nope: unknown key",
         "sync.batch_size: expected a whole number from 1 to 10000, got 0",
         "api_extra: unknown section (expected one of database, api, retry, rate_limit, sync, schedule, daemon, "
-        "metrics, archive, logging)",
+        "metrics, archive, logging, applications)",
         "archive.enabled: expected true or false, got 'maybe'",
     ]
 
@@ -409,12 +409,19 @@ def test_a_list_valued_section_parses_each_entry_by_the_same_declarations() -> N
     schema = Schema.of(Root)
     assert [(s.name, s.many) for s in schema.sections] == [("database", False), ("logging", False),
                                                            ("applications", True)]
-    # Entries come from the file only: no variable per entry (an index in a variable's name would be fragile).
+    # Entries are reached by name, not index: SMARTCAR_ETL_APPLICATIONS_<NAME>_<KEY>; not among the plain keys.
     assert [key.dotted for key in schema.keys] == ["database.url", "logging.level", "logging.format"]
     raw = {"applications": [{"name": "fleet-a"}, {"name": "fleet-b", "client_id": "cid-b", "concurrency": 2}],
            "logging": {"level": "debug"}}
-    root, loading = build(schema, raw=raw, env={"SMARTCAR_ETL_APPLICATIONS_NAME": "ignored",
+    root, loading = build(schema, raw=raw, env={"SMARTCAR_ETL_APPLICATIONS_FLEET_B_CONCURRENCY": "3",
+                                                 "SMARTCAR_ETL_APPLICATIONS_FLEET_C_CLIENT_ID": "cid-c",
                                                  "SMARTCAR_ETL_DATABASE_URL": "sqlite:///env.db"})
+    assert root.applications == (Application("fleet-a"), Application("fleet-b", "cid-b", 3),
+                                 Application("fleet-c", "cid-c"))
+    assert loading.sources["applications[1].concurrency"] == (
+        "environment", "SMARTCAR_ETL_APPLICATIONS_FLEET_B_CONCURRENCY")
+    root, loading = build(schema, raw=raw, env={"SMARTCAR_ETL_DATABASE_URL": "sqlite:///env.db",
+                                                 "logging_level": "ignored"})
     assert root.applications == (Application("fleet-a"), Application("fleet-b", "cid-b", 2))
     assert (root.database_url, root.logging.level) == ("sqlite:///env.db", "DEBUG")
     assert loading.sources["applications[1].concurrency"] == ("file", "applications[1].concurrency")

@@ -59,6 +59,7 @@ def env_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
         "rate_limit.capacity": ("600", 600),
         "rate_limit.per_minute": ("10", 10.0),
         "rate_limit.key": ("shared-bucket", "shared-bucket"),
+        "api.application": ("eu-west", "eu-west"),
         "sync.batch_size": ("50", 50),
         "sync.strategy": ("list", "list"),
         "sync.page_size": ("25", 25),

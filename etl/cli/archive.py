@@ -7,7 +7,7 @@ import json
 
 import click
 
-from etl.cli.base import EtlGroup, Instant, State, cli, pass_state
+from etl.cli.base import EtlGroup, Instant, State, application_option, cli, pass_state
 
 
 @cli.group(cls=EtlGroup)
@@ -26,8 +26,10 @@ def archive() -> None:
               help="The instant (ISO-8601, UTC if no offset; now, today, -7d, -12h); default: latest.")
 @click.option("--format", "fmt", type=click.Choice(("json", "table")), default="json", show_default=True,
               help="json: one JSON object on one line; table: the fields one a line, then the document.")
+@application_option
 @pass_state
-def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fmt: str) -> None:
+def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fmt: str,
+                 chosen: tuple[str, ...]) -> None:
     """Print the connection's document as received at an instant, as JSON, with when it was first and last seen.
 
     Exit 1 when the archive holds nothing for the connection by then. A 404 shows as status 404 with no
@@ -42,10 +44,12 @@ def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fm
     [cid] = ids_from_arguments([connection_id])
     store = state.store()
     store.require_migrated()
-    found = store.archived(cid, as_of)
+    mine = not chosen or store.application_of(cid) in chosen
+    found = store.archived(cid, as_of) if mine else None
     if found is None:
         when = f" by {as_of.isoformat()}" if as_of is not None else ""
-        click.echo(f"the archive holds nothing for connection {cid}{when}", err=True)
+        of = "" if mine else f" of application {', '.join(chosen)}"
+        click.echo(f"the archive holds nothing for connection {cid}{of}{when}", err=True)
         raise click.exceptions.Exit(1)
     shown = found.as_json()
     if fmt == "json":

@@ -103,9 +103,47 @@ class State:
         from etl.db.engine import make_engine
         from etl.db.store import Store
 
+        if self._stores and not create:
+            return self._stores[0]
         store = Store(make_engine(self.config.database_url, create=create), archive=self.config.archive.enabled)
         self._stores.append(store)
+        if len(self._stores) == 1:
+            self._tell_unconfigured(store)
         return store
+
+    def _tell_unconfigured(self, store: Store) -> None:
+        """Warn, once a command, of applications whose rows the configuration does not name (renamed, or
+        ``api.application`` set on an existing database): they keep their rows and are not synced."""
+        from etl.errors import EtlError
+
+        try:
+            stored = store.stored_applications()
+        except EtlError:  # not migrated yet, or unreachable: the command itself says so
+            return
+        for name in sorted(set(stored) - set(self.config.application_names())):
+            log.warning("the database holds %d connection(s) of application %s, which the configuration does not "
+                        "name: they are kept, and not synced (if it was renamed: `smartcar-etl applications "
+                        "rename %s NEW-NAME`)", stored[name], name, name)
+
+    def applications(self, chosen: tuple[str, ...], *, one: str | None = None) -> list[str]:
+        """The configured applications a command works on: ``chosen`` (``--application``, each configured), or
+        every configured one. ``one`` (the command's name): exactly one is needed, so with several configured
+        ``--application`` is required."""
+        configured = self.config.application_names()
+        unknown = [name for name in chosen if name not in configured]
+        if unknown:
+            msg = (f"{clipped(unknown[0])} is not a configured application (configured: {', '.join(configured)})")
+            raise click.BadParameter(msg, param_hint="--application")
+        names = list(dict.fromkeys(chosen)) or configured
+        if one is not None and len(names) > 1:
+            msg = (f"{one} works on one application: name it with --application "
+                   f"(configured: {', '.join(configured)})")
+            raise click.UsageError(msg)
+        return names
+
+    def application(self, name: str) -> tuple[Config, Store]:
+        """The configuration and the store as application ``name`` sees them."""
+        return self.config.for_application(name), self.store().scoped(name)
 
     def close(self) -> None:
         for store in self._stores:
@@ -223,3 +261,7 @@ result_format_option = click.option(
 
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
                              help="table for people; csv (with a header row) and json for machines.")
+
+application_option = click.option(
+    "--application", "chosen", multiple=True, metavar="NAME",
+    help="Only this application (repeatable); default: every configured one.")

@@ -6,8 +6,17 @@ from typing import Any
 
 import click
 
-from etl.cli.base import EtlGroup, State, cli, echo_json, format_option, pass_state, result_format_option
-from etl.output import render_chunks
+from etl.cli.base import (
+    EtlGroup,
+    State,
+    application_option,
+    cli,
+    echo_json,
+    format_option,
+    pass_state,
+    result_format_option,
+)
+from etl.output import render, render_chunks
 
 
 @cli.group(cls=EtlGroup)
@@ -78,23 +87,28 @@ def _report_tracked(result: Any) -> None:
 
 @connections.command("add")
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@application_option
 @pass_state
-def connections_add(state: State, ids: tuple[str, ...]) -> None:
-    """Start tracking these connection ids (UUIDs). Nothing is stored if any id is invalid.
+def connections_add(state: State, ids: tuple[str, ...], chosen: tuple[str, ...]) -> None:
+    """Start tracking these connection ids (UUIDs). Nothing is stored if any id is invalid, or belongs to
+    another application. With several applications configured, --application names the one they belong to.
 
     \b
     Example:
         smartcar-etl connections add 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
+        smartcar-etl connections add --application eu-west 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b
     """
     from etl.tracking import ids_from_arguments, track
 
-    _report_tracked(track(state.store(), ids_from_arguments(ids)))
+    (name,) = state.applications(chosen, one="connections add")
+    _report_tracked(track(state.store().scoped(name), ids_from_arguments(ids)))
 
 
 @connections.command("import")
 @click.argument("file", metavar="FILE")
+@application_option
 @pass_state
-def connections_import(state: State, file: str) -> None:
+def connections_import(state: State, file: str, chosen: tuple[str, ...]) -> None:
     """Track the ids in FILE (- for stdin): one a line, blank lines and # comments ignored.
 
     Every invalid id is reported with its line number, and then nothing is stored.
@@ -104,17 +118,20 @@ def connections_import(state: State, file: str) -> None:
     Example:
         smartcar-etl connections import ids.txt
         psql -Atc 'select connection_id from app.cars' | smartcar-etl connections import -
+        smartcar-etl connections import --application eu-west eu-ids.txt
     """
     from etl.tracking import ids_from_file, track
 
-    _report_tracked(track(state.store(), ids_from_file(file)))
+    (name,) = state.applications(chosen, one="connections import")
+    _report_tracked(track(state.store().scoped(name), ids_from_file(file)))
 
 
 @connections.command("list")
 @click.option("--all", "include_untracked", is_flag=True, help="Include untracked connections.")
+@application_option
 @format_option
 @pass_state
-def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
+def connections_list(state: State, include_untracked: bool, chosen: tuple[str, ...], fmt: str) -> None:
     """Tracked connections with status, open permissions, last success and last error.
 
     \b
@@ -123,15 +140,19 @@ def connections_list(state: State, include_untracked: bool, fmt: str) -> None:
     """
     from etl.tracking import LIST_COLUMNS, list_connections
 
-    for chunk in render_chunks(list_connections(state.store(), include_untracked=include_untracked), LIST_COLUMNS,
-                               fmt):
+    store = state.store()
+    rows = list_connections(store.scoped(chosen[0]) if len(chosen) == 1 else store, include_untracked=include_untracked)
+    if len(chosen) > 1:
+        rows = (row for row in rows if row["application"] in chosen)
+    for chunk in render_chunks(rows, LIST_COLUMNS, fmt):
         click.echo(chunk, nl=False)
 
 
 @connections.command("untrack")
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@application_option
 @pass_state
-def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
+def connections_untrack(state: State, ids: tuple[str, ...], chosen: tuple[str, ...]) -> None:
     """Stop polling these ids; their rows and history stay.
 
     \b
@@ -140,9 +161,92 @@ def connections_untrack(state: State, ids: tuple[str, ...]) -> None:
     """
     from etl.tracking import ids_from_arguments, untrack
 
-    changed, unknown = untrack(state.store(), ids_from_arguments(ids))
+    store = state.store()
+    changed, unknown = untrack(store.scoped(chosen[0]) if len(chosen) == 1 else store, ids_from_arguments(ids))
     for connection_id in unknown:
-        click.echo(f"Warning: {connection_id} is not a known connection", err=True)
+        where = f" of application {chosen[0]}" if len(chosen) == 1 else ""
+        click.echo(f"Warning: {connection_id} is not a known connection{where}", err=True)
     click.echo(f"{changed} untracked")
 
 
+@connections.command("move")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--application", "target", required=True, metavar="NAME",
+              help="The configured application they belong to.")
+@pass_state
+def connections_move(state: State, ids: tuple[str, ...], target: str) -> None:
+    """Move connections tracked under the wrong application to the one they belong to (another
+    application's token gets a genuine 404 for them). Their rows and history stay as they are.
+
+    \b
+    Example:
+        smartcar-etl connections move 32c4139a-e4aa-4c6c-b357-3ae9022dbf1b --application eu-west
+    """
+    from etl.tracking import ids_from_arguments
+
+    (name,) = state.applications((target,))
+    store = state.store().scoped(name)
+    store.require_migrated()
+    with store.lock():
+        moved, unknown = store.move(ids_from_arguments(ids))
+    for connection_id in unknown:
+        click.echo(f"Warning: {connection_id} is not a known connection", err=True)
+    click.echo(f"{moved} moved to {name}")
+
+
+@cli.group(cls=EtlGroup)
+def applications() -> None:
+    """The Smartcar applications of the database and of the configuration.
+
+    \b
+    Example:
+        smartcar-etl applications list
+        smartcar-etl applications rename default eu-west
+    """
+
+
+@applications.command("list")
+@format_option
+@pass_state
+def applications_list(state: State, fmt: str) -> None:
+    """Each application the configuration names or the database holds connections of, whether it is
+    configured, and how many connections it has.
+
+    \b
+    Example:
+        smartcar-etl applications list --format json
+    """
+    store = state.store()
+    store.require_migrated()
+    stored = store.stored_applications()
+    configured = state.config.application_names()
+    rows = [{"application": name, "configured": name in configured, "connections": stored.get(name, 0)}
+            for name in [*configured, *sorted(set(stored) - set(configured))]]
+    click.echo(render(rows, ("application", "configured", "connections"), fmt))
+
+
+@applications.command("rename")
+@click.argument("old", metavar="OLD")
+@click.argument("new", metavar="NEW")
+@pass_state
+def applications_rename(state: State, old: str, new: str) -> None:
+    """Give every row of application OLD (connections, runs, backfills, rate budget) to NEW: after an
+    application was renamed in the configuration, or `api.application` was set on an existing database.
+    History stays as it is. NEW must be configured.
+
+    \b
+    Example:
+        smartcar-etl applications rename default eu-west
+    """
+    from etl.config.parsers import application_name
+    from etl.errors import ConfigError
+
+    errors: list[str] = []
+    application_name("OLD", old, errors)
+    if errors:
+        raise ConfigError(errors)
+    (name,) = state.applications((new,))
+    store = state.store()
+    store.require_migrated()
+    moved = store.rename_application(old, name)
+    click.echo(f"{moved} connection(s) of {old} now belong to {name}")

@@ -6,7 +6,17 @@ import datetime as dt
 
 import click
 
-from etl.cli.base import EtlGroup, Instant, State, cli, echo_json, format_option, pass_state, result_format_option
+from etl.cli.base import (
+    EtlGroup,
+    Instant,
+    State,
+    application_option,
+    cli,
+    echo_json,
+    format_option,
+    pass_state,
+    result_format_option,
+)
 from etl.output import render
 
 
@@ -24,9 +34,11 @@ def report() -> None:
 @click.option("--as-of", "as_of", type=Instant(), required=True,
               help="The instant (ISO-8601, UTC if no offset; now, today, -7d, -12h).")
 @click.option("--permission", help="Only this permission, e.g. read_location.")
+@application_option
 @format_option
 @pass_state
-def report_permissions(state: State, as_of: dt.datetime, permission: str | None, fmt: str) -> None:
+def report_permissions(state: State, as_of: dt.datetime, permission: str | None, chosen: tuple[str, ...],
+                       fmt: str) -> None:
     """Which connections held which permissions at an instant.
 
     \b
@@ -35,7 +47,8 @@ def report_permissions(state: State, as_of: dt.datetime, permission: str | None,
     """
     from etl.reports import PERMISSIONS_COLUMNS, permissions_at
 
-    click.echo(render(permissions_at(state.store().engine, as_of, permission=permission), PERMISSIONS_COLUMNS, fmt))
+    rows = permissions_at(state.store().engine, as_of, permission=permission, applications=list(chosen) or None)
+    click.echo(render(rows, PERMISSIONS_COLUMNS, fmt))
 
 
 @report.command("changes")
@@ -43,10 +56,11 @@ def report_permissions(state: State, as_of: dt.datetime, permission: str | None,
               help="From this instant (included): ISO-8601, now, today, -7d, -12h.")
 @click.option("--until", type=Instant(), help="Up to this instant (excluded); default: now.")
 @click.option("--permission", help="Only this permission, e.g. read_location.")
+@application_option
 @format_option
 @pass_state
 def report_changes(state: State, since: dt.datetime, until: dt.datetime | None, permission: str | None,
-                   fmt: str) -> None:
+                   chosen: tuple[str, ...], fmt: str) -> None:
     """Grants and revocations observed in a window, oldest first.
 
     \b
@@ -58,13 +72,16 @@ def report_changes(state: State, since: dt.datetime, until: dt.datetime | None, 
     if until is not None and until <= since:
         msg = "--until must be later than --since"
         raise click.BadParameter(msg, param_hint="--until")
-    click.echo(render(changes_between(state.store().engine, since, until, permission=permission), CHANGES_COLUMNS, fmt))
+    rows = changes_between(state.store().engine, since, until, permission=permission,
+                           applications=list(chosen) or None)
+    click.echo(render(rows, CHANGES_COLUMNS, fmt))
 
 
 @report.command("fleet")
+@application_option
 @format_option
 @pass_state
-def report_fleet(state: State, fmt: str) -> None:
+def report_fleet(state: State, chosen: tuple[str, ...], fmt: str) -> None:
     """Connections by make, powertrain, mode and status.
 
     \b
@@ -73,7 +90,7 @@ def report_fleet(state: State, fmt: str) -> None:
     """
     from etl.reports import FLEET_COLUMNS, fleet
 
-    click.echo(render(fleet(state.store().engine), FLEET_COLUMNS, fmt))
+    click.echo(render(fleet(state.store().engine, applications=list(chosen) or None), FLEET_COLUMNS, fmt))
 
 
 @cli.command("check")

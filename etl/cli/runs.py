@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from etl.cli.base import State, cli, echo_json, log, pass_state, result_format_option
+from etl.cli.base import State, application_option, cli, echo_json, log, pass_state, result_format_option
 from etl.config import IF_LOCKED
 from etl.output import render
 
@@ -40,51 +41,77 @@ def _report(ctx: click.Context, run: Callable[[StopRequest], RunResult], fmt: st
     The first SIGINT or SIGTERM stops the run: no new request, those in flight have ``grace`` seconds,
     what was received is stored, and the exit code is 130; a second signal stops it at once.
     """
-    from etl.errors import EtlError, LockHeld, one_line
-    from etl.runloop import outcome_without_result
     from etl.stop import StopRequest, stop_on_signals
 
     stop = StopRequest()
-    outcome: dict[str, Any]
+    with stop_on_signals(stop, grace=grace):
+        outcome = _outcome(lambda: run(stop), stop, if_locked, raising=fmt != "json", text=fmt != "json")
+    if fmt == "json":
+        echo_json(outcome)
+    _exit(ctx, outcome)
+
+
+def _exit(ctx: click.Context, outcome: dict[str, Any]) -> None:
+    if outcome["exit_code"] == INTERRUPTED and outcome["run_id"] is None:  # interrupted where it stood
+        _leave_now()
+    ctx.exit(outcome["exit_code"])
+
+
+def _outcome(run: Callable[[], RunResult], stop: StopRequest, if_locked: str, *, raising: bool,
+             text: bool) -> dict[str, Any]:
+    """One run's outcome as a dict, its error on stderr and (``text``) its summary on stdout; with ``raising``,
+    an error that is not a skip propagates instead (the command's own error handling prints it)."""
+    from etl.errors import EtlError, LockHeld, one_line
+    from etl.runloop import outcome_without_result
+
     try:
-        with stop_on_signals(stop, grace=grace):
-            result = run(stop)
+        result = run()
     except LockHeld as error:
         code = 0 if if_locked == "skip" else error.exit_code
-        if fmt != "json" and code:
+        if raising and code:
             raise
-        outcome = outcome_without_result("skipped", code, str(error))
         click.echo(f"skipped: {error}", err=True)
+        return outcome_without_result("skipped", code, str(error))
     except EtlError as error:
-        if fmt != "json":
+        if raising:
             raise
-        status = "error" if error.exit_code == 2 else "aborted"
-        outcome = outcome_without_result(status, error.exit_code, str(error), getattr(error, "run_id", None))
         click.echo(f"Error: {error}", err=True)
+        status = "error" if error.exit_code == 2 else "aborted"
+        return outcome_without_result(status, error.exit_code, str(error), getattr(error, "run_id", None))
     except KeyboardInterrupt:
-        outcome = outcome_without_result("aborted", INTERRUPTED, f"interrupted ({stop.reason or 'SIGINT'}); what was "
-                                         "received is stored and the run is recorded as aborted")
+        outcome = outcome_without_result("aborted", INTERRUPTED, f"interrupted ({stop.reason or 'SIGINT'}); what "
+                                         "was received is stored and the run is recorded as aborted")
         click.echo(f"Error: {outcome['error']}", err=True)
+        return outcome
     except Exception as error:
-        if fmt != "json":
+        if raising:
             raise
         log.error("internal error: %s", one_line(error), exc_info=True)
         outcome = outcome_without_result(
             "aborted", 3, f"internal error ({one_line(error)}); the run, if any, is recorded as aborted")
         click.echo(f"Error: {outcome['error']}", err=True)
-    else:
-        outcome = result.as_dict()
-        if stop.reason is not None and result.status == "aborted":
-            outcome["exit_code"] = INTERRUPTED
-        if fmt != "json":
-            click.echo(result.summary())
-            if result.hint:
-                click.echo(result.hint)
-    if fmt == "json":
-        echo_json(outcome)
-    if outcome["exit_code"] == INTERRUPTED and outcome["run_id"] is None:  # interrupted where it stood
-        _leave_now()
-    ctx.exit(outcome["exit_code"])
+        return outcome
+    outcome = result.as_dict()
+    if stop.reason is not None and result.status == "aborted":
+        outcome["exit_code"] = INTERRUPTED
+    if text:
+        click.echo(result.summary())
+        if result.hint:
+            click.echo(result.hint)
+    return outcome
+
+
+# Which of several applications' exit codes the command exits with: the most severe (4 only when all were locked).
+SEVERITY = (INTERRUPTED, 3, 2, 1, 0)
+
+
+def combined(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several applications' outcomes as one: ``{"status", "exit_code", "applications": [...]}``."""
+    codes = [o["exit_code"] for o in outcomes]
+    ran = [code for code in codes if code != 4]
+    code = 4 if not ran else next(c for c in SEVERITY if c in ran)
+    worst = next((o for o in outcomes if o["exit_code"] == code), outcomes[0])
+    return {"status": worst["status"], "exit_code": code, "run_id": None, "applications": outcomes}
 
 
 def _leave_now() -> None:
@@ -113,26 +140,32 @@ def _leave_now() -> None:
                    "default: metrics.textfile from the config.")
 @accept_deletions_option
 @if_locked_option
+@application_option
 @result_format_option
 @click.pass_context
 def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max_duration: str | None,
-                 metrics_file: str | None, accept_deletions: bool, if_locked: str | None, fmt: str) -> None:
+                 metrics_file: str | None, accept_deletions: bool, if_locked: str | None, chosen: tuple[str, ...],
+                 fmt: str) -> None:
     """One pass now over the tracked connections that are due; what cron calls.
 
     A connection is due when it has not been fetched for schedule.interval, or
     when its retry or re-check time has come (failing connections back off;
-    deleted ones are re-checked daily). Only one run at a time per database.
+    deleted ones are re-checked daily). Only one run at a time per application.
+    With several applications, each configured one (or each --application) in
+    turn, all within one --max-duration.
 
     Exit 0: every connection fetched and stored, or found deleted; 1: some failed,
     or a guard stopped the pass (mass deletion, outage); 2: bad configuration;
     3: aborted (credentials refused, billing, database down); 4: skipped, another
-    run holds the lock (0 with --if-locked skip); 130: interrupted.
+    run holds the lock (0 with --if-locked skip); 130: interrupted. With several
+    applications: the most severe of theirs, and 4 only when every one was locked.
 
     \b
     Example:
         SMARTCAR_CLIENT_ID=... SMARTCAR_CLIENT_SECRET=... smartcar-etl sync
         smartcar-etl sync --strategy list   # refresh the tracked ones through the listing
         smartcar-etl sync --accept-deletions   # the deletions the guard held back are real
+        smartcar-etl sync --application eu-west --application us
         smartcar-etl sync --format json --if-locked skip | jq .status
     """
     from etl.context import Seams
@@ -141,15 +174,18 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
     from etl.sync import sync
 
     state: State = ctx.obj
+    names = state.applications(chosen)
     config = _with_run_options(state.config, max_duration, accept_deletions)
     textfile = metrics_file or config.metrics.textfile
     metrics = Metrics() if textfile else None
+    bar = _Bar("sync") if sys.stderr.isatty() and fmt != "json" and len(names) == 1 else None
 
-    bar = _Bar("sync") if sys.stderr.isatty() and fmt != "json" else None
-
-    def run(stop: StopRequest) -> RunResult:
+    def run(name: str, stop: StopRequest, seconds: float | None) -> RunResult:
+        app = config.for_application(name)
+        if seconds is not None:
+            app = replace(app, sync=replace(app.sync, max_duration_seconds=seconds))
         try:
-            return sync(config, state.store(), seams=Seams(metrics=metrics, cancelled=stop, progress=bar),
+            return sync(app, state.store().scoped(name), seams=Seams(metrics=metrics, cancelled=stop, progress=bar),
                         ignore_due=ignore_due, strategy=strategy)
         except LockHeld:
             if metrics is not None:
@@ -159,7 +195,50 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
             if metrics is not None and textfile:
                 _write_metrics(metrics, state, textfile)
 
-    _report(ctx, run, fmt, if_locked or config.sync.if_locked, config.sync.stop_timeout_seconds)
+    if len(names) == 1:
+        _report(ctx, lambda stop: run(names[0], stop, None), fmt, if_locked or config.sync.if_locked,
+                config.sync.stop_timeout_seconds)
+    else:
+        _report_applications(ctx, names, run, fmt, if_locked or config.sync.if_locked)
+
+
+def _report_applications(ctx: click.Context, names: list[str],
+                         run: Callable[[str, StopRequest, float | None], RunResult], fmt: str, if_locked: str) -> None:
+    """Sync each application in turn, within one ``sync.max_duration`` for them all; print each outcome (with
+    --format json one object holding them all) and exit with the most severe code."""
+    from etl.clock import utcnow
+    from etl.stop import StopRequest, stop_on_signals
+    from etl.sync import default_max_duration
+
+    state: State = ctx.obj
+    config = state.config
+    whole = config.sync.max_duration_seconds or default_max_duration(config, utcnow)
+    started = time.monotonic()
+    outcomes: list[dict[str, Any]] = []
+    stop = StopRequest()
+    with stop_on_signals(stop, grace=config.sync.stop_timeout_seconds):
+        for name in names:
+            left = whole - (time.monotonic() - started)
+            if stop.is_set() or left < 1:
+                outcomes.append(_not_started(name, "stopped" if stop.is_set() else "no time left in the pass's "
+                                             "max-duration; its due connections stay due"))
+                continue
+            if fmt != "json":
+                click.echo(f"{name}:")
+            outcome = _outcome(functools.partial(run, name, stop, left), stop, if_locked, raising=False,
+                               text=fmt != "json")
+            outcomes.append({**outcome, "application": name})
+    whole_outcome = combined(outcomes)
+    if fmt == "json":
+        echo_json({key: whole_outcome[key] for key in ("status", "exit_code", "applications")})
+    _exit(ctx, whole_outcome)
+
+
+def _not_started(name: str, why: str) -> dict[str, Any]:
+    from etl.runloop import outcome_without_result
+
+    click.echo(f"{name}: not started: {why}", err=True)
+    return {**outcome_without_result("skipped", 0, why), "application": name}
 
 
 def _with_run_options(config: Any, max_duration: str | None, accept_deletions: bool) -> Any:
@@ -223,10 +302,12 @@ class _Bar:
               help="Stop starting requests that cannot finish within DURATION; --resume continues later.")
 @accept_deletions_option
 @if_locked_option
+@application_option
 @result_format_option
 @click.pass_context
 def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: bool, resume: bool, dry_run: bool,
-                     max_duration: str | None, accept_deletions: bool, if_locked: str | None, fmt: str) -> None:
+                     max_duration: str | None, accept_deletions: bool, if_locked: str | None,
+                     chosen: tuple[str, ...], fmt: str) -> None:
     """A large one-off fetch, with a progress bar on a terminal; resumable. The ids it fetches become tracked:
     with --all, every connection of the application.
 
@@ -239,6 +320,7 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         smartcar-etl backfill --ids-file all-ids.txt --dry-run
         smartcar-etl backfill --ids-file all-ids.txt          # interrupted? then:
         smartcar-etl backfill --ids-file all-ids.txt --resume
+        smartcar-etl backfill --all --application eu-west   # with several applications, name one
     """
     from etl.backfill import Source, backfill
     from etl.backfill import dry_run as describe
@@ -249,7 +331,9 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         msg = "give exactly one of --ids-file FILE and --all"
         raise click.UsageError(msg)
     state: State = ctx.obj
-    config = _with_run_options(state.config, max_duration, accept_deletions)
+    (name,) = state.applications(chosen, one="backfill")
+    app_config, store = state.application(name)
+    config = _with_run_options(app_config, max_duration, accept_deletions)
 
     def source() -> Source:  # read once the configuration has loaded: a bad id is then one JSON outcome
         if ids_file is None:
@@ -257,14 +341,14 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
         return Source(name="stdin" if ids_file == "-" else ids_file, ids=ids_from_file(ids_file))
 
     if dry_run:
-        plan = describe(config, state.store(), source(), resume=resume)
+        plan = describe(config, store, source(), resume=resume)
         if fmt == "json":
             echo_json(asdict(plan))
         else:
             click.echo(plan.describe())
         return
     progress = _Bar("backfill") if sys.stderr.isatty() and fmt != "json" else None
-    _report(ctx, lambda stop: backfill(config, state.store(), source(), resume=resume, progress=progress,
+    _report(ctx, lambda stop: backfill(config, store, source(), resume=resume, progress=progress,
                                        seams=Seams(cancelled=stop)),
             fmt, if_locked or config.sync.if_locked, config.sync.stop_timeout_seconds)
 
@@ -313,34 +397,56 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
 @click.option("--max-age", metavar="DURATION", help="Exit 1 when a tracked pending or active connection has no "
               "successful fetch within DURATION (15m, 1h), or when nothing is tracked, for monitoring; the output "
               "says how many.")
+@application_option
 @pass_state
-def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: str | None) -> None:
-    """Recent runs, how fresh the mirror is, the rate budget, and the connections that are failing.
+def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: str | None,
+                   chosen: tuple[str, ...]) -> None:
+    """Recent runs, how fresh the mirror is, the rate budget, and the connections that are failing; with several
+    applications, one report each (and the applications the database holds that are not configured).
 
     \b
     Example:
         smartcar-etl status --format json | jq '.failing[] | .connection_id'
         smartcar-etl status --max-age 1h || alert "smartcar mirror is stale"
+        smartcar-etl status --application eu-west
     """
-    from etl.clock import utcnow
     from etl.config import parse_setting
-    from etl.status import budget, freshness, stale, status_report
 
     limit = parse_setting("schedule.interval", max_age, where="--max-age") if max_age is not None else None
-    store, config, at = state.store(), state.config, utcnow()
-    report = status_report(store, runs=runs)
+    names = state.applications(chosen)
+    reports = [_status_of(state, name, runs, limit) for name in names]
+    store = state.store()
+    unconfigured = sorted(set(store.stored_applications()) - set(state.config.application_names()))
+    if as_json or fmt == "json":
+        echo_json({**reports[0], "unconfigured": unconfigured} if len(reports) == 1
+                  else {"applications": reports, "unconfigured": unconfigured})
+    else:
+        for report in reports:
+            if len(reports) > 1:
+                click.echo(f"== application {report['application']} ==")
+            _print_status(report)
+        if unconfigured:
+            click.echo(f"\nNot configured (kept, not synced): {', '.join(unconfigured)}")
+    problems = [r for r in reports if limit is not None and r["stale"]["problem"]]
+    for report in problems:
+        click.echo(f"stale: {report['application']}: {report['stale']['problem']}", err=True)
+    if problems:
+        click.get_current_context().exit(1)
+
+
+def _status_of(state: State, name: str, runs: int, limit: float | None) -> dict[str, Any]:
+    """One application's status report."""
+    from etl.clock import utcnow
+    from etl.status import budget, freshness, stale, status_report
+
+    config, store = state.application(name)
+    at = utcnow()
+    report = {"application": name, **status_report(store, runs=runs)}
     report["freshness"] = freshness(store, config, at=at)
     report["budget"] = budget(store, config, at=at, tracked=report["freshness"]["tracked"])
     if limit is not None:
         report["stale"] = stale(store, at=at, max_age=limit)
-    if as_json or fmt == "json":
-        echo_json(report)
-    else:
-        _print_status(report)
-    if limit is not None and report["stale"]["problem"]:
-        click.echo(f"stale: {report['stale']['problem']}", err=True)
-        ctx = click.get_current_context()
-        ctx.exit(1)
+    return report
 
 
 def _print_status(report: dict[str, Any]) -> None:

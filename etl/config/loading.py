@@ -138,10 +138,63 @@ def _take_entries(found: Section, body: Any, loading: _Loading) -> None:
         if not isinstance(item, dict):
             loading.errors.append(f"{found.name}[{index}]: expected a mapping")
             continue
+        item = _flattened(item, f"{found.name}[{index}]", loading.errors)
         _take_keys(found, item, loading, index)
         for key in found.keys:
             if key.required and item.get(key.key) is None:
                 loading.errors.append(f"{found.name}[{index}].{key.key}: required")
+
+
+def _flattened(item: Mapping[Any, Any], at: str, errors: list[str]) -> dict[Any, Any]:
+    """An entry's nested mappings (``rate_limit: {capacity: 120}``) as dotted keys (``rate_limit.capacity``)."""
+    flat: dict[Any, Any] = {}
+    for name, value in item.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[name] = value
+            if name == "rate_limit":
+                errors.append(f"{at}.rate_limit: expected a mapping (capacity, per_minute)")
+    return flat
+
+
+def entry_variable(section: Section, key: Key, name: str) -> str:
+    """The variable that sets ``key`` of the entry named ``name``: ``SMARTCAR_ETL_APPLICATIONS_EU_WEST_CLIENT_ID``."""
+    return f"SMARTCAR_ETL_{section.name}_{name.replace('-', '_')}_{key.key.replace('.', '_')}".upper()
+
+
+def _entry_of(found: Section, variable: str) -> tuple[str, Key] | None:
+    """(entry name, key) that ``variable`` sets in a list-valued section, or None; the longest key wins."""
+    prefix = f"SMARTCAR_ETL_{found.name}_".upper()
+    if not variable.startswith(prefix):
+        return None
+    rest = variable[len(prefix):]
+    for key in sorted((k for k in found.keys if not k.required), key=lambda k: -len(k.key)):
+        suffix = "_" + key.key.replace(".", "_").upper()
+        if rest.endswith(suffix) and len(rest) > len(suffix):
+            return rest[: -len(suffix)].lower().replace("_", "-"), key
+    return None
+
+
+def _take_entry_environment(env: Mapping[str, str], loading: _Loading) -> None:
+    """``SMARTCAR_ETL_<SECTION>_<NAME>_<KEY>``: a key of the entry named NAME (created if the file has none)."""
+    for found in (s for s in loading.schema.sections if s.many):
+        prefix = f"SMARTCAR_ETL_{found.name}_".upper()
+        for variable in sorted(v for v in env if v.startswith(prefix) and env[v].strip()):
+            parsed = _entry_of(found, variable)
+            if parsed is None:
+                names = ", ".join(k.key.replace(".", "_").upper() for k in found.keys if not k.required)
+                loading.errors.append(f"{variable}: not a key of an entry of {found.name} (expected "
+                                      f"{prefix}<NAME>_<KEY>, KEY one of {names})")
+                continue
+            name, key = parsed
+            entries = loading.values[found.name]
+            index = next((i for i, v in enumerate(entries) if v.get("name") == name), None)
+            if index is None:
+                entries.append({})
+                index = len(entries) - 1
+                loading.set(found.key("name"), name, variable, ENVIRONMENT, entry=index)  # type: ignore[arg-type]
+            loading.set(key, _from_text(key, env[variable]), variable, ENVIRONMENT, entry=index)
 
 
 def _take_environment(env: Mapping[str, str], loading: _Loading) -> None:
@@ -161,6 +214,25 @@ def _take_environment(env: Mapping[str, str], loading: _Loading) -> None:
         if env.get(variable):  # never echoed: it holds a secret
             loading.errors.append(f"{variable}: secrets are read from {key.secret_variable} or "
                                   f"{key.variable}, not from this variable")
+    _take_entry_environment(env, loading)
+    _secrets_from_variables(env, loading)
+
+
+def _secrets_from_variables(env: Mapping[str, str], loading: _Loading) -> None:
+    """An entry's ``client_secret_variable``: the secret is that variable's value (never echoed)."""
+    for found in (s for s in loading.schema.sections if s.many):
+        for index, values in enumerate(loading.values[found.name]):
+            variable = values.get("client_secret_variable")
+            if variable is None:
+                continue
+            where = f"{found.name}[{index}].client_secret_variable"
+            if not env.get(variable, "").strip():
+                loading.errors.append(f"{where}: the environment variable {variable} is not set")
+                continue
+            secret = check_secret(variable, env[variable].strip(), loading.errors)
+            if secret is not None:
+                values["client_secret"] = secret
+                loading.sources[f"{found.name}[{index}].client_secret"] = (ENVIRONMENT, variable)
 
 
 def _assemble(loading: _Loading) -> Any:
@@ -199,6 +271,8 @@ def build(schema: Schema, *, raw: Mapping[Any, Any] | None, env: Mapping[str, st
         if value is not None and key is not None:
             loading.set(key, value, (option_names or {}).get(dotted, dotted), OPTION)
     root = _assemble(loading)
+    if hasattr(root, "problems"):
+        loading.errors.extend(root.problems(loading.sources))
     if loading.errors:
         raise ConfigError(loading.errors)
     return root, loading
@@ -235,9 +309,10 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     import difflib
 
     known = {name for key in KEYS for name in (key.variable, *key.aliases)} | OTHER_VARIABLES
+    lists = [s for s in SCHEMA.sections if s.many]
     found = []
     for name in sorted(env):
-        if name.startswith("SMARTCAR_ETL_") and name not in known:
+        if name.startswith("SMARTCAR_ETL_") and name not in known and not any(_entry_of(s, name) for s in lists):
             near = difflib.get_close_matches(name, sorted(known), n=1)
             found.append(yaml_name(name) + (f" (did you mean {near[0]}?)" if near else ""))
     return found

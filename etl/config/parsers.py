@@ -123,6 +123,28 @@ def short_string(path: str, value: Any, errors: list[str]) -> str | None:
     return text
 
 
+APPLICATION_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+VARIABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def application_name(path: str, value: Any, errors: list[str]) -> str | None:
+    """An application's name: lower-case letters, digits and hyphens, at most 40 (it names locks, metric labels
+    and variables)."""
+    if not isinstance(value, str) or not APPLICATION_NAME_RE.fullmatch(value.strip()):
+        errors.append(f"{path}: expected lower-case letters, digits and hyphens (not first), at most 40, "
+                      f"got {_show(value)}")
+        return None
+    return value.strip()
+
+
+def variable_name(path: str, value: Any, errors: list[str]) -> str | None:
+    """The name of an environment variable (letters, digits, underscores; not a digit first)."""
+    if not isinstance(value, str) or not VARIABLE_NAME_RE.fullmatch(value.strip()):
+        errors.append(f"{path}: expected the name of an environment variable, got {_show(value)}")
+        return None
+    return value.strip()
+
+
 def choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
     """A parser for one of ``choices`` (``upper``: given in any case)."""
     def parse(path: str, value: Any, errors: list[str]) -> str | None:

@@ -187,6 +187,9 @@ class ApiConfig:
         help="a file holding a ready bearer token, used without client credentials (else `SMARTCAR_ACCESS_TOKEN`)")
     client_secret_file: str | None = None  # where client_secret was read from, if from a file
     access_token_file: str | None = None
+    application: str = setting("default", parser=p.application_name,
+                               help="the application's name without an `applications` list: lower-case letters, "
+                               "digits and hyphens, at most 40")
     timeout_seconds: float = setting(310.0, parser=p.number(0.1, 3600),
                                      help="seconds to wait for bytes of an answer, 0.1-3600")
     concurrency: int = setting(8, parser=p.number(1, 256, whole=True), help="requests in flight at most, 1-256")
@@ -254,6 +257,46 @@ class RateLimitConfig:
     per_minute: float = setting(2.0, parser=p.number(0.001, 10_000_000), help="its refill a minute, 0.001-10,000,000")
     key: str | None = setting(None, parser=p.short_string,
                               help="the bucket's name in the database (default: the client id), at most 200 characters")
+
+
+@dataclass(frozen=True)
+class ApplicationConfig:
+    """One Smartcar application of an ``applications`` list: its name, credentials, bucket and (optionally) URLs.
+
+    What an entry leaves out comes from ``api.*`` (URLs) and the built-in defaults (its bucket: Smartcar's 120
+    requests refilled at 2 a minute); its credentials and bucket are its own.
+    """
+
+    name: str = setting(parser=p.application_name,
+                        help="lower-case letters, digits and hyphens, at most 40; unique")
+    client_id: str | None = setting(None, parser=p.string, help="the application's client id; unique")
+    client_secret: Secret | None = setting(None, parser=p.file_secret, key="client_secret_file",
+                                           help="a file holding its client secret")
+    client_secret_file: str | None = None
+    client_secret_variable: str | None = setting(
+        None, parser=p.variable_name, help="or the name of an environment variable holding its client secret")
+    access_token: Secret | None = setting(None, parser=p.file_secret, key="access_token_file",
+                                          help="a file holding a ready bearer token (without client credentials)")
+    access_token_file: str | None = None
+    base_url: str | None = setting(None, parser=p.api_url, help="its Vehicle API base (default: `api.base_url`)")
+    token_url: str | None = setting(None, parser=p.api_url, help="its token endpoint (default: `api.token_url`)")
+    capacity: int = setting(120, parser=p.number(1, 10_000_000, whole=True), key="rate_limit.capacity",
+                            help="its request bucket, 1-10,000,000")
+    per_minute: float = setting(2.0, parser=p.number(0.001, 10_000_000), key="rate_limit.per_minute",
+                                help="its bucket's refill a minute, 0.001-10,000,000")
+
+    def problems(self, where: str) -> list[str]:
+        """Credentials: a client id with its secret, or a ready token; a secret from one place."""
+        found = []
+        if self.client_secret_file and self.client_secret_variable:
+            found.append(f"{where}: client_secret_file and client_secret_variable exclude each other")
+        if bool(self.client_id) != bool(self.client_secret):
+            found.append(f"{where}: client_id and its client secret (client_secret_file or "
+                         f"client_secret_variable) go together")
+        if not self.client_id and not self.access_token:
+            found.append(f"{where}: no credentials: client_id with client_secret_file or client_secret_variable, "
+                         f"or access_token_file")
+        return found
 
 
 @dataclass(frozen=True)
@@ -362,12 +405,53 @@ class Config:
     metrics: MetricsConfig = section(MetricsConfig)
     archive: ArchiveConfig = section(ArchiveConfig)
     logging: LoggingConfig = section(LoggingConfig)
+    applications: tuple[ApplicationConfig, ...] = entries(ApplicationConfig)
     source: str = "built-in defaults"
     # dotted key -> (default | file | environment | option, the variable or option's name); absent: default
     sources: Mapping[str, tuple[str, str | None]] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)  # not errors: each command logs them
 
 
+    def problems(self, sources: Mapping[str, tuple[str, str | None]]) -> list[str]:
+        """An ``applications`` list with the single application's settings beside it; names or client ids twice."""
+        if not self.applications:
+            return []
+        found = [f"applications and {where or dotted} are both set: with an applications list, each entry has "
+                 f"its own credentials, bucket and name; move {dotted} into an entry"
+                 for dotted in PER_APPLICATION if (where := sources.get(dotted, (None, None))[1]) is not None]
+        for what in ("name", "client_id"):
+            values = [getattr(e, what) for e in self.applications if getattr(e, what)]
+            found += [f"applications: {what} {value!r} is given to more than one application"
+                      for value in sorted({v for v in values if values.count(v) > 1})]
+        return found
+
+    def application_names(self) -> list[str]:
+        """The configured applications' names, in the order of the list (without one: ``api.application``)."""
+        return [entry.name for entry in self.applications] or [self.api.application]
+
+    def for_application(self, name: str) -> Config:
+        """This configuration as one application sees it: ``api.*`` and ``rate_limit.*`` from its entry.
+
+        KeyError for a name that is not configured."""
+        if not self.applications:
+            if name != self.api.application:
+                raise KeyError(name)
+            return self
+        entry = next((e for e in self.applications if e.name == name), None)
+        if entry is None:
+            raise KeyError(name)
+        api = dataclasses.replace(
+            self.api, application=entry.name, client_id=entry.client_id, client_secret=entry.client_secret,
+            client_secret_file=entry.client_secret_file, access_token=entry.access_token,
+            access_token_file=entry.access_token_file, base_url=entry.base_url or self.api.base_url,
+            token_url=entry.token_url or self.api.token_url)
+        rate_limit = RateLimitConfig(capacity=entry.capacity, per_minute=entry.per_minute)
+        return dataclasses.replace(self, api=api, rate_limit=rate_limit, applications=())
+
+
+# The single application's settings: with an ``applications`` list each entry has its own, so these are refused.
+PER_APPLICATION = ("api.application", "api.client_id", "api.client_secret", "api.access_token",
+                   "rate_limit.capacity", "rate_limit.per_minute", "rate_limit.key")
 SCHEMA = Schema.of(Config)
 # Every key, in the order of config.example.yaml (a test holds them equal). Every number and duration has a
 # range, in its parser, its help, config.example.yaml and the table in docs/configuration.md (generated from this list).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -23,10 +23,12 @@ from etl.cadence import Cadence
 from etl.db.archive import Archiving, Before, archive_outcomes, current, with_current
 from etl.db.dialects import dialect_for
 from etl.db.models import (
+    DEFAULT_APPLICATION,
     connections,
     fetch_errors,
     permission_changes,
     permission_grants,
+    sync_runs,
     users,
     vehicles,
 )
@@ -100,7 +102,10 @@ def store_batch(
     gone = [o for o in outcomes if isinstance(o, Gone)]
     failed = [o for o in outcomes if isinstance(o, Failed)]
     seen_again = {o.connection_id for o in fetched if stored.healthy.get(o.connection_id) == _as_stored(o)}
-    _upsert_entities(conn, fetched, seen_again=seen_again, due=lambda at: cadence.after_success(pass_started_at or at))
+    new = {"application": _run_application(conn, run_id)} if any(
+        o.connection_id not in stored.previous for o in fetched) else {}
+    _upsert_entities(conn, fetched, seen_again=seen_again, due=lambda at: cadence.after_success(pass_started_at or at),
+                     new=new)
     _write_gone(conn, gone, cadence)
     delta = _write_history(conn, fetched, gone, stored, run_id)
     _write_failures(conn, failed, stored, cadence, run_id)
@@ -176,6 +181,12 @@ def _write_history(conn: Connection, fetched: Sequence[Fetched], gone: Sequence[
     return delta
 
 
+def _run_application(conn: Connection, run_id: int | None) -> str:
+    """The application of the run: a connection first seen in a run (a listing) belongs to it."""
+    found = conn.scalar(select(sync_runs.c.application).where(sync_runs.c.id == run_id)) if run_id else None
+    return found or DEFAULT_APPLICATION
+
+
 def _write_failures(conn: Connection, failed: Sequence[Failed], stored: _Stored, cadence: Cadence,
                     run_id: int | None) -> None:
     """Failed fetches: a ``fetch_errors`` row each, and the connection's last attempt, error and backoff."""
@@ -184,8 +195,8 @@ def _write_failures(conn: Connection, failed: Sequence[Failed], stored: _Stored,
     unknown = [o for o in failed if o.connection_id not in stored.previous]
     if unknown:  # first seen in a listing, already malformed: a pending row carries its error
         dialect_for(conn).upsert(conn=conn, table=connections, key=["id"], update=[], rows=[
-            {"id": o.connection_id, "status": "pending", "tracked": True, "tracked_at": o.observed_at}
-            for o in unknown])
+            {"id": o.connection_id, "status": "pending", "tracked": True, "tracked_at": o.observed_at,
+             "application": _run_application(conn, run_id)} for o in unknown])
     if run_id is not None:
         conn.execute(fetch_errors.insert(), [
             {"run_id": run_id, "connection_id": o.connection_id, "occurred_at": o.observed_at,
@@ -276,8 +287,11 @@ def _upsert_entities(
     *,
     seen_again: set[str],
     due: Callable[[dt.datetime], dt.datetime],
+    new: Mapping[str, str],
 ) -> None:
     """Upsert users, vehicles and connections for the fetched records, one statement each.
+
+    ``new``: the columns a connection the database does not hold yet is inserted with (its application).
 
     The connections in ``seen_again`` are healthy rows that the API shows as
     stored: only their times are written (``_refresh_times``).
@@ -310,7 +324,7 @@ def _upsert_entities(
                 "source_updated_at": o.record.source_updated_at,
                 "first_seen_at": o.observed_at, "last_seen_at": o.observed_at,
                 "last_success_at": o.observed_at, "last_attempt_at": o.observed_at, "last_error": None,
-                "consecutive_failures": 0, "next_due_at": due(o.observed_at),
+                "consecutive_failures": 0, "next_due_at": due(o.observed_at), **new,
             }
             for o in fetched if o.connection_id not in seen_again
         ],

@@ -70,6 +70,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 
 ID = String(36)  # canonical lower-case UUID text, readable in SQL on every database
+APPLICATION = String(40)  # an application's name (config: lower-case letters, digits, hyphens)
+DEFAULT_APPLICATION = "default"  # the single application of a configuration without an applications list
 # BIGINT on PostgreSQL; INTEGER on SQLite so that it is the rowid alias and autoincrements.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -128,10 +130,13 @@ class Connection(Base):
         Index(None, "user_id"),
         Index(None, "vehicle_id"),
         Index(None, "next_due_at"),
+        Index(None, "application", "status"),
         TABLE_OPTIONS,
     )
 
     id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # The Smartcar application the connection belongs to: only its token may ask for it.
+    application: Mapped[str] = mapped_column(APPLICATION, server_default=DEFAULT_APPLICATION)
     user_id: Mapped[str | None] = mapped_column(ID, ForeignKey("users.id"))
     vehicle_id: Mapped[str | None] = mapped_column(ID, ForeignKey("vehicles.id"))
     status: Mapped[str] = mapped_column(String(16), server_default="pending")
@@ -226,6 +231,7 @@ class SyncRun(Base):
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]
+    application: Mapped[str] = mapped_column(APPLICATION, server_default=DEFAULT_APPLICATION)
 
 
 class PermissionChange(Base):
@@ -274,6 +280,7 @@ class Backfill(Base):
     finished_at: Mapped[dt.datetime | None]
     status: Mapped[str] = mapped_column(String(16))
     last_run_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("sync_runs.id"))
+    application: Mapped[str] = mapped_column(APPLICATION, server_default=DEFAULT_APPLICATION)
 
 
 class RateBudget(Base):
@@ -289,6 +296,21 @@ class RateBudget(Base):
     per_second: Mapped[float] = mapped_column(Float)
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[dt.datetime]
+
+
+class ApplicationFiring(Base):
+    """The latest firing of an application's schedule that a daemon took: each firing runs in one daemon.
+
+    A daemon claims a firing with a conditional update (``last_firing_at`` older than the firing); the one
+    whose update changed the row runs it, the others skip it.
+    """
+
+    __tablename__ = "application_firings"
+
+    application: Mapped[str] = mapped_column(APPLICATION, primary_key=True)
+    last_firing_at: Mapped[dt.datetime]
+    claimed_by: Mapped[str | None]  # host and pid of the daemon that took it
+    claimed_at: Mapped[dt.datetime | None]
 
 
 class FetchError(Base):
@@ -351,6 +373,7 @@ backfills: Table = Base.metadata.tables["backfills"]
 rate_budgets: Table = Base.metadata.tables["rate_budgets"]
 archive_bodies: Table = Base.metadata.tables["archive_bodies"]
 archive_spans: Table = Base.metadata.tables["archive_spans"]
+application_firings: Table = Base.metadata.tables["application_firings"]
 
 def compared_objects(dialect: Dialect) -> Callable[..., bool]:
     """Alembic's ``include_object`` for comparing these models with a database of this dialect.

@@ -65,7 +65,7 @@ class RunBookkeeping(Transactions):
             run_id = conn.execute(
                 insert(sync_runs)
                 .values(trigger=trigger, started_at=at, status="running", connections_planned=planned,
-                        pid=os.getpid(), host=socket.gethostname())
+                        pid=os.getpid(), host=socket.gethostname(), application=self.writing_as)
                 .returning(sync_runs.c.id)
             ).scalar_one()
         return int(run_id), at
@@ -85,7 +85,7 @@ class RunBookkeeping(Transactions):
         so no process runs them any more (it ended, or it lost its connection to the database and the lock)."""
         with self._write() as conn:
             closed = conn.execute(
-                update(sync_runs).where(sync_runs.c.status == "running")
+                update(sync_runs).where(sync_runs.c.status == "running", self.mine(sync_runs.c.application))
                 .values(status="aborted", finished_at=at,
                         error="abandoned: a later run found it still running without the run lock (its process "
                               "ended, or lost its connection to the database); its counters are as far as it got")
@@ -104,20 +104,23 @@ class RunBookkeeping(Transactions):
         """When the last run that succeeded finished."""
         with self.read() as conn:
             last: dt.datetime | None = conn.scalar(
-                select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded"))
+                select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded",
+                                                                self.mine(sync_runs.c.application)))
         return last
 
     def recent_runs(self, limit: int) -> list[Any]:
         """The newest ``limit`` rows of ``sync_runs``, newest first."""
         with self.read() as conn:
-            return list(conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)))
+            return list(conn.execute(select(sync_runs).where(self.mine(sync_runs.c.application))
+                                     .order_by(sync_runs.c.id.desc()).limit(limit)))
 
     # -- backfills ---------------------------------------------------------------------------------
 
     def _interrupted(self, conn: Connection, source: BackfillSource, *, required: bool) -> Any:
         b = backfills.c
         row = conn.execute(
-            select(backfills).where(b.kind == source.kind, b.fingerprint == source.fingerprint, b.status == "running")
+            select(backfills).where(b.kind == source.kind, b.fingerprint == source.fingerprint, b.status == "running",
+                                    self.mine(b.application))
             .order_by(b.id.desc()).limit(1)
         ).first()
         if required and row is None:
@@ -141,7 +144,7 @@ class RunBookkeeping(Transactions):
                 conn.execute(update(backfills).where(backfills.c.id == row.id).values(status="abandoned"))
             new_id = conn.execute(insert(backfills).values(
                 kind=source.kind, source=source.name, fingerprint=source.fingerprint, total=source.total,
-                started_at=at, status="running",
+                started_at=at, status="running", application=self.writing_as,
             ).returning(backfills.c.id)).scalar_one()
         return OpenBackfill(int(new_id), at, 1, set_aside=row.started_at if row is not None else None)
 
@@ -161,5 +164,5 @@ class RunBookkeeping(Transactions):
                 return OpenBackfill(int(row.id), row.started_at, row.next_page or 1)
             new_id = conn.execute(insert(backfills).values(
                 kind=source.kind, source=source.name, fingerprint=source.fingerprint, total=None, started_at=at,
-                status="running").returning(backfills.c.id)).scalar_one()
+                status="running", application=self.writing_as).returning(backfills.c.id)).scalar_one()
         return OpenBackfill(int(new_id), at, 1)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 
 from etl.cadence import Cadence
 from etl.db.archive import Archived, archived_at, settle
@@ -23,7 +23,7 @@ from etl.db.batch import DEFAULT_CADENCE
 from etl.db.budget import Bucket, Lease, RateBudget
 from etl.db.dialects import IMMEDIATE
 from etl.db.engine import current_revision, require_migrated, translate_errors, upgrade
-from etl.db.models import sync_runs
+from etl.db.models import application_firings, backfills, connections, rate_budgets, sync_runs
 from etl.db.rebuild import RebuildResult, rebuild, uncovered
 from etl.db.runs import BackfillSource, FinishedRun, OpenBackfill, RunBookkeeping
 from etl.db.transactions import Transactions
@@ -60,8 +60,19 @@ class Store(RunBookkeeping, RateBudget, ConnectionQueries, Transactions):
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold this database's run lock, or raise LockHeld (exit 4) naming the run that has it."""
-        with translate_errors(self.engine), self.dialect.run_lock(self.engine, url=self.url, holder=self.lock_holder):
+        """Hold the run lock of this store's application in this database, or raise LockHeld (exit 4) naming the
+        run that has it."""
+        with translate_errors(self.engine), self.dialect.run_lock(
+                self.engine, url=self.url, name=self.writing_as, holder=self.lock_holder):
+            yield
+
+    @contextmanager
+    def every_lock(self) -> Iterator[None]:
+        """Hold the run lock of every application the database holds (and this store's): nothing else runs."""
+        names = sorted({*self.stored_applications(), self.writing_as})
+        with ExitStack() as stack:
+            for name in names:
+                stack.enter_context(self.scoped(name).lock())
             yield
 
     def lock_holder(self) -> str:
@@ -70,7 +81,8 @@ class Store(RunBookkeeping, RateBudget, ConnectionQueries, Transactions):
         try:
             with self.read() as conn:
                 row = conn.execute(select(r.id, r.trigger, r.started_at, r.pid, r.host)
-                                   .where(r.status == "running").order_by(r.id.desc()).limit(1)).first()
+                                   .where(r.status == "running", r.application == self.writing_as)
+                                   .order_by(r.id.desc()).limit(1)).first()
         except EtlError:  # the description must never hide the LockHeld itself
             row = None
         if row is None:
@@ -78,7 +90,24 @@ class Store(RunBookkeeping, RateBudget, ConnectionQueries, Transactions):
         where = f", pid {row.pid}" + (f" on {row.host}" if row.host else "") if row.pid else ""
         return f"run {row.id} ({row.trigger}, started {row.started_at:%Y-%m-%d %H:%M:%S} UTC{where})"
 
-    # -- runs ---------------------------------------------------------------------------------
+    # -- applications ---------------------------------------------------------------------------
+
+    def rename_application(self, old: str, new: str) -> int:
+        """Give application ``old``'s rows (connections, runs, backfills, its bucket, its schedule's firings)
+        to ``new``, under both run locks, in one transaction; merged into ``new``'s where it has rows. How
+        many connections moved."""
+        with self.scoped(old).lock(), self.scoped(new).lock(), self._write() as conn:
+            moved = conn.execute(update(connections).where(connections.c.application == old)
+                                 .values(application=new)).rowcount
+            for table in (sync_runs, backfills):
+                conn.execute(update(table).where(table.c.application == old).values(application=new))
+            for table, column in ((rate_budgets, rate_budgets.c.key), (application_firings,
+                                                                       application_firings.c.application)):
+                if conn.scalar(select(func.count()).select_from(table).where(column == new)):
+                    conn.execute(delete(table).where(column == old))
+                else:
+                    conn.execute(update(table).where(column == old).values({column.name: new}))
+        return int(moved)
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -105,11 +134,11 @@ class Store(RunBookkeeping, RateBudget, ConnectionQueries, Transactions):
                                                          f"cannot be read: {error}") from None
 
     def rebuild(self, *, dry_run: bool = False) -> RebuildResult:
-        """Derive the history again from the archive (``etl.db.rebuild``), under the run lock, in one
+        """Derive the history again from the archive (``etl.db.rebuild``), under every run lock, in one
         transaction; with ``dry_run`` it is rolled back. ConfigError (exit 2), naming them, when some
         connections have observations the archive does not hold; ``UnverifiableArchive`` (exit 2) when a body
         cannot be verified. Either way nothing changes."""
-        with self.lock(), translate_errors(self.engine), self.engine.connect() as conn:
+        with self.every_lock(), translate_errors(self.engine), self.engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin() as transaction:
                 settle(conn)

@@ -3,10 +3,13 @@ transaction that translates the driver's errors (``etl.db.engine.translate_error
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Self
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, true
+from sqlalchemy.sql.elements import ColumnElement
 
 from etl.db.dialects import IMMEDIATE, Database, dialect_for
 from etl.db.engine import safe_url, translate_errors
@@ -21,6 +24,25 @@ class Transactions:
         self.url = safe_url(engine.url.render_as_string())
         self.archive = archive  # batches archive their documents (config ``archive.enabled``)
         self._future_seen: set[str] = set()  # budget keys whose row was found updated in the future (logged once)
+        self.application: str | None = None  # None: every application (reports, rebuild); see ``scoped``
+
+    def scoped(self, application: str) -> Self:
+        """The same store (engine, pool) for one application: its per-application verbs read and write only
+        that application's connections, runs, backfills and lock."""
+        view = copy.copy(self)
+        view.application = application
+        return view
+
+    def mine(self, column: Any) -> ColumnElement[bool]:
+        """``column`` (an ``application`` column) is this store's application; always true when unscoped."""
+        return column == self.application if self.application is not None else true()
+
+    @property
+    def writing_as(self) -> str:
+        """The application that rows written through this store belong to."""
+        from etl.db.models import DEFAULT_APPLICATION
+
+        return self.application or DEFAULT_APPLICATION
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

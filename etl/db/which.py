@@ -4,7 +4,7 @@ fresh the mirror is."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from etl.db.models import connections, permission_grants
 from etl.db.transactions import Transactions
+from etl.errors import ConfigError
 
 CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
 
@@ -29,6 +30,17 @@ class TrackResult:
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(ids), CHUNK):
         yield ids[start:start + CHUNK]
+
+
+def _refuse_foreign(rows: Iterable[Any], mine: str) -> None:
+    """ConfigError (exit 2) naming the ids that belong to another application than ``mine``, and both."""
+    foreign = [(row.id, row.application) for row in rows if row.application != mine]
+    if foreign:
+        shown = ", ".join(f"{i} (application {app})" for i, app in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        msg = (f"{len(foreign)} id(s) belong to another application than {mine}: {shown}{more}; nothing was "
+               f"tracked (if they are {mine}'s, `smartcar-etl connections move ID... --application {mine}`)")
+        raise ConfigError(msg)
 
 
 def _healthy() -> ColumnElement[bool]:
@@ -49,7 +61,7 @@ class ConnectionQueries(Transactions):
         c = connections.c
         # Most overdue first: never attempted, then by due time, so a pass cut short by --max-duration
         # leaves the freshest for later and never fetches one twice while another waits.
-        query = select(c.id).where(c.tracked.is_(True)).order_by(
+        query = select(c.id).where(c.tracked.is_(True), self.mine(c.application)).order_by(
             c.last_attempt_at.is_(None).desc(), c.next_due_at.is_(None).desc(), c.next_due_at, c.id)  # no NULLS FIRST
         if not ignore_due:
             due = [c.next_due_at.is_(None), c.next_due_at <= at]
@@ -67,7 +79,8 @@ class ConnectionQueries(Transactions):
         """
         c = connections.c
         query = select(func.count(), func.count(c.next_due_at), func.min(c.next_due_at),
-                       func.min(case((_healthy(), c.last_attempt_at)))).where(c.tracked.is_(True))
+                       func.min(case((_healthy(), c.last_attempt_at)))).where(c.tracked.is_(True),
+                                                                                 self.mine(c.application))
         with self.read() as conn:
             tracked, timed, earliest, oldest_healthy = conn.execute(query).one()
         if timed < tracked:
@@ -76,10 +89,24 @@ class ConnectionQueries(Transactions):
             earliest = min(earliest, oldest_healthy + fetched_within)
         return tracked, earliest
 
+    def stored_applications(self) -> dict[str, int]:
+        """Every application the database holds connections of, with how many."""
+        c = connections.c
+        with self.read() as conn:
+            return {name: count for name, count in conn.execute(
+                select(c.application, func.count()).group_by(c.application))}
+
+    def application_of(self, connection_id: str) -> str | None:
+        """The application the connection belongs to, or None for one the database does not hold."""
+        with self.read() as conn:
+            found: str | None = conn.scalar(select(connections.c.application).where(connections.c.id == connection_id))
+        return found
+
     def known_connections(self) -> int:
         """How many connections the database knows that are not deleted: a lower bound of the application's size."""
         with self.read() as conn:
-            return conn.scalar(select(func.count()).where(connections.c.status != "deleted")) or 0
+            return conn.scalar(select(func.count()).where(connections.c.status != "deleted",
+                                                          self.mine(connections.c.application))) or 0
 
     def live_ids(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` whose connection is ``active`` or ``pending`` (a 404 would make them ``deleted``)."""
@@ -93,7 +120,8 @@ class ConnectionQueries(Transactions):
     def untracked_ids(self) -> set[str]:
         """The connections the user untracked (few: the listing skips them)."""
         with self.read() as conn:
-            return set(conn.scalars(select(connections.c.id).where(connections.c.tracked.is_(False))))
+            return set(conn.scalars(select(connections.c.id).where(connections.c.tracked.is_(False),
+                                                                   self.mine(connections.c.application))))
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the database holds."""
@@ -103,7 +131,7 @@ class ConnectionQueries(Transactions):
     def missing_from(self, seen: Collection[str], *, since: dt.datetime | None = None) -> list[str]:
         """Tracked pending or active connections not in ``seen`` (and, with ``since``, not attempted since then)."""
         c = connections.c
-        query = select(c.id).where(c.tracked.is_(True), c.status.in_(["pending", "active"]))
+        query = select(c.id).where(c.tracked.is_(True), c.status.in_(["pending", "active"]), self.mine(c.application))
         if since is not None:
             query = query.where(or_(c.last_attempt_at.is_(None), c.last_attempt_at < since))
         with self.read() as conn:
@@ -123,16 +151,21 @@ class ConnectionQueries(Transactions):
     # -- tracking -------------------------------------------------------------------------------
 
     def track(self, ids: Sequence[str], *, at: dt.datetime) -> TrackResult:
-        """Start tracking ``ids`` (already canonical); untracked ones are tracked again. One transaction."""
+        """Start tracking ``ids`` (already canonical) under this store's application; untracked ones are tracked
+        again. One transaction: an id that belongs to another application is ConfigError (exit 2) naming both,
+        and nothing is tracked."""
         added = retracked = 0
+        mine = self.writing_as
         with self._write() as conn:
             for chunk in _chunks(ids):
-                known = dict(conn.execute(
-                    select(connections.c.id, connections.c.tracked).where(connections.c.id.in_(chunk))).all())
-                new = [{"id": i, "status": "pending", "tracked": True, "tracked_at": at}
+                known = {row.id: row for row in conn.execute(select(
+                    connections.c.id, connections.c.tracked, connections.c.application).where(
+                    connections.c.id.in_(chunk)))}
+                _refuse_foreign(known.values(), mine)
+                new = [{"id": i, "status": "pending", "tracked": True, "tracked_at": at, "application": mine}
                        for i in chunk if i not in known]
                 self.dialect.upsert(conn=conn, table=connections, key=["id"], update=[], rows=new)
-                again = [i for i, tracked in known.items() if not tracked]
+                again = [i for i, row in known.items() if not row.tracked]
                 if again:
                     conn.execute(update(connections).where(connections.c.id.in_(again))
                                  .values(tracked=True, tracked_at=at))
@@ -140,13 +173,27 @@ class ConnectionQueries(Transactions):
                 retracked += len(again)
         return TrackResult(added=added, retracked=retracked, unchanged=len(ids) - added - retracked)
 
+    def move(self, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Move ``ids`` to this store's application (tracked under the wrong one). (How many moved, the unknown.)"""
+        moved = 0
+        unknown: list[str] = []
+        with self._write() as conn:
+            for chunk in _chunks(ids):
+                known = set(conn.scalars(select(connections.c.id).where(connections.c.id.in_(chunk))))
+                unknown += [i for i in chunk if i not in known]
+                moved += conn.execute(update(connections).where(
+                    connections.c.id.in_(known), connections.c.application != self.writing_as)
+                    .values(application=self.writing_as)).rowcount
+        return moved, unknown
+
     def untrack(self, ids: Sequence[str]) -> tuple[int, list[str]]:
         """Stop polling ``ids``; rows and history stay. (How many were untracked, the ids that were unknown.)"""
         changed = 0
         unknown: list[str] = []
         with self._write() as conn:
             for chunk in _chunks(ids):
-                known = set(conn.scalars(select(connections.c.id).where(connections.c.id.in_(chunk))))
+                known = set(conn.scalars(select(connections.c.id).where(
+                    connections.c.id.in_(chunk), self.mine(connections.c.application))))
                 unknown += [i for i in chunk if i not in known]
                 changed += conn.execute(
                     update(connections).where(connections.c.id.in_(known), connections.c.tracked.is_(True))
@@ -164,16 +211,18 @@ class ConnectionQueries(Transactions):
             .subquery()
         )
         query = (
-            select(c.id, c.status, c.tracked, c.user_id, c.vehicle_id, func.coalesce(held.c.n, 0).label("n"),
-                   c.last_success_at, c.last_attempt_at, c.last_error)
+            select(c.id, c.application, c.status, c.tracked, c.user_id, c.vehicle_id,
+                   func.coalesce(held.c.n, 0).label("n"), c.last_success_at, c.last_attempt_at, c.last_error)
             .outerjoin_from(connections, held, held.c.connection_id == c.id)
+            .where(self.mine(c.application))
             .order_by(c.id)
         )
         if not include_untracked:
             query = query.where(c.tracked.is_(True))
         with self.read() as conn:
             for row in conn.execution_options(yield_per=1000).execute(query):
-                yield {"connection_id": row.id, "status": row.status, "tracked": bool(row.tracked),
+                yield {"connection_id": row.id, "application": row.application, "status": row.status,
+                       "tracked": bool(row.tracked),
                        "user_id": row.user_id, "vehicle_id": row.vehicle_id, "permissions": row.n,
                        "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
                        "last_error": row.last_error}
@@ -185,7 +234,8 @@ class ConnectionQueries(Transactions):
         untracked = 0
         with self.read() as conn:
             for status, tracked, count in conn.execute(
-                    select(c.status, c.tracked, func.count()).group_by(c.status, c.tracked)):
+                    select(c.status, c.tracked, func.count()).where(self.mine(c.application))
+                    .group_by(c.status, c.tracked)):
                 if tracked:
                     by_status[status] = count
                 else:
@@ -197,7 +247,7 @@ class ConnectionQueries(Transactions):
         how many were fetched within ``window`` seconds, and the oldest, median and 95th-percentile last success.
         """
         c = connections.c
-        live = (c.tracked.is_(True), c.status.in_(["pending", "active"]))
+        live = (c.tracked.is_(True), c.status.in_(["pending", "active"]), self.mine(c.application))
         fetched = (*live, c.last_success_at.is_not(None))
         with self.read() as conn:
             tracked = conn.scalar(select(func.count()).where(*live)) or 0
@@ -220,7 +270,7 @@ class ConnectionQueries(Transactions):
     def failing(self, limit: int) -> tuple[list[Any], int]:
         """The tracked connections whose last fetch failed (most failures in a row first), and how many in all."""
         c = connections.c
-        failing = (c.tracked.is_(True), c.last_error.is_not(None))
+        failing = (c.tracked.is_(True), c.last_error.is_not(None), self.mine(c.application))
         with self.read() as conn:
             rows = list(conn.execute(select(connections).where(*failing)
                                      .order_by(c.consecutive_failures.desc(), c.last_attempt_at.desc(), c.id)

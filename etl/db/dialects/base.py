@@ -133,8 +133,10 @@ class Database:
     # --- the run lock, the clock, errors --------------------------------------------------------------
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, *, url: str, holder: Callable[[], str]) -> Iterator[None]:
-        """Hold the database's run lock for the duration, or raise LockHeld (naming ``holder()``) at once."""
+    def run_lock(self, engine: Engine, *, url: str, name: str,
+                 holder: Callable[[], str]) -> Iterator[None]:
+        """Hold the run lock of application ``name`` in this database for the duration, or raise LockHeld
+        (naming ``holder()``) at once. Each application has its own: two can run at once, one cannot twice."""
         yield
 
     def server_now(self, conn: Connection) -> dt.datetime | None:

@@ -139,9 +139,11 @@ class MariaDB(Database):
         ]
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, *, url: str, holder: Callable[[], str]) -> Iterator[None]:
+    def run_lock(self, engine: Engine, *, url: str, name: str,
+                 holder: Callable[[], str]) -> Iterator[None]:
         """``GET_LOCK``, the session's; its names are server-wide, so the name includes the database."""
-        with session_lock(engine, url=url, holder=holder, sql=MARIADB_LOCK, key=lock_name(engine.url.database)):
+        key = lock_name(engine.url.database, name)
+        with session_lock(engine, url=url, holder=holder, sql=MARIADB_LOCK, key=key):
             yield
 
     def server_now(self, conn: Connection) -> dt.datetime | None:
@@ -183,7 +185,7 @@ class MariaDB(Database):
             "WHERE table_schema = DATABASE() ORDER BY table_name, index_name, seq_in_index"]
 
 
-def lock_name(database: str | None) -> str:
-    """The run lock's name: server-wide, so it names the database (hashed past 64 characters)."""
-    name = f"smartcar-etl:{database or ''}"
+def lock_name(database: str | None, application: str = "default") -> str:
+    """An application's run lock's name: server-wide, so it names the database (hashed past 64 characters)."""
+    name = f"smartcar-etl:{database or ''}" + (f":{application}" if application != "default" else "")
     return name if len(name) <= 64 else f"smartcar-etl:{hashlib.sha256(name.encode()).hexdigest()[:48]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,7 +30,15 @@ from sqlalchemy.types import TypeEngine
 from etl.db.dialects.base import COMMON_SCHEMA_QUERIES, UTC, Database, ErrorKind, session_lock
 
 # pg advisory lock key: a fixed 64-bit number of our own ("smartcar-etl" in spirit).
-ADVISORY_KEY = 0x5C_E7_1A_0C_2B_5E_7A_11 - (1 << 63)
+ADVISORY_KEY = 0x5C_E7_1A_0C_2B_5E_7A_11 - (1 << 63)  # the default application's (the key of one-application days)
+
+
+def advisory_key(application: str) -> int:
+    """The advisory lock's key for an application's run lock (advisory locks are per database)."""
+    if application == "default":
+        return ADVISORY_KEY
+    digest = hashlib.sha256(f"smartcar-etl:{application}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 # (take without waiting, release) of a lock held by the session (the connection) that takes it.
 PG_LOCK = ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
 # psycopg's prepare_threshold: executions of a statement before it is prepared. ``executemany`` prepares
@@ -89,10 +98,11 @@ class PostgreSQL(Database):
         return {"postgresql_where": text(condition)}
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, *, url: str, holder: Callable[[], str]) -> Iterator[None]:
+    def run_lock(self, engine: Engine, *, url: str, name: str,
+                 holder: Callable[[], str]) -> Iterator[None]:
         """A session-level advisory lock on a connection held for the whole run; a process that dies loses
         its connection, and with it the lock."""
-        with session_lock(engine, url=url, holder=holder, sql=PG_LOCK, key=ADVISORY_KEY):
+        with session_lock(engine, url=url, holder=holder, sql=PG_LOCK, key=advisory_key(name)):
             yield
 
     def server_now(self, conn: Connection) -> dt.datetime | None:

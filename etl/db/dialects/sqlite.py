@@ -126,14 +126,17 @@ class SQLite(Database):
         return {"sqlite_where": text(condition)}
 
     @contextlib.contextmanager
-    def run_lock(self, engine: Engine, *, url: str, holder: Callable[[], str]) -> Iterator[None]:
-        """``flock`` on ``<database>.lock``; the kernel releases it when the holder's process ends, however
+    def run_lock(self, engine: Engine, *, url: str, name: str,
+                 holder: Callable[[], str]) -> Iterator[None]:
+        """``flock`` on ``<database>.lock`` (another application's: ``<database>.<name>.lock``); the kernel
+        releases it when the holder's process ends, however
         it ends (SIGKILL included). An in-memory database has no other process to keep out."""
         path = self.file_of(engine.url)
         if path is None:
             yield
             return
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        suffix = ".lock" if name == "default" else f".{name}.lock"
+        fd = os.open(f"{path}{suffix}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
