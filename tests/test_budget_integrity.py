@@ -213,13 +213,12 @@ def _config(client_id: str, **rate_limit: Any) -> Config:
                   rate_limit=RateLimitConfig(**rate_limit))
 
 
-def test_a_client_id_that_fits_keeps_its_key_and_a_longer_one_is_hashed() -> None:
-    fits = "x" * (KEY_LENGTH - len("client:"))
-    assert budget_key(_config(fits)) == "client:" + fits  # existing budget rows keep their keys
-    longer = budget_key(_config(fits + "y"))
-    assert longer.startswith("client-sha256:") and len(longer) <= KEY_LENGTH
-    assert longer == budget_key(_config(fits + "y")) != budget_key(_config(fits + "z"))
-    assert budget_key(_config("c" * 300, key="mine")) == "mine"
+def test_the_bucket_is_keyed_by_the_application_not_its_credentials() -> None:
+    # Two applications with ready tokens (no client id) once shared the key "access-token"; by name they don't.
+    config = _config("c" * 300)
+    assert budget_key(config) == "default"
+    assert budget_key(replace(config, api=replace(config.api, application="eu-west"))) == "eu-west"
+    assert budget_key(_config("c" * 300, key="mine")) == "mine"  # rate_limit.key, when set, is the name
 
 
 def test_a_300_character_client_id_syncs_on_every_database(engine: Engine) -> None:

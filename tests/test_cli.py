@@ -123,7 +123,7 @@ def test_sync_list_untrack_round_trip(migrated: Cli, fake_api: FakeApi, db_url: 
     assert result.exit_code == 0, result.output
     assert "3 fetched" in result.stdout and "0 failed" in result.stdout
     csv_out = migrated("connections", "list", "--format", "csv").stdout.splitlines()
-    assert csv_out[0] == ("connection_id,status,tracked,user_id,vehicle_id,permissions,"
+    assert csv_out[0] == ("application,connection_id,status,tracked,user_id,vehicle_id,permissions,"
                           "last_success_at,last_attempt_at,last_error")
     assert len(csv_out) == 4 and all(",active," in line for line in csv_out[1:])
     table = migrated("connections", "list").stdout

@@ -194,11 +194,12 @@ def report(engine: Engine, *args: str) -> Any:
 
 @pytest.mark.parametrize("args, columns, rows", [
     (["permissions", "--as-of", "2026-03-01", "--permission", "read_location"],
-     ["connection_id", "user_id", "vehicle_id", "make", "model", "permission", "granted_since", "status"], 2),
+     ["application", "connection_id", "user_id", "vehicle_id", "make", "model", "permission", "granted_since",
+      "status"], 2),
     (["changes", "--since", "2026-03-02", "--until", "2026-03-09"],
-     ["observed_at", "change", "permission", "connection_id", "user_id", "vehicle_id", "make", "model",
-      "previous_observed_at"], 3),
-    (["fleet"], ["make", "powertrain_type", "mode", "status", "connections"], 4),
+     ["observed_at", "change", "permission", "application", "connection_id", "user_id", "vehicle_id", "make",
+      "model", "previous_observed_at"], 3),
+    (["fleet"], ["application", "make", "powertrain_type", "mode", "status", "connections"], 4),
 ])
 def test_report_formats(history: History, engine: Engine, args: list[str], columns: list[str], rows: int,
                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,6 +212,8 @@ def test_report_formats(history: History, engine: Engine, args: list[str], colum
     assert as_csv[0] == ",".join(columns) and len(as_csv) == rows + 1
     table = report(engine, *args).stdout.splitlines()
     assert table[0].split() == columns and set(table[1]) <= {"-", " "} and len(table) == rows + 2
+    assert {r["application"] for r in parsed} == {"default"}
+    assert json.loads(report(engine, *args, "--application", "other", "--format", "json").stdout) == []
     if args[0] == "permissions":
         assert {r["connection_id"] for r in parsed} == {history.c["c1"], history.c["c3"]}
         assert parsed[0]["granted_since"].startswith("2026-02-20T10:00:00.")
