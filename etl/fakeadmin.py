@@ -46,27 +46,37 @@ class AdminError(Exception):
         self.reason = reason
         super().__init__(reason)
 
+    def response(self) -> httpx.Response:
+        """The admin endpoint's answer for this error."""
+        return httpx.Response(self.status, json={"error": self.reason})
+
 
 def is_admin(request: httpx.Request) -> bool:
     """Whether the request is for the admin endpoint."""
     return request.url.path.startswith(ADMIN_PREFIX)
 
 
+def admin_verb(request: httpx.Request) -> str:
+    """The verb of an admin request the endpoint may answer; AdminError (403, 404, 405) if it may not."""
+    if not is_loopback_host(request.url.host) or "origin" in request.headers:
+        raise AdminError(403, "the admin endpoint answers only requests to the fake's loopback address, "
+                              "and none from a browser page (an Origin header)")
+    verb = request.url.path[len(ADMIN_PREFIX):]
+    if verb not in VERBS:
+        raise AdminError(404, f"no admin verb {verb[:40]!r}; the verbs are {', '.join(VERBS)}")
+    if request.method != "POST":
+        raise AdminError(405, f"use POST /_admin/{verb}")
+    return verb
+
+
 def answer_admin(fake: FakeApi, request: httpx.Request) -> httpx.Response:
     """Answer an admin request: change the fake's world, or say why not."""
     try:
-        if not is_loopback_host(request.url.host) or "origin" in request.headers:
-            raise AdminError(403, "the admin endpoint answers only requests to the fake's loopback address, "
-                                  "and none from a browser page (an Origin header)")
-        verb = request.url.path[len(ADMIN_PREFIX):]
-        if verb not in VERBS:
-            raise AdminError(404, f"no admin verb {verb[:40]!r}; the verbs are {', '.join(VERBS)}")
-        if request.method != "POST":
-            raise AdminError(405, f"use POST /_admin/{verb}")
+        verb = admin_verb(request)
         with _LOCK:
             return httpx.Response(200, json=_change(fake, verb, request.url.params))
     except AdminError as error:
-        return httpx.Response(error.status, json={"error": error.reason})
+        return error.response()
 
 
 def _change(fake: FakeApi, verb: str, params: httpx.QueryParams) -> dict[str, Any]:

@@ -279,18 +279,18 @@ class FakeApi:
         if not path.startswith(API_PREFIX + "/"):
             return self.no_such_path()
         if not self._authorised(request):
-            return self.error(401, code="unauthorized", detail="The access token is invalid or expired.")
+            return self.unauthorised()
         wait = self._bucket.try_acquire() if self._bucket is not None else 0.0
         if wait:
             with self._lock:
                 self.rate_limited += 1
             return self.error(429, code="RATE_LIMIT", detail="Your application has exceeded its rate limit.",
                                   headers={"Retry-After": str(max(1, math.ceil(wait)))})
-        route = path[len(API_PREFIX):]
-        if request.method == "GET" and route == "/connections":
+        if request.method == "GET" and path == API_PREFIX + "/connections":
             return self._list(request)
-        if request.method == "GET" and route.startswith("/connections/") and route.count("/") == 2:
-            return self._get(route.rsplit("/", 1)[1])
+        connection_id = connection_asked(request)
+        if connection_id is not None:
+            return self._get(connection_id)
         return self.no_such_path()
 
     def _take_fault(self, path: str) -> Fault | None:
@@ -309,9 +309,7 @@ class FakeApi:
         if form.get("grant_type") != ["client_credentials"]:
             return httpx.Response(400, json={"error": "unsupported_grant_type"})
         if form.get("client_id") != [self.client_id] or form.get("client_secret") != [self.client_secret]:
-            return httpx.Response(
-                401, json={"error": "invalid_client", "error_description": "Client authentication failed."}
-            )
+            return invalid_client()
         with self._lock:
             self._token_counter += 1
             token = f"fake-token-{self._token_counter}-{uuid.uuid4().hex}"
@@ -320,11 +318,11 @@ class FakeApi:
         return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl})
 
     def _authorised(self, request: httpx.Request) -> bool:
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
+        token = bearer_token(request)
+        if token is None:
             return False
         with self._lock:
-            expiry = self._tokens.get(header[len("Bearer "):])
+            expiry = self._tokens.get(token)
         return expiry is not None and self.clock() < expiry
 
     def document(self, conn: FakeConnection) -> dict[str, Any]:
@@ -403,6 +401,10 @@ class FakeApi:
         doc = json.loads(self._broken(conn).content or b"null") if conn.broken != "not_json" else {"id": 7}
         return doc["data"] if isinstance(doc, dict) and "data" in doc else doc
 
+    def unauthorised(self) -> httpx.Response:
+        """The answer to an API request whose bearer token is missing, unknown or expired."""
+        return self.error(401, code="unauthorized", detail="The access token is invalid or expired.")
+
     def no_such_path(self) -> httpx.Response:
         """Smartcar's documented answer for a path it does not serve: RESOURCE_NOT_FOUND, code PATH."""
         body = {"errors": [{"status": "404", "type": "RESOURCE_NOT_FOUND", "code": "PATH", "title": "Not Found",
@@ -440,6 +442,25 @@ class FakeApi:
             return httpx.Response(status, content=b'{"errors": [', headers={"content-type": "application/json",
                                                                              **(headers or {})})
         return httpx.Response(status, text=f"{status} {reason}", headers=headers)
+
+
+def bearer_token(request: httpx.Request) -> str | None:
+    """The request's bearer token, if it has one."""
+    header = request.headers.get("authorization", "")
+    return header[len("Bearer "):] if header.startswith("Bearer ") else None
+
+
+def connection_asked(request: httpx.Request) -> str | None:
+    """The connection id of a ``GET /v3/connections/{id}``; None for any other request."""
+    route = request.url.path[len(API_PREFIX):] if request.url.path.startswith(API_PREFIX + "/") else ""
+    if request.method == "GET" and route.startswith("/connections/") and route.count("/") == 2:
+        return route.rsplit("/", 1)[1]
+    return None
+
+
+def invalid_client() -> httpx.Response:
+    """The token endpoint's answer to a client id or secret it does not know."""
+    return httpx.Response(401, json={"error": "invalid_client", "error_description": "Client authentication failed."})
 
 
 def urls(root: str) -> dict[str, str]:

@@ -8,17 +8,22 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
-
-if TYPE_CHECKING:
-    from etl.fakeapi import FakeApi
 
 REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
     430: "Billing", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
 }
+
+
+class Handles(Protocol):
+    """What ``serve`` needs of a fake: ``FakeApi``, or ``FakeApplications`` (several behind one address)."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one request."""
+        ...
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,7 +63,7 @@ class _FakeServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, fake: FakeApi, address: tuple[str, int]) -> None:
+    def __init__(self, fake: Handles, address: tuple[str, int]) -> None:
         self.fake = fake
         super().__init__(address, _Handler)
 
@@ -69,7 +74,7 @@ class _FakeServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(fake: FakeApi, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve(fake: Handles, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``fake`` on loopback in a thread; yield its root URL (``http://127.0.0.1:PORT``)."""
     server = _FakeServer(fake, (host, port))
     thread = threading.Thread(target=server.serve_forever, name="fake-api", daemon=True)
