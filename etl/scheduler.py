@@ -1,14 +1,19 @@
-"""The daemon: passes on an APScheduler 3 schedule, one at a time, until SIGTERM or SIGINT.
+"""The daemon: passes on an APScheduler 3 schedule, one application's pass at a time each, until SIGTERM or SIGINT.
 
-- One job, ``max_instances=1`` and ``coalesce=True``: a pass never overlaps the
-  previous one, and passes missed while the process was busy or asleep run once,
-  if they are at most ``schedule.misfire_grace`` late.
-- The first pass runs at start-up.
-- Each pass takes the database's run lock. If another process holds it (a cron
-  ``sync``, a second daemon), the pass is skipped and says so; the next tick tries again.
+- One job per application (its own ``schedule.interval`` or ``schedule.cron``), ``max_instances=1`` and
+  ``coalesce=True``: an application's pass never overlaps its previous one, and passes missed while the
+  process was busy or asleep run once, if they are at most ``schedule.misfire_grace`` late.
+- Intervals count from a fixed instant (2000-01-01 UTC), so every daemon computes the same firings.
+  Each firing is claimed in the database (``Store.claim_firing``, a conditional update): when several
+  daemons on several hosts share a database, each firing of an application runs in exactly one of them,
+  and when one dies the others go on taking every firing.
+- The first pass of each application runs at start-up, as the firing just past (unless another daemon
+  took it already).
+- Each pass takes its application's run lock. If another process holds it (a cron ``sync``), the pass is
+  skipped and says so; the next firing tries again.
 - On SIGTERM or SIGINT no new pass starts and no new request is sent; requests
-  in flight finish, what they fetched is stored, the run is recorded
-  (``aborted``, saying how far it got), and the process exits 0. A pass that has
+  in flight finish, what they fetched is stored, the runs are recorded
+  (``aborted``, saying how far they got), and the process exits 0. A pass that has
   not finished within ``daemon.stop_timeout`` (a request stuck until
   ``api.timeout_seconds``) is recorded as aborted and the process exits 0 anyway.
 """
@@ -16,9 +21,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,32 +48,43 @@ log = logging.getLogger(__name__)
 JOB_ID = "sync-pass"
 
 
+# Intervals count from here, so that every daemon sharing a database computes the same firings.
+INTERVAL_ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
 def build_trigger(config: Config) -> CronTrigger | IntervalTrigger:
-    """A cron trigger when ``schedule.cron`` is set, else an interval trigger."""
+    """A cron trigger when ``schedule.cron`` is set, else an interval trigger counted from a fixed instant."""
     if config.schedule.cron:
         return CronTrigger.from_crontab(config.schedule.cron, timezone=dt.UTC)
-    return IntervalTrigger(seconds=config.schedule.interval_seconds, timezone=dt.UTC)
+    return IntervalTrigger(seconds=config.schedule.interval_seconds, start_date=INTERVAL_ORIGIN, timezone=dt.UTC)
 
 
-def build_scheduler(config: Config, job: Callable[[], object], *, now: Callable[[], dt.datetime] = utcnow
-                    ) -> BackgroundScheduler:
-    """A scheduler (not started) with the one pass job: never overlapping, coalescing missed runs."""
+def latest_firing(trigger: CronTrigger | IntervalTrigger, now: dt.datetime, grace: float) -> dt.datetime | None:
+    """The trigger's last firing at or before ``now``, looked for within ``grace`` seconds; None if none."""
+    last = None
+    at = trigger.get_next_fire_time(None, now - dt.timedelta(seconds=grace))
+    while at is not None and at <= now:
+        last = at
+        at = trigger.get_next_fire_time(None, at + dt.timedelta(microseconds=1))
+    return last
+
+
+def build_scheduler(jobs: dict[str, tuple[Config, Callable[[], object]]], *,
+                    now: Callable[[], dt.datetime] = utcnow) -> BackgroundScheduler:
+    """A scheduler (not started) with one pass job per application (name: its config and job): never
+    overlapping, coalescing missed runs, the first at start-up."""
     scheduler = BackgroundScheduler(timezone=dt.UTC)
-    scheduler.add_job(
-        job,
-        build_trigger(config),
-        id=JOB_ID,
-        name="smartcar-etl pass",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=int(config.schedule.misfire_grace_seconds),
-        next_run_time=now(),  # the first pass at start-up
-    )
+    for name, (config, job) in jobs.items():
+        scheduler.add_job(
+            job, build_trigger(config), id=f"{JOB_ID}:{name}", name=f"smartcar-etl pass of {name}",
+            max_instances=1, coalesce=True, misfire_grace_time=int(config.schedule.misfire_grace_seconds),
+            next_run_time=now(),  # the first pass at start-up
+        )
     return scheduler
 
 
 class Daemon:
-    """Runs passes and stops cleanly; ``run_pass`` is the scheduler's job."""
+    """Runs passes and stops cleanly; ``run_pass(name)`` is the scheduler's job of application ``name``."""
 
     def __init__(self, config: Config, store: Store, *, seams: Seams = Seams()) -> None:  # noqa: B008 - immutable
         """``seams`` as for ``sync``; each pass gets its own cancellation, and the daemon's metrics."""
@@ -78,21 +96,25 @@ class Daemon:
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
-        self._cancel: StopRequest | None = None
+        self._cancels: dict[str, StopRequest] = {}
         self._lock = threading.Lock()
+        self.claimer = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run_pass(self) -> RunResult | None:
-        """One pass; errors are logged, never raised, so the daemon keeps its schedule."""
+    def run_pass(self, name: str | None = None) -> RunResult | None:
+        """One pass of application ``name`` (default: the first configured), if this daemon takes the firing;
+        errors are logged, never raised, so the daemon keeps its schedule."""
+        name = name or self.config.application_names()[0]
+        config, store = self.config.for_application(name), self.store.scoped(name)
         with self._lock:
             if self.stopping.is_set():
                 return None
-            self._cancel = StopRequest()
+            cancel = self._cancels[name] = StopRequest()
             self.idle.clear()
         try:
-            return sync(self.config, self.store, seams=replace(self.seams, cancelled=self._cancel), trigger="daemon")
+            return sync(config, store, seams=replace(self.seams, cancelled=cancel), trigger="daemon")
         except LockHeld as error:
             self.metrics.lock_skips.inc()
-            log.warning("skipping this pass: %s", error,
+            log.warning("%s: skipping this pass: %s", name, error,
                         extra={"result": outcome_without_result("skipped", error.exit_code, str(error))})
         except SyncAborted as error:
             if error.run_id is None:  # else the run's own closing record has said it, with its result
@@ -104,13 +126,34 @@ class Daemon:
             self._unrecorded(f"internal error ({one_line(error)})", "aborted", 3)
         finally:
             with self._lock:
-                self._cancel = None
-                self.idle.set()
+                self._cancels.pop(name, None)
+                if not self._cancels:
+                    self.idle.set()
             try:
-                self.metrics.load_state(self.store, self.config)  # freshness and budget after every pass
+                self.metrics.load_state(store, config)  # freshness and budget after every pass
             except Exception as error:  # a database that is down or not migrated: the metrics wait
                 log.warning("could not read the freshness and budget for the metrics: %s", one_line(error))
         return None
+
+    def fire(self, name: str) -> RunResult | None:
+        """The scheduler's job: application ``name``'s pass, if this daemon takes the firing just past."""
+        try:
+            if self.stopping.is_set() or not self._claimed(self.config.for_application(name), self.store.scoped(name)):
+                return None
+        except EtlError as error:  # the database is down, say: the pass would say the same
+            log.warning("%s: could not take this firing: %s", name, error)
+            return None
+        return self.run_pass(name)
+
+    def _claimed(self, config: Config, store: Store) -> bool:
+        """Whether this daemon takes the application's firing just past (another daemon may have)."""
+        at = self.now()
+        firing = latest_firing(build_trigger(config), at, config.schedule.misfire_grace_seconds) or at
+        if store.claim_firing(firing, claimer=self.claimer, at=at):
+            return True
+        log.info("%s: the firing of %s was taken by another daemon", config.api.application,
+                 firing.isoformat(timespec="seconds"))
+        return False
 
     def _unrecorded(self, error: str, status: str, exit_code: int) -> None:
         """A pass that failed before it could record a run: logged, and counted in the metrics all the same."""
@@ -124,8 +167,8 @@ class Daemon:
             log.info("stopping (%s): no new pass or request; waiting for requests in flight", name)
         with self._lock:
             self.stopping.set()
-            if self._cancel is not None:
-                self._cancel.request(name)
+            for cancel in self._cancels.values():
+                cancel.request(name)
 
     def serve(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code (0)."""
@@ -139,12 +182,16 @@ class Daemon:
                 msg = f"daemon.metrics_listen: cannot listen on {listen}: {error.strerror or error}"
                 raise ConfigError(msg) from error
             log.info("metrics on http://%s:%d/metrics", host, port)
-        scheduler = build_scheduler(self.config, self.run_pass, now=self.now)
+        names = self.config.application_names()
+        jobs: dict[str, tuple[Config, Callable[[], object]]] = {
+            name: (self.config.for_application(name), functools.partial(self.fire, name)) for name in names}
+        scheduler = build_scheduler(jobs, now=self.now)
         previous = {sig: signal.signal(sig, lambda signum, _frame: self.request_stop(signum))
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         scheduler.start()
-        trigger = self.config.schedule.cron or f"every {self.config.schedule.interval_seconds:g}s"
-        log.info("daemon started (pid %d): a pass %s", os.getpid(), trigger)
+        log.info("daemon started (pid %d): %s", os.getpid(), "; ".join(
+            f"{name} {config.schedule.cron or f'every {config.schedule.interval_seconds:g}s'}"
+            for name, (config, _) in jobs.items()))
         try:
             while not self.stopping.wait(1.0):
                 pass

@@ -101,15 +101,15 @@ def tracked_world(fake: FakeApi, engine: Engine, count: int) -> list[str]:
 
 def test_scheduler_runs_one_pass_at_a_time_and_coalesces() -> None:
     config = Config(schedule=ScheduleConfig(interval_seconds=120, misfire_grace_seconds=30))
-    scheduler = build_scheduler(config, lambda: None, now=lambda: T0)
+    scheduler = build_scheduler({"default": (config, lambda: None)}, now=lambda: T0)
     [job] = scheduler.get_jobs()
-    assert (job.id, job.max_instances, job.coalesce, job.misfire_grace_time) == (JOB_ID, 1, True, 30)
+    assert (job.id, job.max_instances, job.coalesce, job.misfire_grace_time) == (f"{JOB_ID}:default", 1, True, 30)
     assert job.trigger.interval == dt.timedelta(minutes=2) and job.next_run_time == T0
 
 
 def test_scheduler_with_a_cron_expression() -> None:
     config = Config(schedule=ScheduleConfig(cron="*/15 6-22 * * *"))
-    [job] = build_scheduler(config, lambda: None).get_jobs()
+    [job] = build_scheduler({"default": (config, lambda: None)}).get_jobs()
     fire = job.trigger.get_next_fire_time(None, dt.datetime(2026, 3, 1, 5, 58, tzinfo=dt.UTC))
     assert fire == dt.datetime(2026, 3, 1, 6, 0, tzinfo=dt.UTC)
 

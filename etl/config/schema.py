@@ -284,6 +284,10 @@ class ApplicationConfig:
                             help="its request bucket, 1-10,000,000")
     per_minute: float = setting(2.0, parser=p.number(0.001, 10_000_000), key="rate_limit.per_minute",
                                 help="its bucket's refill a minute, 0.001-10,000,000")
+    interval_seconds: float | None = setting(None, parser=p.duration(1, 30 * DAY), key="schedule.interval",
+                                             help="its own `schedule.interval`, 1s-30d (default: the global one)")
+    cron: str | None = setting(None, parser=p.cron, key="schedule.cron",
+                               help="daemon: its own `schedule.cron` (default: the global schedule)")
 
     def problems(self, where: str) -> list[str]:
         """Credentials: a client id with its secret, or a ready token; a secret from one place."""
@@ -446,7 +450,11 @@ class Config:
             access_token_file=entry.access_token_file, base_url=entry.base_url or self.api.base_url,
             token_url=entry.token_url or self.api.token_url)
         rate_limit = RateLimitConfig(capacity=entry.capacity, per_minute=entry.per_minute)
-        return dataclasses.replace(self, api=api, rate_limit=rate_limit, applications=())
+        schedule = self.schedule
+        if entry.cron or entry.interval_seconds:
+            schedule = dataclasses.replace(schedule, cron=entry.cron, interval_seconds=entry.interval_seconds
+                                           or schedule.interval_seconds)
+        return dataclasses.replace(self, api=api, rate_limit=rate_limit, schedule=schedule, applications=())
 
 
 # The single application's settings: with an ``applications`` list each entry has its own, so these are refused.

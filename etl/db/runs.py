@@ -11,10 +11,11 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from etl.db.models import backfills, sync_runs
+from etl.db.models import application_firings, backfills, sync_runs
 from etl.db.transactions import Transactions
 from etl.errors import ConfigError
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # "no firing taken yet"
 log = logging.getLogger("etl.db.store")
 
 
@@ -166,3 +167,17 @@ class RunBookkeeping(Transactions):
                 kind=source.kind, source=source.name, fingerprint=source.fingerprint, total=None, started_at=at,
                 status="running", application=self.writing_as).returning(backfills.c.id)).scalar_one()
         return OpenBackfill(int(new_id), at, 1)
+
+    # -- the daemons' firings ----------------------------------------------------------------------
+
+    def claim_firing(self, firing: dt.datetime, *, claimer: str, at: dt.datetime) -> bool:
+        """Take this application's schedule firing at ``firing`` for this daemon: True for exactly one of the
+        daemons that ask (a conditional update: the firing is later than the last one taken)."""
+        f = application_firings.c
+        with self._write() as conn:
+            self.dialect.upsert(conn=conn, table=application_firings, key=["application"], update=[], rows=[
+                {"application": self.writing_as, "last_firing_at": EPOCH}])
+            taken = conn.execute(update(application_firings).where(
+                f.application == self.writing_as, f.last_firing_at < firing).values(
+                last_firing_at=firing, claimed_by=claimer, claimed_at=at)).rowcount
+        return bool(taken)

@@ -1,0 +1,119 @@
+"""Several daemons on one database share several applications: each firing of an application runs in exactly
+one of them, an application's runs never overlap, and when one daemon is killed the others go on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from etl.config import Config, ScheduleConfig
+from etl.db.models import connections, sync_runs
+from etl.db.store import Store
+from etl.fakeapi import serve
+from etl.fakeapps import FakeApplications
+from etl.scheduler import INTERVAL_ORIGIN, build_trigger, latest_firing
+
+INTERVAL = 2.0
+
+
+def _start(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "etl", "daemon"], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _runs(engine: Engine) -> list[tuple[str, dt.datetime, dt.datetime | None, str]]:
+    r = sync_runs.c
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+            select(r.application, r.started_at, r.finished_at, r.status).order_by(r.started_at))]
+
+
+def _wait_for(engine: Engine, done: object, seconds: float = 90) -> None:
+    give_up = time.monotonic() + seconds  # start-up is slow on a busy machine: wait for runs, not a clock
+    while not done(_runs(engine)) and time.monotonic() < give_up:  # type: ignore[operator]
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def apps() -> Iterator[FakeApplications]:
+    yield FakeApplications.numbered(3, rate_limit=(40, 20.0))
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+def test_two_daemons_share_three_applications_and_one_goes_on_when_the_other_is_killed(
+    engine: Engine, apps: FakeApplications, tmp_path: Path,
+) -> None:
+    ids = apps.populate(4, seed=21)
+    Store(engine).upgrade()
+    for name, owned in ids.items():
+        Store(engine).scoped(name).track(owned, at=dt.datetime.now(dt.UTC))
+    config = tmp_path / "etl.yaml"
+    config.write_text(f"daemon:\n  metrics_listen: null\n  stop_timeout: 20s\nschedule:\n  interval: {INTERVAL:g}s\n"
+                      "sync:\n  strategy: ids\nretry:\n  max_attempts: 2\n  initial_backoff_seconds: 0.05\n")
+    with serve(apps) as root:
+        env = {**os.environ, **apps.environment(root), "SMARTCAR_ETL_CONFIG": str(config),
+               "SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+        first, second = _start(env, tmp_path), _start(env, tmp_path)
+        try:
+            _wait_for(engine, lambda runs: all(sum(r[0] == n for r in runs) >= 3 for n in ids))
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            killed_at = dt.datetime.now(dt.UTC)
+            _wait_for(engine, lambda runs: all(sum(r[0] == n and r[1] > killed_at for r in runs) >= 3 for n in ids))
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=40) == 0, second.stderr.read() if second.stderr else ""
+        finally:
+            for proc in (first, second):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate(timeout=10)
+    runs = _runs(engine)
+    by_application: dict[str, list[tuple[dt.datetime, dt.datetime | None, str]]] = defaultdict(list)
+    for application, started, finished, status in runs:
+        by_application[application].append((started, finished, status))
+    assert set(by_application) == set(ids)
+    for name, own in by_application.items():
+        after = [run for run in own if run[0] > killed_at]
+        assert len(after) >= 3, (name, own)  # the survivor took every application's firings
+        for (_, end, _), (start, _, _) in zip(own, own[1:], strict=False):
+            # never two runs of one application at once (a run the kill cut short is closed later)
+            assert end is None or end <= start, (name, own)
+        firings = [latest_firing(build_trigger(Config(schedule=ScheduleConfig(interval_seconds=INTERVAL))),
+                                 started, INTERVAL) for started, _, _ in own]
+        assert len(firings) == len(set(firings)), (name, own)  # each firing ran once, in one daemon
+    assert apps.foreign_requests == [] and apps.rate_limited == 0
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(connections.c.id, connections.c.application)).all())
+    assert stored == {i: name for name, owned in ids.items() for i in owned}
+
+
+def test_every_daemon_computes_the_same_firings() -> None:
+    trigger = build_trigger(Config(schedule=ScheduleConfig(interval_seconds=90)))
+    at = dt.datetime(2026, 12, 6, 12, 0, 40, tzinfo=dt.UTC)
+    firing = latest_firing(trigger, at, 300)
+    assert firing is not None and firing <= at < firing + dt.timedelta(seconds=90)
+    assert (firing - INTERVAL_ORIGIN).total_seconds() % 90 == 0  # counted from a fixed instant, not start-up
+    assert latest_firing(trigger, at, 10) in (None, firing)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql", "mariadb"], indirect=True)
+def test_a_firing_is_taken_by_exactly_one_claim(engine: Engine) -> None:
+    Store(engine).upgrade()
+    store = Store(engine).scoped("app-1")
+    firing = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+    now = firing + dt.timedelta(seconds=1)
+    assert store.claim_firing(firing, claimer="a", at=now) is True
+    assert store.claim_firing(firing, claimer="b", at=now) is False  # the same firing: already taken
+    assert Store(engine).scoped("app-2").claim_firing(firing, claimer="b", at=now) is True  # its own schedule
+    assert store.claim_firing(firing + dt.timedelta(seconds=2), claimer="b", at=now) is True  # the next one
+    assert store.claim_firing(firing, claimer="a", at=now) is False  # an older one never runs again
