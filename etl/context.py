@@ -27,7 +27,7 @@ from etl.cadence import Cadence
 from etl.clock import utcnow
 from etl.config import Config
 from etl.db.store import Bucket, Store
-from etl.metrics import Metrics
+from etl.metrics import ApplicationMetrics, Metrics
 
 
 class Progress(Protocol):
@@ -114,7 +114,8 @@ def build_client(
     else:
         limiter = shared_bucket(config.rate_limit.capacity, config.rate_limit.per_minute)
     options = ClientOptions(now=seams.now, cancelled=cancelled, limiter=limiter, limits=config.api.read_limits(),
-                            on_request=seams.metrics.request if seams.metrics else None, deadline=deadline)
+                            on_request=seams.metrics.of(config.api.application).request if seams.metrics else None,
+                            deadline=deadline)
     return SmartcarClient(base_url=config.api.base_url, auth=auth, http=http, retry=retry, options=options)
 
 
@@ -126,7 +127,7 @@ class Pass:
     store: Store
     client: SmartcarClient
     now: Callable[[], dt.datetime] = utcnow
-    metrics: Metrics | None = None
+    metrics: ApplicationMetrics | None = None
 
     @classmethod
     def open(
@@ -139,7 +140,8 @@ class Pass:
         store.require_migrated()
         deadline = None if max_duration is None else PassDeadline(
             seconds=max_duration, now=seams.now, cap=config.api.request_deadline_seconds)
-        return cls(config, store, build_client(config, seams, store, deadline), seams.now, seams.metrics)
+        metrics = seams.metrics.of(config.api.application) if seams.metrics else None
+        return cls(config, store, build_client(config, seams, store, deadline), seams.now, metrics)
 
     @property
     def cancelled(self) -> threading.Event:

@@ -40,6 +40,7 @@ class Diagnosis:
     """Every check, and the exit code the most severe one gives."""
 
     checks: list[Check] = field(default_factory=list)
+    prefix: str = ""  # with several applications: the one whose checks are being added ("eu-west: ")
 
     @property
     def exit_code(self) -> int:
@@ -50,7 +51,7 @@ class Diagnosis:
                 "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks]}
 
     def add(self, name: str, status: str, detail: str, exit_code: int = 0) -> None:
-        self.checks.append(Check(name, status, detail, exit_code))
+        self.checks.append(Check(self.prefix + name, status, detail, exit_code))
 
 
 @dataclass
@@ -73,10 +74,17 @@ def diagnose(load: Callable[[], Config], open_store: Callable[[], Any], *, seams
     report, probe = Diagnosis(), _Probe()
     _configuration(report, probe, load, os.environ if env is None else env)
     _database(report, probe, open_store)
-    _token(report, probe, seams)
-    _request(report, probe)
-    _clock(report, probe, seams.now)
-    _budget(report, probe, seams.now)
+    names = probe.config.application_names() if probe.config is not None else [None]
+    for name in names:  # each application: its token, one request, the clock, its budget
+        own = probe if name is None else replace(
+            probe, config=probe.config.for_application(name) if probe.config else None,
+            store=probe.store.scoped(name) if probe.store is not None else None)
+        report.prefix = f"{name}: " if len(names) > 1 else ""
+        _token(report, own, seams)
+        _request(report, own)
+        _clock(report, own, seams.now)
+        _budget(report, own, seams.now)
+    report.prefix = ""
     return report
 
 
@@ -92,7 +100,8 @@ def _configuration(report: Diagnosis, probe: _Probe, load: Callable[[], Config],
     detail = f"{config.source}; {settings} setting(s) from the environment"
     unknown = unknown_variables(env)
     try:
-        config.api.require_credentials()
+        if not config.applications:  # each entry of a list has had its credentials checked
+            config.api.require_credentials()
     except ConfigError as error:
         report.add("configuration", ERROR, str(error), 2)
         return

@@ -17,82 +17,45 @@ if TYPE_CHECKING:
     from etl.db.store import Store
 
 
+A = "application"  # every metric's first label: which Smartcar application it is about
+
+
 class Metrics:
-    """The job's counters and gauges."""
+    """The job's counters and gauges, each labelled with the application (``of(name)`` binds one)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("smartcar_etl_api_requests", "API requests by outcome and HTTP status",
-                                ["outcome", "status"], registry=r)
+                                [A, "outcome", "status"], registry=r)
         self.connections = Counter("smartcar_etl_connections", "Connections handled, by result "
-                                   "(fetched, changed, deleted, failed)", ["result"], registry=r)
+                                   "(fetched, changed, deleted, failed)", [A, "result"], registry=r)
         self.permission_changes = Counter("smartcar_etl_permission_changes", "Permission changes recorded",
-                                          ["change"], registry=r)
+                                          [A, "change"], registry=r)
         self.fields_nulled = Counter("smartcar_etl_fields_nulled", "Descriptive fields stored as NULL because "
-                                     "the API sent a value no column can hold", registry=r)
-        self.runs = Counter("smartcar_etl_runs", "Runs by final status", ["status"], registry=r)
+                                     "the API sent a value no column can hold", [A], registry=r)
+        self.runs = Counter("smartcar_etl_runs", "Runs by final status", [A, "status"], registry=r)
         self.run_duration = Gauge("smartcar_etl_last_run_duration_seconds", "Duration of the last run",
-                                  registry=r)
+                                  [A], registry=r)
         self.last_success = Gauge("smartcar_etl_last_success_timestamp_seconds",
-                                  "Unix time when the last run that succeeded finished", registry=r)
+                                  "Unix time when the last run that succeeded finished", [A], registry=r)
         self.last_pass = Gauge("smartcar_etl_last_pass_timestamp_seconds",
-                               "Unix time when the last run finished, whatever its status", registry=r)
+                               "Unix time when the last run finished, whatever its status", [A], registry=r)
         self.deferred = Counter("smartcar_etl_connections_deferred", "Due connections left for the next pass "
-                                "(--max-duration)", registry=r)
+                                "(--max-duration)", [A], registry=r)
         self.rate_limit_wait = Gauge("smartcar_etl_last_run_rate_limit_wait_seconds",
-                                     "Wall time the last run waited for the rate limit", registry=r)
+                                     "Wall time the last run waited for the rate limit", [A], registry=r)
         self.oldest_success_age = Gauge("smartcar_etl_oldest_success_age_seconds",
                                         "Age of the oldest last success of a tracked pending or active connection "
-                                        "(NaN while one was never fetched)", registry=r)
+                                        "(NaN while one was never fetched)", [A], registry=r)
         self.budget_tokens = Gauge("smartcar_etl_rate_budget_tokens", "Tokens in the application's rate budget",
-                                   registry=r)
+                                   [A], registry=r)
         self.deletions_held = Gauge("smartcar_etl_last_run_deletions_held",
                                     "404s of live connections the last run held back and did not store "
-                                    "(the mass-deletion guard, sync.max_deleted_share)", registry=r)
+                                    "(the mass-deletion guard, sync.max_deleted_share)", [A], registry=r)
         self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
-                                  registry=r)
+                                  [A], registry=r)
         self._server: Any = None
-
-    def request(self, outcome: str, status: int | None) -> None:
-        """Count one API request (outcome: ok, not_found, or the error kind)."""
-        self.requests.labels(outcome=outcome, status=str(status) if status is not None else "none").inc()
-
-    def batch(self, counts: Any) -> None:
-        """Count what one stored batch did (its ``BatchCounts``)."""
-        fetched, changed, deleted, failed = counts.fetched, counts.changed, counts.deleted, counts.failed
-        granted, revoked = counts.granted, counts.revoked
-        self.fields_nulled.inc(counts.nulled)
-        for result, n in (("fetched", fetched), ("changed", changed), ("deleted", deleted), ("failed", failed)):
-            self.connections.labels(result=result).inc(n)
-        self.permission_changes.labels(change="granted").inc(granted)
-        self.permission_changes.labels(change="revoked").inc(revoked)
-
-    def run(self, result: Any, *, finished_at: dt.datetime) -> None:
-        """Record a finished run (its ``RunResult``)."""
-        self.runs.labels(status=result.status).inc()
-        self.run_duration.set(result.seconds)
-        self.rate_limit_wait.set(result.rate_limit_wait)
-        self.deferred.inc(result.deferred)
-        self.deletions_held.set(result.deletions_held)
-        self.last_pass.set(finished_at.timestamp())
-        if result.status == "succeeded":
-            self.last_success.set(finished_at.timestamp())
-
-    def load_state(self, store: Store, config: Config) -> None:
-        """Set the gauges the database knows: the last success (so a restart does not reset it), the oldest
-        success age and the tokens of the rate budget."""
-        from etl.clock import utcnow
-        from etl.status import budget, freshness
-
-        at = utcnow()
-        fresh = freshness(store, config, at=at)
-        oldest = fresh["oldest_age_seconds"]
-        self.oldest_success_age.set(float("nan") if fresh["never_fetched"] or oldest is None else oldest)
-        self.budget_tokens.set(budget(store, config, at=at, tracked=fresh["tracked"])["tokens_now"])
-        last = store.last_success_at()
-        if last is not None:
-            self.last_success.set(last.timestamp())
 
     def serve(self, listen: str) -> tuple[str, int]:
         """Serve /metrics on ``host:port`` (port 0: any free port) in a thread; return the address."""
@@ -111,3 +74,67 @@ class Metrics:
     def write_textfile(self, path: str) -> None:
         """Write every metric to ``path`` atomically (node_exporter's textfile collector)."""
         write_to_textfile(path, self.registry)
+
+    def of(self, application: str) -> ApplicationMetrics:
+        """The metrics of one application: what a run of it records."""
+        return ApplicationMetrics(self, application)
+
+
+class ApplicationMetrics:
+    """``Metrics`` with the application label bound: what one application's runs count and set."""
+
+    def __init__(self, metrics: Metrics, application: str) -> None:
+        self.metrics = metrics
+        self.application = application
+        m = metrics
+        for family in (m.fields_nulled, m.run_duration, m.last_success, m.last_pass, m.deferred, m.rate_limit_wait,
+                       m.oldest_success_age, m.budget_tokens, m.deletions_held, m.lock_skips):
+            family.labels(application)  # shown from the start (0), as a metric without labels is
+
+    def request(self, outcome: str, status: int | None) -> None:
+        """Count one API request (outcome: ok, not_found, or the error kind)."""
+        self.metrics.requests.labels(self.application, outcome, str(status) if status is not None else "none").inc()
+
+    def batch(self, counts: Any) -> None:
+        """Count what one stored batch did (its ``BatchCounts``)."""
+        m, a = self.metrics, self.application
+        m.fields_nulled.labels(a).inc(counts.nulled)
+        for result in ("fetched", "changed", "deleted", "failed"):
+            m.connections.labels(a, result).inc(getattr(counts, result))
+        m.permission_changes.labels(a, "granted").inc(counts.granted)
+        m.permission_changes.labels(a, "revoked").inc(counts.revoked)
+
+    def run(self, result: Any, *, finished_at: dt.datetime) -> None:
+        """Record a finished run (its ``RunResult``)."""
+        m, a = self.metrics, self.application
+        m.runs.labels(a, result.status).inc()
+        m.run_duration.labels(a).set(result.seconds)
+        m.rate_limit_wait.labels(a).set(result.rate_limit_wait)
+        m.deferred.labels(a).inc(result.deferred)
+        m.deletions_held.labels(a).set(result.deletions_held)
+        m.last_pass.labels(a).set(finished_at.timestamp())
+        if result.status == "succeeded":
+            m.last_success.labels(a).set(finished_at.timestamp())
+
+    def unrecorded(self) -> None:
+        """A pass that failed before it could record a run: counted as aborted all the same."""
+        self.metrics.runs.labels(self.application, "aborted").inc()
+
+    def lock_skip(self) -> None:
+        """A pass skipped because another run held the application's lock."""
+        self.metrics.lock_skips.labels(self.application).inc()
+
+    def load_state(self, store: Store, config: Config) -> None:
+        """Set the gauges the database knows: the last success (so a restart does not reset it), the oldest
+        success age and the tokens of the rate budget (``store`` and ``config``: the application's)."""
+        from etl.clock import utcnow
+        from etl.status import budget, freshness
+
+        m, a, at = self.metrics, self.application, utcnow()
+        fresh = freshness(store, config, at=at)
+        oldest = fresh["oldest_age_seconds"]
+        m.oldest_success_age.labels(a).set(float("nan") if fresh["never_fetched"] or oldest is None else oldest)
+        m.budget_tokens.labels(a).set(budget(store, config, at=at, tracked=fresh["tracked"])["tokens_now"])
+        last = store.last_success_at()
+        if last is not None:
+            m.last_success.labels(a).set(last.timestamp())

@@ -113,24 +113,24 @@ class Daemon:
         try:
             return sync(config, store, seams=replace(self.seams, cancelled=cancel), trigger="daemon")
         except LockHeld as error:
-            self.metrics.lock_skips.inc()
+            self.metrics.of(name).lock_skip()
             log.warning("%s: skipping this pass: %s", name, error,
                         extra={"result": outcome_without_result("skipped", error.exit_code, str(error))})
         except SyncAborted as error:
             if error.run_id is None:  # else the run's own closing record has said it, with its result
-                self._unrecorded(str(error), "aborted", error.exit_code)
+                self._unrecorded(name, str(error), error.exit_code)
         except EtlError as error:  # before a run could be recorded: the database is down, say
-            self._unrecorded(str(error), "error" if error.exit_code == 2 else "aborted", error.exit_code)
+            self._unrecorded(name, str(error), error.exit_code)
         except Exception as error:  # the daemon goes on; the traceback only inside a JSON log record
             log.error("pass failed unexpectedly: %s", one_line(error), exc_info=True)
-            self._unrecorded(f"internal error ({one_line(error)})", "aborted", 3)
+            self._unrecorded(name, f"internal error ({one_line(error)})", 3)
         finally:
             with self._lock:
                 self._cancels.pop(name, None)
                 if not self._cancels:
                     self.idle.set()
             try:
-                self.metrics.load_state(store, config)  # freshness and budget after every pass
+                self.metrics.of(name).load_state(store, config)  # freshness and budget after every pass
             except Exception as error:  # a database that is down or not migrated: the metrics wait
                 log.warning("could not read the freshness and budget for the metrics: %s", one_line(error))
         return None
@@ -155,10 +155,12 @@ class Daemon:
                  firing.isoformat(timespec="seconds"))
         return False
 
-    def _unrecorded(self, error: str, status: str, exit_code: int) -> None:
+    def _unrecorded(self, name: str, error: str, exit_code: int) -> None:
         """A pass that failed before it could record a run: logged, and counted in the metrics all the same."""
-        log.error("pass failed: %s", error, extra={"result": outcome_without_result(status, exit_code, error)})
-        self.metrics.runs.labels(status="aborted").inc()
+        status = "error" if exit_code == 2 else "aborted"
+        log.error("%s: pass failed: %s", name, error,
+                  extra={"result": {**outcome_without_result(status, exit_code, error), "application": name}})
+        self.metrics.of(name).unrecorded()
 
     def request_stop(self, signum: int | None = None) -> None:
         """Stop scheduling, and let the pass in flight finish what it has started."""
@@ -173,7 +175,8 @@ class Daemon:
     def serve(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code (0)."""
         self.store.require_migrated()
-        self.metrics.load_state(self.store, self.config)
+        for name in self.config.application_names():
+            self.metrics.of(name).load_state(self.store.scoped(name), self.config.for_application(name))
         listen = self.config.daemon.metrics_listen
         if listen:
             try:

@@ -164,7 +164,7 @@ def test_back_to_back_passes_that_fit_their_time_share_the_budget_fairly(engine:
         started = time.seconds
         results.append(_sync(config, engine, _seams(fake, time, metrics=metrics)))
         spans.append(time.seconds - started)
-    assert metrics.deferred._value.get() == sum(r.deferred for r in results) > 0
+    assert metrics.deferred.labels("default")._value.get() == sum(r.deferred for r in results) > 0
     assert [r.exit_code for r in results] == [0, 0, 0] and fake.rate_limited == 0
     assert all(span <= 10.0 for span in spans), spans  # each within its max duration
     fetched = [path.rsplit("/", 1)[1] for method, path in fake.requests if path.startswith("/v3/connections/")]

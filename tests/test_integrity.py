@@ -123,7 +123,7 @@ def test_the_mass_deletion_guard_holds_back_every_deletion(run_sync: Runner, eng
     assert set(statuses(engine).values()) == {"active"} and open_grants(engine) == grants
     runs = status_report(Store(engine))["runs"]
     assert (runs[0]["status"], runs[0]["deletions_held"]) == ("failed", 12)
-    assert metrics.registry.get_sample_value("smartcar_etl_last_run_deletions_held") == 12
+    assert metrics.registry.get_sample_value("smartcar_etl_last_run_deletions_held", {"application": "default"}) == 12
     with_sync(run_sync, max_deleted_share=1.0)  # what --accept-deletions does for one run
     result = run_sync(ignore_due=True)
     assert (result.status, result.counts.deleted) == ("succeeded", 12) and open_grants(engine) == 0

@@ -348,17 +348,18 @@ def test_metrics_endpoint_counters_move_after_a_pass(fake_api: FakeApi, engine: 
         daemon = Daemon(config, Store(engine),
                         seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
         before = scrape(port)
-        assert before.get('smartcar_etl_connections_total{result="fetched"}', 0) == 0
+        assert before.get('smartcar_etl_connections_total{application="default",result="fetched"}', 0) == 0
         assert daemon.run_pass() is not None
         after = scrape(port)
     finally:
         metrics.close()
-    assert after['smartcar_etl_connections_total{result="fetched"}'] == 3
-    assert after['smartcar_etl_api_requests_total{outcome="ok",status="200"}'] == 3
-    assert after['smartcar_etl_api_requests_total{outcome="server",status="503"}'] == 1
-    assert after['smartcar_etl_runs_total{status="succeeded"}'] == 1
-    assert after["smartcar_etl_last_success_timestamp_seconds"] == pytest.approx(clock.now.timestamp(), abs=1)
-    assert after['smartcar_etl_permission_changes_total{change="granted"}'] > 0
+    assert after['smartcar_etl_connections_total{application="default",result="fetched"}'] == 3
+    assert after['smartcar_etl_api_requests_total{application="default",outcome="ok",status="200"}'] == 3
+    assert after['smartcar_etl_api_requests_total{application="default",outcome="server",status="503"}'] == 1
+    assert after['smartcar_etl_runs_total{application="default",status="succeeded"}'] == 1
+    last_success = after['smartcar_etl_last_success_timestamp_seconds{application="default"}']
+    assert last_success == pytest.approx(clock.now.timestamp(), abs=1)
+    assert after['smartcar_etl_permission_changes_total{application="default",change="granted"}'] > 0
 
 
 def test_daemon_pass_skips_when_the_lock_is_held(fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
@@ -368,7 +369,7 @@ def test_daemon_pass_skips_when_the_lock_is_held(fake_api: FakeApi, engine: Engi
                     seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
     with Store(engine).lock():
         assert daemon.run_pass() is None
-    assert metrics.lock_skips._value.get() == 1 and fake_api.count("GET", "/v3/") == 0
+    assert metrics.lock_skips.labels("default")._value.get() == 1 and fake_api.count("GET", "/v3/") == 0
     assert daemon.run_pass() is not None
 
 
@@ -380,13 +381,15 @@ def test_one_shot_sync_writes_a_metrics_textfile(procs: Procs, engine: Engine, f
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     text = path.read_text()
-    assert 'smartcar_etl_connections_total{result="fetched"} 2.0' in text
-    assert 'smartcar_etl_runs_total{status="succeeded"} 1.0' in text
-    assert "smartcar_etl_last_success_timestamp_seconds" in text
+    assert 'smartcar_etl_connections_total{application="default",result="fetched"} 2.0' in text
+    assert 'smartcar_etl_runs_total{application="default",status="succeeded"} 1.0' in text
+    assert 'smartcar_etl_last_success_timestamp_seconds{application="default"}' in text
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
-    assert 0 <= values["smartcar_etl_oldest_success_age_seconds"] < 600  # both fetched just now
-    assert values["smartcar_etl_rate_budget_tokens"] >= 0 and "smartcar_etl_last_run_rate_limit_wait_seconds" in values
+    label = '{application="default"}'
+    assert 0 <= values["smartcar_etl_oldest_success_age_seconds" + label] < 600  # both fetched just now
+    assert values["smartcar_etl_rate_budget_tokens" + label] >= 0
+    assert "smartcar_etl_last_run_rate_limit_wait_seconds" + label in values
 
 
 def test_status_shows_freshness_and_budget_and_max_age_is_for_monitoring(

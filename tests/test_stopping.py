@@ -116,9 +116,10 @@ def test_a_pass_whose_retries_were_all_deferred_is_failed(run_sync: Runner, engi
     result = run_sync(metrics=metrics)
     assert (result.status, result.exit_code, result.counts.fetched, result.deferred) == ("failed", 1, 0, 3)
     assert result.error is not None and "deadline" in result.error
-    assert metrics.registry.get_sample_value("smartcar_etl_last_success_timestamp_seconds") == 0
-    assert metrics.registry.get_sample_value("smartcar_etl_last_pass_timestamp_seconds") > 0
-    assert metrics.registry.get_sample_value("smartcar_etl_runs_total", {"status": "failed"}) == 1
+    default = {"application": "default"}
+    assert metrics.registry.get_sample_value("smartcar_etl_last_success_timestamp_seconds", default) == 0
+    assert metrics.registry.get_sample_value("smartcar_etl_last_pass_timestamp_seconds", default) > 0
+    assert metrics.registry.get_sample_value("smartcar_etl_runs_total", {**default, "status": "failed"}) == 1
 
 
 def test_a_stop_request_names_who_asked_and_the_pass_stores_what_it_received(
@@ -280,7 +281,8 @@ def test_a_daemon_pass_that_fails_before_recording_a_run_is_counted(
     daemon = Daemon(make_config(fake_api, "unused"), Store(empty_engine),  # a database it cannot use
                     seams=Seams(metrics=metrics, transport=httpx.MockTransport(fake_api.handle), now=clock))
     assert daemon.run_pass() is None
-    assert metrics.registry.get_sample_value("smartcar_etl_runs_total", {"status": "aborted"}) == 1
+    aborted = {"application": "default", "status": "aborted"}
+    assert metrics.registry.get_sample_value("smartcar_etl_runs_total", aborted) == 1
 
 
 def test_the_documented_metrics_table_names_every_metric_the_job_exports() -> None:

@@ -189,7 +189,7 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
                         ignore_due=ignore_due, strategy=strategy)
         except LockHeld:
             if metrics is not None:
-                metrics.lock_skips.inc()
+                metrics.of(name).lock_skip()
             raise
         finally:
             if metrics is not None and textfile:
@@ -259,7 +259,9 @@ def _with_run_options(config: Any, max_duration: str | None, accept_deletions: b
 def _write_metrics(metrics: Any, state: State, path: str) -> None:
     """Write the metrics file even after a failed run: that is when it matters most."""
     try:
-        metrics.load_state(state.store(), state.config)
+        for name in state.config.application_names():
+            config, store = state.application(name)
+            metrics.of(name).load_state(store, config)
         metrics.write_textfile(path)
     except Exception as error:  # never let metrics hide the run's own outcome
         log.warning("could not write metrics to %s: %s", path, error)
