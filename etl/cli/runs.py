@@ -364,8 +364,9 @@ def backfill_command(ctx: click.Context, ids_file: str | None, from_listing: boo
 def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -> None:
     """Run passes on a schedule until SIGTERM or SIGINT, serving Prometheus metrics.
 
-    One pass at a time; a pass that finds the lock held (a cron sync, another
-    daemon) is skipped. On SIGTERM the requests in flight finish, what they
+    Each application on its own schedule, one pass of it at a time; a pass that finds the application's
+    lock held (a cron sync) is skipped. Several daemons (on several hosts) pointed at one database share
+    the applications: each firing runs in exactly one of them. On SIGTERM the requests in flight finish, what they
     fetched is stored, the run is recorded, and the daemon exits 0 within
     daemon.stop_timeout (default 30s).
 
@@ -389,6 +390,9 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
     if cron is not None:
         cron = parse_setting("schedule.cron", cron, where="--cron")
         config = replace(config, schedule=replace(config.schedule, cron=cron))
+    if interval is not None or cron is not None:  # the option is every application's schedule
+        config = replace(config, applications=tuple(replace(entry, interval_seconds=None, cron=None)
+                                                    for entry in config.applications))
     ctx.exit(Daemon(config, state.store()).serve())
 
 

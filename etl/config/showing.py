@@ -31,6 +31,19 @@ def effective_settings(config: Config) -> list[dict[str, Any]]:
             dotted = f"{key.section}.{key.attr}"
             secret = getattr(getattr(config, key.section), key.attr)
             rows.append(_row(config, dotted, "set" if secret is not None else "unset"))
+    for found in (s for s in SCHEMA.sections if s.many):
+        for index, entry in enumerate(getattr(config, found.name)):
+            rows += _entry_rows(config, found.keys, f"{found.name}[{index}]", entry)
+    return rows
+
+
+def _entry_rows(config: Config, keys: tuple[Key, ...], at: str, entry: Any) -> list[dict[str, Any]]:
+    """The rows of one entry of a list-valued section (``applications[0].client_id``); secrets as set or unset."""
+    rows = []
+    for key in keys:
+        rows.append(_row(config, f"{at}.{key.key}", getattr(entry, key.key if key.secret_file else key.attr)))
+        if key.secret_file:
+            rows.append(_row(config, f"{at}.{key.attr}", "set" if getattr(entry, key.attr) is not None else "unset"))
     return rows
 
 
