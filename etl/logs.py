@@ -63,5 +63,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "alembic.runtime.migration", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "alembic.runtime.migration", "alembic.runtime.plugins", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

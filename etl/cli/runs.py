@@ -429,7 +429,7 @@ def status_command(state: State, fmt: str, as_json: bool, runs: int, max_age: st
     else:
         for report in reports:
             if len(reports) > 1:
-                click.echo(f"== application {report['application']} ==")
+                click.echo(f"\n== application {report['application']} ==")
             _print_status(report)
         if unconfigured:
             click.echo(f"\nNot configured (kept, not synced): {', '.join(unconfigured)}")
