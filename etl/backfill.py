@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from etl.api.listing import pages_for
 from etl.config import Config
-from etl.context import Pass, Progress, Seams, build_client
+from etl.context import Pass, Progress, Seams, build_client, of_application
 from etl.db.store import Store
 from etl.fetch import ByIds, Listing, OutcomeSource
 from etl.runloop import RunLoop, RunResult, progress_shown
@@ -109,6 +109,7 @@ def dry_run(
     seams: Seams = Seams(),  # noqa: B008 - frozen, immutable
 ) -> DryRun:
     """What ``backfill`` would fetch and how many requests it would take; nothing is written."""
+    store = of_application(store, config)
     store.require_migrated()
     row = store.interrupted_backfill(source) if resume else None
     if source.ids is not None:
@@ -144,6 +145,7 @@ def backfill(
     time, so it never holds the run lock longer than asked; ``resume`` continues it.
     """
     with Pass.open(config, store, seams, max_duration=config.sync.max_duration_seconds).locked() as ctx:
+        store = ctx.store  # the application's
         if source.ids is not None:
             track(store, list(source.ids), now=ctx.now)
         opened = store.open_backfill(source, resume=resume, at=ctx.now())

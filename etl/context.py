@@ -59,6 +59,12 @@ def budget_key(config: Config) -> str:
     return config.rate_limit.key or config.api.application
 
 
+def of_application(store: Store, config: Config) -> Store:
+    """The store as the configured application sees it (unless it is scoped already): a pass, a backfill, a
+    dry run are always one application's, its connections, lock, runs and checkpoints."""
+    return store if store.application is not None else store.scoped(config.api.application)
+
+
 def application_bucket(config: Config) -> Bucket:
     """The bucket the job keeps for the application: just under the API's (``rate_limit.*``)."""
     return Bucket(*below(config.rate_limit.capacity, config.rate_limit.per_minute))
@@ -137,6 +143,7 @@ class Pass:
 
         With ``max_duration`` (seconds), no request starts that could not end within it.
         """
+        store = of_application(store, config)
         store.require_migrated()
         deadline = None if max_duration is None else PassDeadline(
             seconds=max_duration, now=seams.now, cap=config.api.request_deadline_seconds)

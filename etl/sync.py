@@ -55,7 +55,7 @@ def sync(
     strategy = strategy or config.sync.strategy
     max_duration = config.sync.max_duration_seconds or default_max_duration(config, seams.now)
     with Pass.open(config, store, seams, max_duration=max_duration).locked() as ctx:
-        at = ctx.now()
+        store, at = ctx.store, ctx.now()
         due = [] if strategy == "list" else \
             store.due_ids(at=at, ignore_due=ignore_due, fetched_before=at - ctx.cadence.interval * (1 - EARLY))
         source: ByIds | ResumableListing | Cheapest = ResumableListing(ctx) if strategy == "list" \

@@ -114,11 +114,14 @@ class State:
     def _tell_unconfigured(self, store: Store) -> None:
         """Warn, once a command, of applications whose rows the configuration does not name (renamed, or
         ``api.application`` set on an existing database): they keep their rows and are not synced."""
-        from etl.errors import EtlError
+        from etl.db.engine import head_revision
 
         try:
+            if store.current_revision() != head_revision():
+                return  # not migrated yet (db upgrade), or unreachable: the command itself says so
             stored = store.stored_applications()
-        except EtlError:  # not migrated yet, or unreachable: the command itself says so
+        except Exception as error:  # never let a warning stand in the way of the command
+            log.debug("could not read the database's applications: %s", one_line(error))
             return
         for name in sorted(set(stored) - set(self.config.application_names())):
             log.warning("the database holds %d connection(s) of application %s, which the configuration does not "
