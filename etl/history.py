@@ -8,12 +8,16 @@ the result in the same transaction as the upsert. The rules (CONTRACT.md):
   duplicates inside the API's list mean nothing);
 - a deletion (404) revokes everything still held; a return is a first fetch again;
 - the same state again writes nothing.
+
+Each change also has a ``kind``: ``first_seen`` (a first observation's grants), ``granted``, ``revoked``,
+``disconnected`` (a revocation because the connection went away) and ``reconnected`` (a grant because it
+came back); ``change`` stays ``granted`` or ``revoked``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -53,37 +57,43 @@ def diff(
     held: Mapping[str, set[str]],
     previous_observed_at: Mapping[str, dt.datetime | None],
     run_id: int | None,
+    deleted: Collection[str] = (),
 ) -> HistoryDelta:
-    """Compare each observation with the permissions ``held`` (open grants) by its connection."""
+    """Compare each observation with the permissions ``held`` (open grants) by its connection; ``deleted``: the
+    connections stored as deleted (their grants are a return)."""
     delta = HistoryDelta()
     for obs in observations:
         now_held = obs.permissions or frozenset()
         before = held.get(obs.connection_id, set())
         previous = previous_observed_at.get(obs.connection_id)
+        grant = "first_seen" if previous is None else "reconnected" if obs.connection_id in deleted else "granted"
         for permission in sorted(now_held - before):
             delta.open_grants.append({
                 "connection_id": obs.connection_id, "permission": permission,
                 "valid_from": obs.observed_at, "valid_to": None,
             })
-            delta.changes.append(_change(obs, permission, "granted", previous, run_id))
+            delta.changes.append(_change(obs, permission, ("granted", grant), previous, run_id))
+        revoke = "disconnected" if obs.permissions is None else "revoked"
         for permission in sorted(before - now_held):
             delta.close_grants.append({
                 "b_connection_id": obs.connection_id, "b_permission": permission,
                 "b_valid_to": obs.observed_at,
             })
-            delta.changes.append(_change(obs, permission, "revoked", previous, run_id))
+            delta.changes.append(_change(obs, permission, ("revoked", revoke), previous, run_id))
         if now_held != before:
             delta.changed_connections.add(obs.connection_id)
     return delta
 
 
 def _change(
-    obs: Observation, permission: str, change: str, previous: dt.datetime | None, run_id: int | None
+    obs: Observation, permission: str, change: tuple[str, str], previous: dt.datetime | None, run_id: int | None
 ) -> dict[str, object]:
+    """One change row; ``change`` is (change, kind)."""
     return {
         "connection_id": obs.connection_id,
         "permission": permission,
-        "change": change,
+        "change": change[0],
+        "kind": change[1],
         "observed_at": obs.observed_at,
         "previous_observed_at": previous,
         "source_updated_at": obs.source_updated_at,

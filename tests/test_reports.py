@@ -158,9 +158,15 @@ def test_point_in_time_function(history: History, engine: Engine) -> None:
     c = history.c
 
     def held(at: dt.datetime) -> set[tuple[str, str]]:
-        return {(r["connection_id"], r["permission"]) for r in permissions_at(engine, at)}
+        return {(r["connection_id"], r["permission"]) for r in permissions_at(engine, at) if r["known"]}
 
     assert held(when(0)) == set()  # the first pass observed a moment after 10:00
+    # ... but the five existed (createdAt 1 January): what they held then is unknown, and the report says so
+    before = permissions_at(engine, when(0))
+    assert [(r["connection_id"], r["permission"], r["known"]) for r in before] == [
+        (c[f"c{i}"], None, False) for i in range(1, 6)]
+    assert permissions_at(engine, dt.datetime(2025, 12, 31, tzinfo=UTC)) == []  # before createdAt: not listed
+    assert all(r["known"] for r in permissions_at(engine, when(1)))
     [revoked] = changes_between(engine, when(6), when(8))
     assert (revoked["connection_id"], revoked["change"]) == (c["c4"], "revoked")
     assert (c["c4"], "read_location") in held(revoked["observed_at"] - dt.timedelta(microseconds=1))
@@ -195,10 +201,10 @@ def report(engine: Engine, *args: str) -> Any:
 @pytest.mark.parametrize("args, columns, rows", [
     (["permissions", "--as-of", "2026-03-01", "--permission", "read_location"],
      ["application", "connection_id", "user_id", "vehicle_id", "make", "model", "permission", "granted_since",
-      "status"], 2),
+      "status", "known"], 2),
     (["changes", "--since", "2026-03-02", "--until", "2026-03-09"],
-     ["observed_at", "change", "permission", "application", "connection_id", "user_id", "vehicle_id", "make",
-      "model", "previous_observed_at"], 3),
+     ["observed_at", "change", "kind", "permission", "application", "connection_id", "user_id", "vehicle_id",
+      "make", "model", "previous_observed_at"], 3),
     (["fleet"], ["application", "make", "powertrain_type", "mode", "status", "connections"], 4),
 ])
 def test_report_formats(history: History, engine: Engine, args: list[str], columns: list[str], rows: int,
@@ -211,7 +217,10 @@ def test_report_formats(history: History, engine: Engine, args: list[str], colum
     as_csv = report(engine, *args, "--format", "csv").stdout.splitlines()
     assert as_csv[0] == ",".join(columns) and len(as_csv) == rows + 1
     table = report(engine, *args).stdout.splitlines()
-    assert table[0].split() == columns and set(table[1]) <= {"-", " "} and len(table) == rows + 2
+    footer = 1 if args[0] == "permissions" else 0  # the coverage line, for people only
+    assert table[0].split() == columns and set(table[1]) <= {"-", " "} and len(table) == rows + 2 + footer
+    if footer:
+        assert table[-1].startswith("history from 2026-02-20T10:00Z; 0 connection(s) existed at that time before")
     assert {r["application"] for r in parsed} == {"default"}
     assert json.loads(report(engine, *args, "--application", "other", "--format", "json").stdout) == []
     if args[0] == "permissions":

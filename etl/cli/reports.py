@@ -39,16 +39,21 @@ def report() -> None:
 @pass_state
 def report_permissions(state: State, as_of: dt.datetime, permission: str | None, chosen: tuple[str, ...],
                        fmt: str) -> None:
-    """Which connections held which permissions at an instant.
+    """Which connections held which permissions at an instant; with known false and no permission, each
+    connection that existed then (by the API's createdAt) but was first observed later. The table ends with
+    a line saying from when the mirror knows the history.
 
     \b
     Example:
         smartcar-etl report permissions --as-of 2026-03-01T00:00:00Z --format csv
     """
-    from etl.reports import PERMISSIONS_COLUMNS, permissions_at
+    from etl.reports import PERMISSIONS_COLUMNS, coverage_note, permissions_at
 
-    rows = permissions_at(state.store().engine, as_of, permission=permission, applications=list(chosen) or None)
+    engine, applications = state.store().engine, list(chosen) or None
+    rows = permissions_at(engine, as_of, permission=permission, applications=applications)
     click.echo(render(rows, PERMISSIONS_COLUMNS, fmt))
+    if fmt == "table":  # JSON and CSV carry the known column; the line is for people
+        click.echo(coverage_note(engine, as_of, applications=applications))
 
 
 @report.command("changes")

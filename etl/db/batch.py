@@ -73,6 +73,7 @@ class _Stored:
     failures: dict[str, int] = field(default_factory=dict)  # consecutive failures of each
     held: dict[str, set[str]] = field(default_factory=dict)  # open grants of each
     healthy: dict[str, tuple[object, ...]] = field(default_factory=dict)  # a healthy row's IDENTITY (``_as_stored``)
+    deleted: set[str] = field(default_factory=set)  # stored as deleted: an answer now is a return
     before: Before = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +131,8 @@ def _read_stored(conn: Connection, outcomes: Sequence[Outcome], archive: Archivi
             stored.before.spans[state.id] = span
         stored.previous[state.id] = state.last_success_at
         stored.failures[state.id] = state.consecutive_failures
+        if state.status == "deleted":
+            stored.deleted.add(state.id)
         if state.consecutive_failures == 0:  # a failure sets last_error and counts; a success clears both
             stored.healthy[state.id] = tuple(getattr(state, c) for c in IDENTITY)
     answered = [o.connection_id for o in outcomes if not isinstance(o, Failed)]
@@ -164,7 +167,8 @@ def _write_history(conn: Connection, fetched: Sequence[Fetched], gone: Sequence[
         Observation(o.connection_id, o.observed_at, o.record.permissions, o.record.source_updated_at)
         for o in fetched
     ] + [Observation(o.connection_id, o.observed_at, None) for o in gone if o.connection_id in stored.previous]
-    delta = diff(observations, held=stored.held, previous_observed_at=stored.previous, run_id=run_id)
+    delta = diff(observations, held=stored.held, previous_observed_at=stored.previous, run_id=run_id,
+                 deleted=stored.deleted)
     if delta.close_grants:
         conn.execute(
             update(permission_grants)

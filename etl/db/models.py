@@ -174,6 +174,10 @@ def _has_partial_index(*_args: Any, dialect: Dialect, **_kw: Any) -> bool:
     """``ddl_if``: create the partial index only where the database has them (``open_grant_stand_in`` elsewhere)."""
     return dialect_for(dialect).supports_partial_index
 CHANGES = ("granted", "revoked")
+# What kind of change (``permission_changes.kind``): a first observation's grants, a later grant or revocation,
+# a revocation because the connection went away, a grant because it came back. NULL: older rows that neither
+# the rows nor the archive could tell.
+CHANGE_KINDS = ("first_seen", "granted", "revoked", "disconnected", "reconnected")
 
 
 class PermissionGrant(Base):
@@ -249,6 +253,7 @@ class PermissionChange(Base):
     connection_id: Mapped[str] = mapped_column(ID, ForeignKey("connections.id"))
     permission: Mapped[str] = mapped_column(String(100))
     change: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str | None] = mapped_column(String(16))  # CHANGE_KINDS
     observed_at: Mapped[dt.datetime]
     previous_observed_at: Mapped[dt.datetime | None]
     source_updated_at: Mapped[dt.datetime | None]
