@@ -117,8 +117,10 @@ def run_query(engine: Engine, query: str) -> list[tuple[Any, ...]]:
 def test_every_cookbook_query_answers_its_question(history: History, engine: Engine) -> None:
     c, u, v = history.c, history.u, history.v
     queries = cookbook(database(engine))
-    assert len(queries) == 9
+    assert len(queries) == 11
     results = {name: run_query(engine, query) for name, query in queries.items()}
+    assert [r[0] for r in results["unknown_on_date"]] == [c[f"c{i}"] for i in range(1, 6)]  # created 1 January
+    assert results["disconnected"] == [(c["c5"], u["u4"])]
 
     assert [(r[0], r[1], r[2]) for r in results["locate_on_date"]] == [
         (c["c1"], v["v1"], "Tesla"), (c["c3"], v["v3"], "Tesla")]
