@@ -117,6 +117,9 @@ class State:
         from etl.errors import EtlError
 
         try:
+            # Asked only of a migrated database: before 0010 there is no ``application`` column, and PostgreSQL and
+            # MariaDB refuse that query with an error that is not an EtlError (``db upgrade`` itself would fail).
+            store.require_migrated()
             stored = store.stored_applications()
         except EtlError:  # not migrated yet, or unreachable: the command itself says so
             return
