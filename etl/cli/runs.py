@@ -378,6 +378,9 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
 
     state: State = ctx.obj
     config = state.config
+    names = config.application_names()
+    if len(names) == 1:  # its runs, lock, bucket and new connections are the application's, as `sync`'s are
+        config = config.for_application(names[0])
     if interval is not None and cron is not None:
         msg = "--interval and --cron exclude each other"
         raise click.UsageError(msg)
@@ -387,7 +390,8 @@ def daemon_command(ctx: click.Context, interval: str | None, cron: str | None) -
     if cron is not None:
         cron = parse_setting("schedule.cron", cron, where="--cron")
         config = replace(config, schedule=replace(config.schedule, cron=cron))
-    ctx.exit(Daemon(config, state.store()).serve())
+    store = state.store()
+    ctx.exit(Daemon(config, store.scoped(names[0]) if len(names) == 1 else store).serve())
 
 
 @cli.command("status")
