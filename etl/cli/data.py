@@ -246,6 +246,9 @@ def applications_rename(state: State, old: str, new: str) -> None:
     if errors:
         raise ConfigError(errors)
     (name,) = state.applications((new,))
+    if name == old:  # both run locks are taken: the same one twice would be refused as held by another run
+        msg = f"{old} is its name already: NEW must differ from OLD"
+        raise click.BadParameter(msg, param_hint="NEW")
     store = state.store()
     store.require_migrated()
     moved = store.rename_application(old, name)
