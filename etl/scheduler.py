@@ -150,6 +150,7 @@ class Daemon:
         at = self.now()
         firing = latest_firing(build_trigger(config), at, config.schedule.misfire_grace_seconds) or at
         if store.claim_firing(firing, claimer=self.claimer, at=at):
+            log.info("%s: took the firing of %s", config.api.application, firing.isoformat())
             return True
         log.info("%s: the firing of %s was taken by another daemon", config.api.application,
                  firing.isoformat(timespec="seconds"))
