@@ -7,6 +7,7 @@ two runs in one process, or two tests, never share counters by accident.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 
 
 A = "application"  # every metric's first label: which Smartcar application it is about
+PERMISSION_LABELS = 100  # permissions shown by smartcar_etl_connections_with_permission: the most held
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -55,6 +59,12 @@ class Metrics:
                                     "(the mass-deletion guard, sync.max_deleted_share)", [A], registry=r)
         self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
                                   [A], registry=r)
+        self.permission_holders = Gauge(
+            "smartcar_etl_connections_with_permission",
+            f"Active connections whose open grant is this permission: the {PERMISSION_LABELS} most held "
+            "permissions of the application; the rest are left out", [A, "permission"], registry=r)
+        self.permissions_shown: dict[str, set[str]] = {}  # per application: the permission labels set so far
+        self.permissions_capped: set[str] = set()  # applications whose permissions were left out (logged once)
         self._server: Any = None
 
     def serve(self, listen: str) -> tuple[str, int]:
@@ -138,3 +148,26 @@ class ApplicationMetrics:
         last = store.last_success_at()
         if last is not None:
             m.last_success.labels(a).set(last.timestamp())
+        self.load_permissions(store)
+
+    def load_permissions(self, store: Store) -> None:
+        """Set how many active connections hold each permission, for the ``PERMISSION_LABELS`` most held.
+
+        A permission shown before that no active connection holds any more is 0, not gone, while there is room
+        under the cap; one pushed out by the cap is removed (its count is not known)."""
+        m, a, gauge = self.metrics, self.application, self.metrics.permission_holders
+        held, total = store.permission_holders(PERMISSION_LABELS)
+        counts = dict(held)
+        if total > len(held) and a not in m.permissions_capped:
+            m.permissions_capped.add(a)
+            log.warning("%s: active connections hold %d permissions; the metric %s shows the %d most held and "
+                        "leaves out the rest (said once)", a, total, "smartcar_etl_connections_with_permission",
+                        PERMISSION_LABELS)
+        gone = sorted(m.permissions_shown.get(a, set()) - counts.keys())
+        room = PERMISSION_LABELS - len(counts)  # 0 when some were left out: their counts are unknown
+        counts.update(dict.fromkeys(gone[:room], 0))
+        for permission in gone[room:]:
+            gauge.remove(a, permission)
+        for permission, holders in counts.items():
+            gauge.labels(a, permission).set(holders)
+        m.permissions_shown[a] = set(counts)
