@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 A = "application"  # every metric's first label: which Smartcar application it is about
+RESULTS = ("fetched", "changed", "deleted", "failed")  # the connections counted, by result (``BatchCounts``)
 PERMISSION_LABELS = 100  # permissions shown by smartcar_etl_connections_with_permission: the most held
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,20 @@ class ApplicationMetrics:
     """``Metrics`` with the application label bound: what one application's runs count and set."""
 
     def __init__(self, metrics: Metrics, application: str) -> None:
+        from etl.runloop import EXIT_BY_STATUS  # the run statuses (etl.runloop imports this module)
+
         self.metrics = metrics
         self.application = application
         m = metrics
         for family in (m.fields_nulled, m.run_duration, m.last_success, m.last_pass, m.deferred, m.rate_limit_wait,
                        m.oldest_success_age, m.budget_tokens, m.deletions_held, m.lock_skips):
             family.labels(application)  # shown from the start (0), as a metric without labels is
+        # The same for each run status and connection result: a counter that first appears at 1 would hide that
+        # first count from increase() and rate(), and so from the alerts.
+        for status in EXIT_BY_STATUS:
+            m.runs.labels(application, status)
+        for result in RESULTS:
+            m.connections.labels(application, result)
 
     def request(self, outcome: str, status: int | None) -> None:
         """Count one API request (outcome: ok, not_found, or the error kind)."""
@@ -109,7 +118,7 @@ class ApplicationMetrics:
         """Count what one stored batch did (its ``BatchCounts``)."""
         m, a = self.metrics, self.application
         m.fields_nulled.labels(a).inc(counts.nulled)
-        for result in ("fetched", "changed", "deleted", "failed"):
+        for result in RESULTS:
             m.connections.labels(a, result).inc(getattr(counts, result))
         m.permission_changes.labels(a, "granted").inc(counts.granted)
         m.permission_changes.labels(a, "revoked").inc(counts.revoked)

@@ -115,3 +115,15 @@ def test_the_permission_gauge_shows_the_most_held_permissions_and_warns_once_of_
     assert f"the {PERMISSION_LABELS} most held" in warnings[0]
     help_line = next(line for line in exposition(metrics).splitlines() if line.startswith(f"# HELP {GAUGE} "))
     assert f"{PERMISSION_LABELS} most held" in help_line and "rest are left out" in help_line
+
+
+def test_every_run_status_and_connection_result_is_counted_from_0() -> None:
+    """So increase() and rate() (and the alerts on them) see a counter's first count."""
+    metrics = Metrics()
+    metrics.of("fleet")
+    zero = {(s.name, s.labels.get("status") or s.labels["result"]) for family in text_string_to_metric_families(
+        exposition(metrics)) for s in family.samples if s.name in ("smartcar_etl_runs_total",
+                                                                    "smartcar_etl_connections_total")
+        and s.labels["application"] == "fleet" and s.value == 0}
+    assert zero == {*(("smartcar_etl_runs_total", s) for s in ("succeeded", "partial", "failed", "aborted")),
+                    *(("smartcar_etl_connections_total", r) for r in ("fetched", "changed", "deleted", "failed"))}
