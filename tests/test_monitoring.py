@@ -1,13 +1,22 @@
-"""Monitoring: the gauge of permissions held, on SQLite, PostgreSQL and MariaDB, from synced data."""
+"""Monitoring: the gauge of permissions held (on SQLite, PostgreSQL and MariaDB, from synced data), and the
+Grafana dashboard and Prometheus alert rules in deploy/, held to the metrics the job exports."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import re
+import shutil
+import subprocess
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
@@ -21,7 +30,15 @@ from etl.scheduler import Daemon
 from tests.conftest import Clock, make_config
 from tests.test_operations import tracked_world
 
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "smartcar-etl.json"
+RULES = ROOT / "deploy" / "prometheus" / "smartcar-etl-rules.yml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "smartcar-etl-rules.test.yml"
 GAUGE = "smartcar_etl_connections_with_permission"
+METRIC = re.compile(r"smartcar_etl_[a-z_]+")
+ALERTS = {"SmartcarEtlMirrorStale", "SmartcarEtlNoSuccessfulPass", "SmartcarEtlRateBudgetExhausted",
+          "SmartcarEtlConnectionsFailing", "SmartcarEtlRunsFailing"}
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def daemon(fake: FakeApi, engine: Engine, clock: Clock, metrics: Metrics) -> Daemon:
@@ -71,8 +88,8 @@ def test_the_permission_gauge_counts_the_active_holders_and_a_permission_given_u
     fake_api.remove(gone)  # a 404: deleted, its grants closed
     clock.now += dt.timedelta(days=1)  # every connection due again
     assert job.run_pass() is not None
-    with engine.connect() as conn:
-        assert conn.scalar(select(connections.c.status).where(connections.c.id == gone)) == "deleted"
+    with engine.connect() as db:
+        assert db.scalar(select(connections.c.status).where(connections.c.id == gone)) == "deleted"
     second = holders_per_permission(fake_api)
     assert given_up not in second and gone not in fake_api.connections
     assert held(metrics) == {**second, given_up: 0}
@@ -127,3 +144,177 @@ def test_every_run_status_and_connection_result_is_counted_from_0() -> None:
         and s.labels["application"] == "fleet" and s.value == 0}
     assert zero == {*(("smartcar_etl_runs_total", s) for s in ("succeeded", "partial", "failed", "aborted")),
                     *(("smartcar_etl_connections_total", r) for r in ("fetched", "changed", "deleted", "failed"))}
+
+
+# -- the dashboard and the alert rules ------------------------------------------------------------------------------
+
+def dashboard() -> dict[str, Any]:
+    value = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(value, dict)
+    return value
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"] for rule in group["rules"]]
+
+
+def expressions() -> dict[str, str]:
+    """Every PromQL expression of the dashboard (by panel and target) and of the rules (by alert)."""
+    found = {f"panel {p['title']!r} target {t['refId']}": t["expr"]
+             for p in dashboard()["panels"] for t in p["targets"]}
+    found.update({f"alert {rule['alert']}": rule["expr"] for rule in alert_rules()})
+    return found
+
+
+def exported_after_a_pass(fake: FakeApi, engine: Engine, clock: Clock) -> set[str]:
+    """The metric names with a sample in the exposition after a real pass (one fetch fails, one connection is
+    gone) and a lock skip."""
+    ids = tracked_world(fake, engine, 5)
+    fake.fail_next(503, match=ids[0], times=10)
+    fake.remove(ids[1])
+    metrics = Metrics()
+    job = daemon(fake, engine, clock, metrics)
+    assert job.run_pass() is not None
+    with Store(engine).scoped("default").lock():
+        assert job.run_pass() is None  # skipped: the lock is held
+    return {line.split("{")[0].split(" ")[0] for line in exposition(metrics).splitlines()
+            if line and not line.startswith("#")}
+
+
+@sqlite_only
+def test_every_expression_of_the_dashboard_and_the_rules_names_only_exported_metrics(
+        fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
+    exported = exported_after_a_pass(fake_api, engine, clock)
+    assert {"smartcar_etl_runs_total", "smartcar_etl_lock_skips_total", GAUGE} <= exported
+    found = expressions()
+    assert len(found) > 15
+    named: set[str] = set()
+    for where, expr in found.items():
+        names = set(METRIC.findall(expr))
+        assert names, f"{where} names no metric of the job: {expr}"
+        assert names <= exported, f"{where} names {sorted(names - exported)}, which the job does not export"
+        named |= names
+    series = {METRIC.findall(s["series"])[0] for t in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+              for s in t["input_series"]}
+    assert series <= exported, f"the rule tests feed {sorted(series - exported)}, which the job does not export"
+    expected = {"smartcar_etl_oldest_success_age_seconds", "smartcar_etl_last_success_timestamp_seconds",
+                "smartcar_etl_rate_budget_tokens", "smartcar_etl_api_requests_total", "smartcar_etl_runs_total",
+                "smartcar_etl_connections_total", GAUGE, "smartcar_etl_lock_skips_total",
+                "smartcar_etl_last_run_deletions_held"}
+    assert expected <= named, f"nothing shows {sorted(expected - named)}"
+
+
+def test_the_metric_name_check_finds_a_name_the_job_does_not_export() -> None:
+    exported = {"smartcar_etl_runs_total", "smartcar_etl_rate_budget_tokens"}
+    assert set(METRIC.findall('sum(rate(smartcar_etl_runs_total{status="failed"}[5m]))')) <= exported
+    assert not set(METRIC.findall('smartcar_etl_runs{status="failed"} > 0')) <= exported  # the counter's _total
+    assert METRIC.findall("time() - smartcar_etl_last_success_timestamp_seconds > 3600") == [
+        "smartcar_etl_last_success_timestamp_seconds"]
+
+
+def overlaps(a: dict[str, int], b: dict[str, int]) -> bool:
+    return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+
+def test_the_dashboard_is_a_grafana_dashboard_model() -> None:
+    board = dashboard()
+    assert isinstance(board["title"], str) and board["title"]
+    assert isinstance(board["uid"], str) and re.fullmatch(r"[A-Za-z0-9_-]{1,40}", board["uid"])
+    assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 30
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    application = variables["application"]
+    assert application["type"] == "query" and application["datasource"]["uid"] == "${datasource}"
+    assert application["query"] == "label_values(smartcar_etl_runs_total, application)"
+    panels = board["panels"]
+    assert isinstance(panels, list) and len(panels) >= 10
+    ids = [p["id"] for p in panels]
+    assert all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids), ids
+    for panel in panels:
+        title = panel["title"]
+        assert isinstance(panel["type"], str) and isinstance(title, str) and title
+        grid = panel["gridPos"]
+        assert {k: type(v) for k, v in grid.items()} == dict.fromkeys("xywh", int), title
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["w"] > 0 and grid["h"] > 0, title
+        assert panel["datasource"]["uid"] == "${datasource}", title
+        targets = panel["targets"]
+        assert isinstance(targets, list) and targets, f"{title}: no target"
+        assert len({t["refId"] for t in targets}) == len(targets), title
+        for target in targets:
+            assert isinstance(target["expr"], str) and 'application=~"$application"' in target["expr"], title
+    for i, a in enumerate(panels):
+        for b in panels[i + 1:]:
+            assert not overlaps(a["gridPos"], b["gridPos"]), (a["title"], b["title"])
+
+
+def test_the_panel_checks_find_an_overlap() -> None:
+    assert overlaps({"x": 0, "y": 0, "w": 12, "h": 8}, {"x": 6, "y": 4, "w": 12, "h": 8})
+    assert not overlaps({"x": 0, "y": 0, "w": 12, "h": 8}, {"x": 12, "y": 0, "w": 12, "h": 8})
+
+
+def test_every_alert_has_a_for_a_severity_and_names_the_application() -> None:
+    rules = alert_rules()
+    assert {rule["alert"] for rule in rules} == ALERTS
+    for rule in rules:
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        for key in ("summary", "description"):
+            assert "{{ $labels.application }}" in rule["annotations"][key], (rule["alert"], key)
+    tested: dict[str, set[bool]] = {name: set() for name in ALERTS}
+    for test in yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]:
+        for case in test["alert_rule_test"]:
+            tested[case["alertname"]].add(bool(case.get("exp_alerts")))
+    assert tested == {name: {True, False} for name in ALERTS}, "each alert is tested firing and not firing"
+
+
+# -- promtool ---------------------------------------------------------------------------------------------------
+
+def promtool() -> str:
+    """promtool's path; without it a skip, or a failure where ETL_REQUIRE_PROMTOOL=1 (as .ci/run sets)."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("ETL_REQUIRE_PROMTOOL") == "1":
+            pytest.fail("ETL_REQUIRE_PROMTOOL=1 but promtool is not on PATH (Debian: apt-get install prometheus)")
+        pytest.skip("promtool is not on PATH (Debian: apt-get install prometheus); ETL_REQUIRE_PROMTOOL=1 makes "
+                    "this a failure")
+    return found
+
+
+def run_promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_promtool_checks_the_rules() -> None:
+    checked = run_promtool("check", "rules", str(RULES))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in checked.stdout
+
+
+def test_promtool_runs_the_rule_tests() -> None:
+    tested = run_promtool("test", "rules", str(RULE_TESTS))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_promtool_rule_tests_fail_when_an_alert_does_not_fire_as_expected(tmp_path: Path) -> None:
+    """The rule tests can fail: with the stale mirror's threshold raised tenfold they do."""
+    text = RULES.read_text(encoding="utf-8")
+    assert text.count("smartcar_etl_oldest_success_age_seconds > 3600") == 1
+    (tmp_path / RULES.name).write_text(text.replace("_age_seconds > 3600", "_age_seconds > 36000"))
+    (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text(encoding="utf-8"))
+    tested = run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert tested.returncode != 0 and "SmartcarEtlMirrorStale" in tested.stdout + tested.stderr
+
+
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    """promtool parses each panel's query, as recording rules, with Grafana's variables given values."""
+    grafana = {"$application": "fleet", "$__rate_interval": "1m"}
+    rules = []
+    for n, expr in enumerate(e for where, e in expressions().items() if where.startswith("panel")):
+        for variable, value in grafana.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{n}", "expr": expr})
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = run_promtool("check", "rules", str(tmp_path / "dashboard.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
