@@ -7,6 +7,7 @@ two runs in one process, or two tests, never share counters by accident.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 
 A = "application"  # every metric's first label: which Smartcar application it is about
+RESULTS = ("fetched", "changed", "deleted", "failed")  # the connections counted, by result (``BatchCounts``)
+PERMISSION_LABELS = 100  # permissions shown by smartcar_etl_connections_with_permission: the most held
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -55,6 +60,12 @@ class Metrics:
                                     "(the mass-deletion guard, sync.max_deleted_share)", [A], registry=r)
         self.lock_skips = Counter("smartcar_etl_lock_skips", "Passes skipped because another run held the lock",
                                   [A], registry=r)
+        self.permission_holders = Gauge(
+            "smartcar_etl_connections_with_permission",
+            f"Active connections whose open grant is this permission: the {PERMISSION_LABELS} most held "
+            "permissions of the application; the rest are left out", [A, "permission"], registry=r)
+        self.permissions_shown: dict[str, set[str]] = {}  # per application: the permission labels set so far
+        self.permissions_capped: set[str] = set()  # applications whose permissions were left out (logged once)
         self._server: Any = None
 
     def serve(self, listen: str) -> tuple[str, int]:
@@ -84,12 +95,20 @@ class ApplicationMetrics:
     """``Metrics`` with the application label bound: what one application's runs count and set."""
 
     def __init__(self, metrics: Metrics, application: str) -> None:
+        from etl.runloop import EXIT_BY_STATUS  # the run statuses (etl.runloop imports this module)
+
         self.metrics = metrics
         self.application = application
         m = metrics
         for family in (m.fields_nulled, m.run_duration, m.last_success, m.last_pass, m.deferred, m.rate_limit_wait,
                        m.oldest_success_age, m.budget_tokens, m.deletions_held, m.lock_skips):
             family.labels(application)  # shown from the start (0), as a metric without labels is
+        # The same for each run status and connection result: a counter that first appears at 1 would hide that
+        # first count from increase() and rate(), and so from the alerts.
+        for status in EXIT_BY_STATUS:
+            m.runs.labels(application, status)
+        for result in RESULTS:
+            m.connections.labels(application, result)
 
     def request(self, outcome: str, status: int | None) -> None:
         """Count one API request (outcome: ok, not_found, or the error kind)."""
@@ -99,7 +118,7 @@ class ApplicationMetrics:
         """Count what one stored batch did (its ``BatchCounts``)."""
         m, a = self.metrics, self.application
         m.fields_nulled.labels(a).inc(counts.nulled)
-        for result in ("fetched", "changed", "deleted", "failed"):
+        for result in RESULTS:
             m.connections.labels(a, result).inc(getattr(counts, result))
         m.permission_changes.labels(a, "granted").inc(counts.granted)
         m.permission_changes.labels(a, "revoked").inc(counts.revoked)
@@ -138,3 +157,26 @@ class ApplicationMetrics:
         last = store.last_success_at()
         if last is not None:
             m.last_success.labels(a).set(last.timestamp())
+        self.load_permissions(store)
+
+    def load_permissions(self, store: Store) -> None:
+        """Set how many active connections hold each permission, for the ``PERMISSION_LABELS`` most held.
+
+        A permission shown before that no active connection holds any more is 0, not gone, while there is room
+        under the cap; one pushed out by the cap is removed (its count is not known)."""
+        m, a, gauge = self.metrics, self.application, self.metrics.permission_holders
+        held, total = store.permission_holders(PERMISSION_LABELS)
+        counts = dict(held)
+        if total > len(held) and a not in m.permissions_capped:
+            m.permissions_capped.add(a)
+            log.warning("%s: active connections hold %d permissions; the metric %s shows the %d most held and "
+                        "leaves out the rest (said once)", a, total, "smartcar_etl_connections_with_permission",
+                        PERMISSION_LABELS)
+        gone = sorted(m.permissions_shown.get(a, set()) - counts.keys())
+        room = PERMISSION_LABELS - len(counts)  # 0 when some were left out: their counts are unknown
+        counts.update(dict.fromkeys(gone[:room], 0))
+        for permission in gone[room:]:
+            gauge.remove(a, permission)
+        for permission, holders in counts.items():
+            gauge.labels(a, permission).set(holders)
+        m.permissions_shown[a] = set(counts)

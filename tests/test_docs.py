@@ -14,7 +14,7 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(```|~~~)")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN = re.compile(r"`+[^`]*`+")
-REPO_PATH = re.compile(r"^(?:etl|tests|scripts|benchmarks|migrations|docs)/[\w./-]*$")
+REPO_PATH = re.compile(r"^(?:etl|tests|scripts|benchmarks|migrations|docs|deploy)/[\w./-]*$")
 
 
 def prose(text: str) -> list[str]:

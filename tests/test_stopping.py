@@ -288,7 +288,7 @@ def test_a_daemon_pass_that_fails_before_recording_a_run_is_counted(
 def test_the_documented_metrics_table_names_every_metric_the_job_exports() -> None:
     import re
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    page = (Path(__file__).resolve().parent.parent / "docs" / "monitoring.md").read_text(encoding="utf-8")
     table = set(re.findall(r"^\| `(smartcar_etl_[a-z_]+)", page, re.MULTILINE))
     exported = set()
     for family in Metrics().registry.collect():

@@ -227,6 +227,19 @@ class ConnectionQueries(Transactions):
                        "last_success_at": row.last_success_at, "last_attempt_at": row.last_attempt_at,
                        "last_error": row.last_error}
 
+    def permission_holders(self, limit: int) -> tuple[list[tuple[str, int]], int]:
+        """How many ``active`` connections hold each permission (an open grant): the ``limit`` most held (ties by
+        name), and how many permissions active connections hold in all (one query)."""
+        c, g = connections.c, permission_grants.c
+        holders = func.count()
+        query = (select(g.permission, holders, func.count().over())  # the window counts the groups, before LIMIT
+                 .join_from(permission_grants, connections, c.id == g.connection_id)
+                 .where(g.valid_to.is_(None), c.status == "active", self.mine(c.application))
+                 .group_by(g.permission).order_by(holders.desc(), g.permission).limit(limit))
+        with self.read() as conn:
+            rows = list(conn.execute(query))
+        return [(row[0], int(row[1])) for row in rows], int(rows[0][2]) if rows else 0
+
     def connections_by_status(self) -> tuple[dict[str, int], int]:
         """Tracked connections by status, and how many are untracked."""
         c = connections.c
