@@ -519,3 +519,13 @@ def test_status_json_with_several_applications_has_each_and_the_unconfigured(job
     job.configure({"app-1": "app-1"})
     single = job.json("status")
     assert (single["application"], single["unconfigured"]) == ("app-1", ["app-2", "app-3"])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_one_max_duration_covers_every_application_of_a_sync(job: Job, apps: FakeApplications) -> None:
+    for fake in apps.fakes.values():
+        fake.latency = 0.4  # 12 connections at concurrency 4: well over the pass's 1 s, well under 15 minutes
+    outcome = json.loads(job("sync", "--max-duration", "1s", "--format", "json").stdout)
+    fetched = sum(a["fetched"] or 0 for a in outcome["applications"])
+    assert outcome["exit_code"] == 0 and fetched < 12, outcome  # the rest stays due for the next pass
+    assert any(a["deferred"] or a["status"] == "skipped" for a in outcome["applications"]), outcome

@@ -199,19 +199,19 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
         _report(ctx, lambda stop: run(names[0], stop, None), fmt, if_locked or config.sync.if_locked,
                 config.sync.stop_timeout_seconds)
     else:
-        _report_applications(ctx, names, run, fmt, if_locked or config.sync.if_locked)
+        _report_applications(ctx, config, names, run, fmt)
 
 
-def _report_applications(ctx: click.Context, names: list[str],
-                         run: Callable[[str, StopRequest, float | None], RunResult], fmt: str, if_locked: str) -> None:
-    """Sync each application in turn, within one ``sync.max_duration`` for them all; print each outcome (with
-    --format json one object holding them all) and exit with the most severe code."""
+def _report_applications(ctx: click.Context, config: Any, names: list[str],
+                         run: Callable[[str, StopRequest, float | None], RunResult], fmt: str) -> None:
+    """Sync each application in turn, within one ``sync.max_duration`` (``config``'s, with the command's options)
+    for them all; print each outcome (with --format json one object holding them all) and exit with the most
+    severe code."""
     from etl.clock import utcnow
     from etl.stop import StopRequest, stop_on_signals
     from etl.sync import default_max_duration
 
-    state: State = ctx.obj
-    config = state.config
+    if_locked = ctx.params.get("if_locked") or config.sync.if_locked
     whole = config.sync.max_duration_seconds or default_max_duration(config, utcnow)
     started = time.monotonic()
     outcomes: list[dict[str, Any]] = []
