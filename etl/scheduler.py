@@ -101,8 +101,8 @@ class Daemon:
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"
 
     def run_pass(self, name: str | None = None) -> RunResult | None:
-        """One pass of application ``name`` (default: the first configured), if this daemon takes the firing;
-        errors are logged, never raised, so the daemon keeps its schedule."""
+        """One pass of application ``name`` (default: the first configured); errors are logged, never raised, so
+        the daemon keeps its schedule. The scheduler calls it through ``fire``, which first takes the firing."""
         name = name or self.config.application_names()[0]
         config, store = self.config.for_application(name), self.store.scoped(name)
         with self._lock:
