@@ -5,7 +5,8 @@
 # MariaDB tests ETL_TEST_MARIADB_URL, defaulting to 127.0.0.1:3306 (root, no password); they create
 # and drop databases of their own. Extra arguments go to pytest (after ours: `-n 0` runs in one process).
 # The tests run in one worker process per core, at most 4 (pytest-xdist); each worker has databases of
-# its own, and 4 keep a MariaDB server's default 151 connections far away.
+# its own, and 4 keep a MariaDB server's default 151 connections far away. Tests marked with one xdist_group run
+# in one worker (tests/test_image.py: one image build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -24,4 +25,4 @@ export ETL_TEST_MARIADB_URL="${ETL_TEST_MARIADB_URL:-mariadb+pymysql://root@127.
 workers=$(.venv/bin/python -c 'import os
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 print(min(4, cores))')
-exec .venv/bin/python -m pytest -n "$workers" "$@"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
