@@ -25,7 +25,7 @@ import pytest
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 
-from etl.config import load_config
+from etl.config import KEYS, load_config
 from etl.errors import ConfigError
 from etl.liveness import longest_cron_gap
 from tests.test_deploy import parses
@@ -174,6 +174,7 @@ def test_every_container_runs_locked_down_as_the_images_user_with_requests_and_l
             assert mounts["/tmp"]["name"] == "tmp" and mounts["/etc/smartcar-etl"]["readOnly"] is True, where
             assert mounts[SECRETS.rstrip("/")]["readOnly"] is True, where
             env = {e["name"]: e for e in container["env"]}
+            assert set(env) <= {key.variable for key in KEYS} | {"SMARTCAR_ETL_CONFIG"}, where  # the job reads them
             assert env["SMARTCAR_ETL_CONFIG"]["value"] == "/etc/smartcar-etl/config.yaml", where
             assert env["SMARTCAR_ETL_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
                 "name": "smartcar-etl", "key": "database-url"}, where
