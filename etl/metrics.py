@@ -1,17 +1,23 @@
 """Prometheus metrics: served by the daemon, or written to a file by one-shot runs.
 
 Every metric lives in a registry of its own (not the process-global one), so
-two runs in one process, or two tests, never share counters by accident.
+two runs in one process, or two tests, never share counters by accident. The
+daemon's server also answers ``/healthz`` (``etl.liveness``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app, write_to_textfile
 
 if TYPE_CHECKING:
     from etl.config import Config
@@ -23,6 +29,40 @@ RESULTS = ("fetched", "changed", "deleted", "failed")  # the connections counted
 PERMISSION_LABELS = 100  # permissions shown by smartcar_etl_connections_with_permission: the most held
 
 log = logging.getLogger(__name__)
+
+
+Health = Callable[[], tuple[int, str]]  # /healthz: the HTTP status and a line of text
+StartResponse = Callable[..., Any]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per request, none waited for at shutdown (as prometheus_client's own server)."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs no request: Prometheus scrapes and probes would fill the log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing."""
+
+
+def _app(registry: CollectorRegistry, health: Health | None) -> Callable[[dict[str, Any], StartResponse],
+                                                                     Iterable[bytes]]:
+    """The WSGI application: /healthz from ``health`` (when given), the metrics on every other path."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if health is None or environ.get("PATH_INFO") != "/healthz":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        status, text = health()
+        body = text.encode()
+        start_response(f"{status} {HTTPStatus(status).phrase}", [
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
 
 
 class Metrics:
@@ -68,10 +108,16 @@ class Metrics:
         self.permissions_capped: set[str] = set()  # applications whose permissions were left out (logged once)
         self._server: Any = None
 
-    def serve(self, listen: str) -> tuple[str, int]:
-        """Serve /metrics on ``host:port`` (port 0: any free port) in a thread; return the address."""
+    def serve(self, listen: str, *, health: Health | None = None) -> tuple[str, int]:
+        """Serve /metrics on ``host:port`` (port 0: any free port) in a thread, and /healthz from ``health`` if
+        given; return the address."""
         host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        family, *_, address = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM,
+                                                 flags=socket.AI_PASSIVE)[0]
+        server_class = type("MetricsServer", (_ThreadingServer,), {"address_family": family})
+        server: WSGIServer = make_server(str(address[0]), int(port), _app(self.registry, health), server_class,
+                             handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         self._server = server
         return host, int(server.server_port)
 

@@ -9,6 +9,7 @@
   and when one dies the others go on taking every firing.
 - The first pass of each application runs at start-up, as the firing just past (unless another daemon
   took it already).
+- ``/healthz``, beside ``/metrics``, answers 200 while the daemon handles its firings (``etl.liveness``).
 - Each pass takes its application's run lock. If another process holds it (a cron ``sync``), the pass is
   skipped and says so; the next firing tries again.
 - On SIGTERM or SIGINT no new pass starts and no new request is sent; requests
@@ -39,6 +40,7 @@ from etl.config import Config
 from etl.context import Seams
 from etl.db.store import Store
 from etl.errors import ConfigError, EtlError, LockHeld, SyncAborted, one_line
+from etl.liveness import Liveness
 from etl.metrics import Metrics
 from etl.runloop import RunResult, outcome_without_result
 from etl.stop import StopRequest
@@ -99,6 +101,7 @@ class Daemon:
         self._cancels: dict[str, StopRequest] = {}
         self._lock = threading.Lock()
         self.claimer = f"{socket.gethostname()}:{os.getpid()}"
+        self.liveness = Liveness(config, now=self.now)
 
     def run_pass(self, name: str | None = None) -> RunResult | None:
         """One pass of application ``name`` (default: the first configured); errors are logged, never raised, so
@@ -136,7 +139,16 @@ class Daemon:
         return None
 
     def fire(self, name: str) -> RunResult | None:
-        """The scheduler's job: application ``name``'s pass, if this daemon takes the firing just past."""
+        """The scheduler's job: application ``name``'s pass, if this daemon takes the firing just past; the
+        liveness beats as the firing is taken up and as it is done with, whatever came of it."""
+        self.liveness.beat()
+        try:
+            return self._fire(name)
+        finally:
+            self.liveness.beat()
+
+    def _fire(self, name: str) -> RunResult | None:
+        """Application ``name``'s pass, if this daemon takes the firing just past."""
         try:
             if self.stopping.is_set() or not self._claimed(self.config.for_application(name), self.store.scoped(name)):
                 return None
@@ -181,11 +193,11 @@ class Daemon:
         listen = self.config.daemon.metrics_listen
         if listen:
             try:
-                host, port = self.metrics.serve(listen)
+                host, port = self.metrics.serve(listen, health=self.liveness.answer)
             except OSError as error:
                 msg = f"daemon.metrics_listen: cannot listen on {listen}: {error.strerror or error}"
                 raise ConfigError(msg) from error
-            log.info("metrics on http://%s:%d/metrics", host, port)
+            log.info("metrics on http://%s:%d/metrics, liveness on /healthz", host, port)
         names = self.config.application_names()
         jobs: dict[str, tuple[Config, Callable[[], object]]] = {
             name: (self.config.for_application(name), functools.partial(self.fire, name)) for name in names}

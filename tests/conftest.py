@@ -292,3 +292,21 @@ def api_server(fake_api: FakeApi) -> Iterator[dict[str, str]]:
     """The fake API served on loopback; yields its base_url and token_url."""
     with serve(fake_api) as root:
         yield urls(root)
+
+
+MEASURED = "measured: "  # record_property(MEASURED + what, value): shown at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What tests measured (the image's size and build time, say), once each, after the results. The figures
+    travel in the reports' user properties, so pytest-xdist's workers hand them to the process that prints."""
+    shown: dict[str, object] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if isinstance(name, str) and name.startswith(MEASURED):
+                    shown[name.removeprefix(MEASURED)] = value
+    if shown:
+        terminalreporter.write_sep("-", "measured")
+        for name, value in shown.items():
+            terminalreporter.write_line(f"{name}: {value}")

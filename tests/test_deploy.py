@@ -1,5 +1,6 @@
 """Deployment: every setting from the environment, config show, doctor, JSON results, --version, the deployment
-examples (docs/operations.md), and a new user's first hour as the README tells it."""
+examples (docs/operations.md: the environment file, the crontab run as cron runs it, the systemd units), and a new
+user's first hour as the README tells it. The Kubernetes manifests: tests/test_kubernetes.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from typing import Any
 import click
 import httpx
 import pytest
-import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -418,19 +418,94 @@ def parses(argv: list[str]) -> click.Context:
 
 
 def job_argv(line: str) -> list[str]:
-    """The arguments after `smartcar-etl` in a shell or ExecStart line."""
+    """The arguments after `smartcar-etl` (found on PATH or named by its path) in a shell or ExecStart line."""
     words = line.split(">>")[0].split()
-    return words[next(i for i, w in enumerate(words) if w.endswith("bin/smartcar-etl")) + 1:]
+    return words[next(i for i, w in enumerate(words) if w == "smartcar-etl" or w.endswith("bin/smartcar-etl")) + 1:]
+
+
+def crontab() -> tuple[dict[str, str], str]:
+    """The crontab example: its variable lines, and its one job line."""
+    [block] = fenced("cron")
+    variables, jobs = {}, []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith("#"):
+            variable = re.fullmatch(r"([A-Z_]+)=(\S+)", line)
+            if variable:
+                variables[variable.group(1)] = variable.group(2)
+            else:
+                jobs.append(line)
+    [job] = jobs
+    return variables, job
+
+
+def environment_file() -> dict[str, str]:
+    """The environment file that cron and systemd read (/etc/smartcar-etl/env), as systemd reads it."""
+    [block] = [b for b in fenced("sh") if b.startswith("# /etc/smartcar-etl/env")]
+    lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Z_]+=[^\s'\"$`\\]+", line) for line in lines), "read alike by systemd and sh"
+    return dict(line.split("=", 1) for line in lines)
 
 
 def test_the_crontab_line_parses_and_skips_a_held_lock() -> None:
     from apscheduler.triggers.cron import CronTrigger
 
-    [block] = fenced("cron")
-    line = block.strip()
+    variables, line = crontab()
     CronTrigger.from_crontab(" ".join(line.split()[:5]), timezone=dt.UTC)
     ctx = parses(job_argv(line))
     assert ctx.params["if_locked"] == "skip" and ctx.params["fmt"] == "json"
+    assert variables["SHELL"] == "/bin/sh" and variables["PATH"].startswith("/srv/smartcar-etl/.venv/bin:")
+    assert " cd /srv/smartcar-etl && set -a && . /etc/smartcar-etl/env && set +a && smartcar-etl " in line
+    assert "%" not in line  # cron would read a newline
+
+
+def test_the_environment_file_names_variables_the_job_reads_and_keeps_the_secret_in_a_file() -> None:
+    variables = environment_file()
+    assert set(variables) <= {key.variable for key in KEYS} | {"SMARTCAR_ETL_CONFIG", "SMARTCAR_CLIENT_ID"}
+    assert variables["SMARTCAR_ETL_API_CLIENT_SECRET_FILE"].startswith("/etc/smartcar-etl/")
+    assert not any("SECRET=" in f"{name}=" or "TOKEN=" in f"{name}=" for name in variables)
+    assert "EnvironmentFile=/etc/smartcar-etl/env" in systemd_units()["smartcar-etl-sync.service"]
+
+
+def test_the_crontab_line_runs_in_crons_bare_environment(tmp_path: Path, api_server: dict[str, str],
+                                                         fake_api: FakeApi) -> None:
+    """The example as cron runs it: /bin/sh, only the crontab's variables and HOME, the working directory HOME;
+    its paths moved under tmp_path, the environment file's values pointed at SQLite and the fake API."""
+    moved = {"/srv/smartcar-etl/.venv/bin": str(Path(sys.executable).parent),
+             "/srv/smartcar-etl": str(tmp_path / "srv"), "/etc/smartcar-etl": str(tmp_path / "etc"),
+             "/var/lib/node_exporter/textfile": str(tmp_path), "/var/log": str(tmp_path)}
+
+    def move(text: str) -> str:
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        return text
+
+    for directory in ("srv", "etc", "home"):
+        (tmp_path / directory).mkdir()
+    variables, line = crontab()
+    env = {name: move(value) for name, value in environment_file().items()}
+    env.update(SMARTCAR_ETL_DATABASE_URL="sqlite:///smartcar_etl.db", SMARTCAR_CLIENT_ID=fake_api.client_id)
+    (tmp_path / "etc" / "env").write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    Path(env["SMARTCAR_ETL_CONFIG"]).write_text(
+        f"api:\n  base_url: {api_server['base_url']}\n  token_url: {api_server['token_url']}\n")
+    secret = Path(env["SMARTCAR_ETL_API_CLIENT_SECRET_FILE"])
+    secret.write_text(fake_api.client_secret)
+    secret.chmod(0o600)
+    ids = fake_api.populate(3, seed=12)
+    setup = {**os.environ, **env}
+    for args in (["db", "upgrade"], ["connections", "add", *ids]):
+        subprocess.run([sys.executable, "-m", "etl", *args], cwd=tmp_path / "srv", env=setup, check=True,
+                       capture_output=True, timeout=60)
+    bare = {"HOME": str(tmp_path / "home"), "LOGNAME": "smartcar-etl", **{k: move(v) for k, v in variables.items()}}
+    ran = subprocess.run([bare["SHELL"], "-c", move(line.split(None, 5)[5])], cwd=bare["HOME"], env=bare,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    log = (tmp_path / "smartcar-etl.log").read_text()
+    # Every line is JSON: the logs (stderr, with a time), and the one outcome that sync printed on stdout.
+    [outcome] = [record for record in map(json.loads, log.splitlines()) if "time" not in record]
+    assert (outcome["status"], outcome["fetched"]) == ("succeeded", 3)
+    assert "smartcar_etl_runs_total" in (tmp_path / "smartcar_etl.prom").read_text()
+    assert (tmp_path / "srv" / "smartcar_etl.db").exists()  # the working directory is the line's, not HOME
+    assert fake_api.client_secret not in log
 
 
 def systemd_units() -> dict[str, str]:
@@ -465,31 +540,6 @@ def test_the_systemd_units_verify_and_their_commands_parse(tmp_path: Path) -> No
     calendar = re.search(r"^OnCalendar=(.*)$", units["smartcar-etl-sync.timer"], flags=re.M)
     assert calendar is not None
     assert subprocess.run([analyze, "calendar", calendar.group(1)], capture_output=True, timeout=60).returncode == 0
-
-
-def test_the_kubernetes_cronjob_forbids_overlap_and_takes_the_secret_from_a_secret() -> None:
-    from apscheduler.triggers.cron import CronTrigger
-
-    [manifest] = [yaml.safe_load(block) for block in fenced("yaml") if "kind: CronJob" in block]
-    assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "CronJob")
-    spec = manifest["spec"]
-    assert spec["concurrencyPolicy"] == "Forbid"
-    CronTrigger.from_crontab(spec["schedule"], timezone=dt.UTC)
-    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["restartPolicy"] in ("Never", "OnFailure")
-    [container] = pod["containers"]
-    ctx = parses(container["args"])
-    assert ctx.params["if_locked"] == "skip"
-    env = {item["name"]: item for item in container["env"]}
-    assert env["SMARTCAR_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"]
-    assert "value" not in env["SMARTCAR_CLIENT_SECRET"]
-    names = {key.variable for key in KEYS} | {"SMARTCAR_CLIENT_ID", "SMARTCAR_CLIENT_SECRET"}
-    assert set(env) <= names, "every variable of the example is one the job reads"
-    for item in env.values():
-        if "value" in item:
-            shown = CliRunner().invoke(cli, ["config", "show"], env={"SMARTCAR_ETL_CONFIG": "",
-                                                                     item["name"]: item["value"]})
-            assert shown.exit_code == 0, shown.output
 
 
 # -- a new user's first hour ----------------------------------------------------------------------------------------

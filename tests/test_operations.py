@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, insert, select
 
 from etl.cli import cli
-from etl.config import Config, ScheduleConfig
+from etl.config import Config, ScheduleConfig, SyncConfig, load_config
 from etl.context import Seams
 from etl.db.models import connections, sync_runs
 from etl.db.store import Store
 from etl.errors import LockHeld
 from etl.fakeapi import FakeApi
+from etl.liveness import Liveness, longest_cron_gap
 from etl.metrics import Metrics
 from etl.scheduler import JOB_ID, Daemon, build_scheduler
 from etl.status import status_report
@@ -371,6 +373,74 @@ def test_daemon_pass_skips_when_the_lock_is_held(fake_api: FakeApi, engine: Engi
         assert daemon.run_pass() is None
     assert metrics.lock_skips.labels("default")._value.get() == 1 and fake_api.count("GET", "/v3/") == 0
     assert daemon.run_pass() is not None
+
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@sqlite_only
+def test_healthz_is_200_while_firings_are_handled_within_twice_the_interval(
+        fake_api: FakeApi, engine: Engine, clock: Clock) -> None:
+    tracked_world(fake_api, engine, 2)
+    config = make_config(fake_api, "unused")
+    config = replace(config, schedule=replace(config.schedule, interval_seconds=120))
+    daemon = Daemon(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=clock))
+    assert daemon.liveness.limit_seconds == 240
+    status, text = daemon.liveness.answer()
+    assert status == 200 and text.startswith("alive: start-up 0s ago; the limit is 240s")
+    clock.advance(seconds=239)
+    assert daemon.liveness.answer()[0] == 200
+    clock.advance(seconds=2)  # no firing handled since start-up, 241 s ago
+    assert daemon.liveness.answer() == (503, "not alive: start-up 241s ago, more than the limit of 240s\n")
+    assert daemon.fire("default") is not None  # a pass: alive again
+    assert daemon.liveness.answer()[0] == 200
+    clock.advance(seconds=241)
+    assert daemon.liveness.answer()[0] == 503
+    other = Daemon(config, Store(engine), seams=Seams(transport=httpx.MockTransport(fake_api.handle), now=clock))
+    other.claimer = "another-host:1"
+    assert other.fire("default") is not None  # the other daemon takes this firing...
+    assert daemon.fire("default") is None and fake_api.count("GET", "/v3/") == 4  # ...and this one runs nothing,
+    assert daemon.liveness.answer()[0] == 200  # but it handled the firing: alive
+    clock.advance(seconds=241)
+    with Store(engine).lock():  # a pass skipped for the lock is handled too
+        assert daemon.fire("default") is None
+    assert daemon.liveness.answer()[0] == 200
+
+
+def test_healthz_allows_the_longest_cron_gap_or_a_longer_max_duration(tmp_path: Path) -> None:
+    at = dt.datetime(2026, 3, 4, 12, 0, tzinfo=dt.UTC)  # a Wednesday: the weekend's gap comes in the first week
+    weekdays = Config(schedule=ScheduleConfig(cron="0 9 * * 1-5"))
+    assert Liveness(weekdays, now=lambda: at).limit_seconds == 2 * 3 * 86400  # Friday 09:00 to Monday 09:00
+    assert longest_cron_gap("*/15 6-22 * * *", at) == 7.25 * 3600  # 22:45 to 06:00
+    assert longest_cron_gap("0 0 1 1 *", at) == 365 * 86400
+    assert longest_cron_gap("0 0 29 2 *", at) == 366 * 86400  # no second firing within a year: the horizon
+    slow = Config(schedule=ScheduleConfig(interval_seconds=600), sync=SyncConfig(max_duration_seconds=3600))
+    assert Liveness(slow, now=lambda: at).limit_seconds == 7200
+    (tmp_path / "etl.yaml").write_text(
+        "applications:\n"
+        "  - {name: a, client_id: a, client_secret_variable: A_SECRET, schedule: {interval: 1m}}\n"
+        "  - {name: b, client_id: b, client_secret_variable: B_SECRET, schedule: {interval: 1h}}\n")
+    several = load_config(str(tmp_path / "etl.yaml"), env={"A_SECRET": "a-secret-of-a", "B_SECRET": "b-secret-of-b"})
+    assert Liveness(several, now=lambda: at).limit_seconds == 7200  # the longest of the applications'
+
+
+def test_healthz_is_served_beside_the_metrics(clock: Clock) -> None:
+    config = Config(schedule=ScheduleConfig(interval_seconds=60))
+    liveness = Liveness(config, now=clock)
+    metrics = Metrics()
+    metrics.of("default")
+    _, port = metrics.serve("127.0.0.1:0", health=liveness.answer)
+    try:
+        alive = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        clock.advance(seconds=121)
+        dead = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        scraped = scrape(port)
+    finally:
+        metrics.close()
+    assert (alive.status_code, dead.status_code) == (200, 503)
+    assert alive.text.startswith("alive: ") and dead.text.startswith("not alive: start-up 121s ago")
+    assert alive.headers["content-type"] == "text/plain; charset=utf-8"
+    assert scraped['smartcar_etl_runs_total{application="default",status="succeeded"}'] == 0
 
 
 def test_one_shot_sync_writes_a_metrics_textfile(procs: Procs, engine: Engine, fake_api: FakeApi,
