@@ -54,7 +54,9 @@ def held_chart(figures: PageFigures) -> str:
         axes = figure.add_subplot()
         instants = _days(figures.window.instants())
         drawn = most_held(figures.held)[:MOST_LINES]
-        lines = [axes.step(instants, figures.held[name], where="post")[0] for name in drawn]
+        # Ten colours, then the same ten dashed: no two lines look alike.
+        lines = [axes.step(instants, figures.held[name], where="post", color=f"C{n % 10}",
+                           linestyle="-" if n < 10 else "--")[0] for n, name in enumerate(drawn)]
         # Explicit labels: a name that starts with "_" would otherwise be left out of the legend.
         axes.legend(lines, [_shown(name) for name in drawn], loc="upper left", bbox_to_anchor=(1.01, 1))
         axes.set_ylabel("connections holding it")

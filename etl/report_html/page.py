@@ -21,7 +21,7 @@ p.coverage { background: #f4f4f4; border-left: 4px solid #888; padding: .5rem .7
 figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: .9rem; }
 details { margin: .5rem 0 1rem; } summary { cursor: pointer; color: #555; }
-.scroll { overflow-x: auto; max-height: 32rem; overflow-y: auto; }
+.scroll { overflow-x: auto; max-height: 20rem; overflow-y: auto; }
 table { border-collapse: collapse; font-size: .85rem; }
 th, td { padding: .2rem .6rem; border-bottom: 1px solid #e4e4e4; text-align: left; white-space: nowrap; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
