@@ -340,10 +340,10 @@ def test_without_matplotlib_the_command_says_what_to_install(engine: Engine, tmp
 
 # -- the page in a browser ----------------------------------------------------------------------------------------
 
-def chromium() -> tuple[str, str]:
+def chromium(chromedriver: str = CHROMEDRIVER) -> tuple[str, str]:
     """The Chromium binary and its driver; skip without them, fail where ETL_REQUIRE_CHROMIUM=1 (.ci/run)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else shutil.which("chromedriver")
+    driver = chromedriver if os.path.exists(chromedriver) else shutil.which("chromedriver")
     missing = [name for name, found in (("chromium", browser), ("chromedriver", driver)) if not found]
     if missing:
         reason = f"{' and '.join(missing)} not installed (Debian: apt-get install chromium chromium-driver)"
@@ -354,12 +354,24 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
+def test_without_chromium_the_browser_test_skips_unless_required(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("ETL_REQUIRE_CHROMIUM", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium and chromedriver not installed"):
+        chromium(str(tmp_path / "chromedriver"))
+    monkeypatch.setenv("ETL_REQUIRE_CHROMIUM", "1")
+    with pytest.raises(pytest.fail.Exception, match="ETL_REQUIRE_CHROMIUM=1 but chromium and chromedriver"):
+        chromium(str(tmp_path / "chromedriver"))
+
+
 def browser_options(browser: str, size: str = "1200,1600") -> Any:
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={size}"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--window-size={size}"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return options
