@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, and_, case, func, literal, or_, select, union_all
 
+from etl.db.dialects import dialect_for
 from etl.db.engine import require_migrated, translate_errors
-from etl.db.models import connections, permission_changes, permission_grants, vehicles
+from etl.db.models import CHANGE_KINDS, connections, permission_changes, permission_grants, vehicles
+from etl.errors import ConfigError
 
 PERMISSIONS_COLUMNS = ("application", "connection_id", "user_id", "vehicle_id", "make", "model", "permission",
                        "granted_since", "status", "known")
@@ -134,3 +137,153 @@ def permissions_by_vehicle(engine: Engine) -> list[Any]:
             .join(connections, c.vehicle_id == v.id).join(permission_grants, g.connection_id == c.id)
             .where(g.valid_to.is_(None)).order_by(v.make, v.model, v.id, g.permission)
         ).all())
+
+
+# -- the HTML page's figures: counted per period in SQL, on every database ------------------------------------------
+
+PERIODS = {"day": dt.timedelta(days=1), "week": dt.timedelta(weeks=1)}
+MAX_PERIODS = 1000  # days or weeks on one page: past that its tables stop being something to read
+FLEET_STATUSES = ("active", "pending", "deleted")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The page's time axis: ``since`` to ``until``, cut into UTC days or weeks (a week starts on Monday)."""
+
+    since: dt.datetime
+    until: dt.datetime
+    period: str = "day"
+
+    def __post_init__(self) -> None:
+        if self.period not in PERIODS:
+            msg = f"--bucket must be one of {', '.join(PERIODS)}, not {self.period[:20]!r}"
+            raise ConfigError(msg)
+        if self.until <= self.since:
+            msg = "--until must be later than --since"
+            raise ConfigError(msg)
+        if self.periods > MAX_PERIODS:
+            msg = (f"the window holds {self.periods} {self.period}s, more than {MAX_PERIODS}: shorten it "
+                   "(--since, --until) or count by week (--bucket week)")
+            raise ConfigError(msg)
+
+    @property
+    def step(self) -> dt.timedelta:
+        """One period."""
+        return PERIODS[self.period]
+
+    @property
+    def origin(self) -> dt.datetime:
+        """The start of the period that holds ``since``: its UTC midnight, or its week's Monday."""
+        midnight = self.since.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight - dt.timedelta(days=midnight.weekday()) if self.period == "week" else midnight
+
+    @property
+    def periods(self) -> int:
+        """How many periods [since, until) touches."""
+        return -(-(self.until - self.origin) // self.step)  # rounded up
+
+    def starts(self) -> list[dt.datetime]:
+        """The start of each period that [since, until) touches."""
+        return [self.origin + k * self.step for k in range(self.periods)]
+
+    def instants(self) -> list[dt.datetime]:
+        """Where the held permissions are counted: ``since``, each period boundary after it, and ``until``."""
+        return [self.since] + [min(start + self.step, self.until) for start in self.starts()]
+
+
+def held_over_time(engine: Engine, window: Window, *,
+                   applications: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """For each permission, how many connections held it at each of ``window.instants()``: the grant
+    intervals open there (``valid_from <= t < valid_to``), whether or not the connection was deleted since.
+
+    One pass over the intervals that overlap the window: each adds one at the instant that first
+    follows its start and takes it away at the one that first follows its end (in SQL, grouped by
+    permission and instant); the running sum of those is the count at each instant.
+    """
+    require_migrated(engine)
+    g, since, until = permission_grants.c, window.since, window.until
+    # Instant j >= 1 is the first at or after a time t in (since, until]: ceil((t - origin) / step).
+    after = window.origin + dt.timedelta(microseconds=1)
+
+    def instant(column: Any) -> Any:
+        return dialect_for(engine).steps_since(column, after, window.step) + 1
+
+    opened = select(g.permission, case((g.valid_from <= since, 0), else_=instant(g.valid_from)).label("at"),
+                    literal(1).label("delta")).where(g.valid_from <= until, or_(g.valid_to.is_(None),
+                                                                                   g.valid_to > since))
+    closed = select(g.permission, instant(g.valid_to).label("at"), literal(-1).label("delta")).where(
+        g.valid_to > since, g.valid_to <= until)
+    events = union_all(*(_grants_of(part, applications) for part in (opened, closed))).subquery()
+    query = (select(events.c.permission, events.c.at, func.sum(events.c.delta))
+             .group_by(events.c.permission, events.c.at))
+    with translate_errors(engine), engine.connect() as conn:
+        rows = conn.execute(query).all()
+    held = {permission: [0] * (window.periods + 1) for permission in sorted({row[0] for row in rows})}
+    for permission, at, delta in rows:
+        held[permission][int(at)] += int(delta)
+    for counts in held.values():
+        for j in range(1, len(counts)):
+            counts[j] += counts[j - 1]
+    return held
+
+
+def _grants_of(query: Any, applications: Sequence[str] | None) -> Any:
+    """A query over ``permission_grants`` limited to the connections of ``applications`` (None: all, no join)."""
+    if applications is None:
+        return query
+    return _of(query.join(connections, connections.c.id == permission_grants.c.connection_id), applications)
+
+
+def changes_per_period(engine: Engine, window: Window, *,
+                       applications: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """For each kind of change (first_seen, granted, revoked, disconnected, reconnected), how many were
+    observed in each of ``window.starts()``'s periods, within [since, until). A change without a kind
+    (older rows nothing could tell) counts as what it did: granted or revoked."""
+    require_migrated(engine)
+    pc = permission_changes.c
+    kinds = (select(func.coalesce(pc.kind, pc.change).label("kind"),
+                    dialect_for(engine).steps_since(pc.observed_at, window.origin, window.step).label("period"))
+             .where(pc.observed_at >= window.since, pc.observed_at < window.until))
+    if applications is not None:
+        kinds = _of(kinds.join(connections, connections.c.id == pc.connection_id), applications)
+    inner = kinds.subquery()
+    query = select(inner.c.kind, inner.c.period, func.count()).group_by(inner.c.kind, inner.c.period)
+    with translate_errors(engine), engine.connect() as conn:
+        rows = conn.execute(query).all()
+    counts = {kind: [0] * window.periods for kind in CHANGE_KINDS}
+    for kind, period, count in rows:
+        counts.setdefault(kind, [0] * window.periods)[int(period)] += int(count)
+    return counts
+
+
+def fleet_by_make(engine: Engine, *, applications: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Connections by vehicle make and powertrain, with a count for each status; most connections first."""
+    require_migrated(engine)
+    c, v = connections.c, vehicles.c
+    by_status = [func.coalesce(func.sum(case((c.status == status, 1), else_=0)), 0).label(status)
+                 for status in FLEET_STATUSES]
+    query = (select(v.make, v.powertrain_type, *by_status).select_from(connections)
+             .outerjoin(vehicles, v.id == c.vehicle_id).group_by(v.make, v.powertrain_type))
+    with translate_errors(engine), engine.connect() as conn:
+        rows = [{key: (int(value) if key in FLEET_STATUSES else value) for key, value in row._mapping.items()}
+                for row in conn.execute(_of(query, applications))]
+    return sorted(rows, key=lambda r: (-sum(r[s] for s in FLEET_STATUSES), r["make"] or "", r["powertrain_type"] or ""))
+
+
+@dataclass(frozen=True)
+class PageFigures:
+    """Everything the HTML page shows, as counted by the database."""
+
+    window: Window
+    held: dict[str, list[int]]  # permission -> connections holding it at each of window.instants()
+    changes: dict[str, list[int]]  # kind -> changes in each of window.starts()'s periods
+    fleet: list[dict[str, Any]]  # fleet_by_make's rows
+    coverage: str  # coverage_note at window.since
+
+
+def page_figures(engine: Engine, window: Window, *, applications: Sequence[str] | None = None) -> PageFigures:
+    """The HTML page's figures for ``window`` (``applications``: only theirs; None: every application)."""
+    return PageFigures(window=window, held=held_over_time(engine, window, applications=applications),
+                       changes=changes_per_period(engine, window, applications=applications),
+                       fleet=fleet_by_make(engine, applications=applications),
+                       coverage=coverage_note(engine, window.since, applications=applications))

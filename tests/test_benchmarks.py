@@ -69,3 +69,18 @@ def test_bench_archive_runs() -> None:
     for figures in rows.values():
         archive, history, payload, canonical, spans = (float(f.replace(",", "")) for f in figures)
         assert archive > 0 and history > 0 and 0 < payload <= canonical and spans >= 1
+
+
+@pytest.mark.postgres
+@pytest.mark.mariadb
+def test_bench_html_runs() -> None:
+    done = subprocess.run([sys.executable, "bench_html.py", "--connections", "200", *servers()],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("SQLite", "PostgreSQL", "MariaDB"):
+        assert f"{name}: loaded" in done.stdout
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  last ")]
+    assert len(rows) == 6  # two windows on each database
+    for row in rows:
+        total, held, changes, fleet, render, kilobytes = (float(f) for f in row[-6:])
+        assert abs(total - (held + changes + fleet)) < 0.02 and render > 0 and kilobytes > 10

@@ -1,4 +1,4 @@
-"""Commands that read the history: report permissions|changes|fleet, and check."""
+"""Commands that read the history: report permissions|changes|fleet|html, and check."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from etl.cli.base import (
     result_format_option,
 )
 from etl.output import render
+
+DEFAULT_HTML_WINDOW = dt.timedelta(days=90)  # report html without --since: the last 90 days
 
 
 @cli.group(cls=EtlGroup)
@@ -96,6 +98,35 @@ def report_fleet(state: State, chosen: tuple[str, ...], fmt: str) -> None:
     from etl.reports import FLEET_COLUMNS, fleet
 
     click.echo(render(fleet(state.store().engine, applications=list(chosen) or None), FLEET_COLUMNS, fmt))
+
+
+@report.command("html")
+@click.option("--output", "-o", required=True, metavar="FILE", help="The page to write (replaced whole).")
+@click.option("--since", type=Instant(),
+              help="From this instant: ISO-8601, today, -30d; default: 90 days before --until.")
+@click.option("--until", type=Instant(), help="Up to this instant; default: now.")
+@click.option("--bucket", type=click.Choice(["day", "week"]), default="day", show_default=True,
+              help="Count changes per UTC day or week (weeks start on Monday).")
+@application_option
+@pass_state
+def report_html(state: State, output: str, since: dt.datetime | None, until: dt.datetime | None, bucket: str,
+                chosen: tuple[str, ...]) -> None:
+    """One self-contained HTML page: the connections holding each permission over time, changes per day or
+    week by kind, the fleet by make and powertrain, each with its table, and the coverage line. Needs the
+    extra: pip install 'smartcar-etl[html]'.
+
+    \b
+    Example:
+        smartcar-etl report html --output report.html --since -30d --bucket week
+    """
+    from etl.report_html import write_report
+    from etl.reports import Window
+
+    until = until or state.now()
+    window = Window(since=since or until - DEFAULT_HTML_WINDOW, until=until, period=bucket)
+    figures = write_report(state.store().engine, output, window, applications=list(chosen) or None,
+                           now=state.now)
+    click.echo(f"wrote {output}: {len(figures.held)} permission(s), {window.periods} {bucket}(s)")
 
 
 @cli.command("check")

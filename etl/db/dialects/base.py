@@ -114,6 +114,12 @@ class Database:
         """
         raise NotImplementedError
 
+    def steps_since(self, column: ColumnElement[Any], origin: dt.datetime, step: dt.timedelta) -> ColumnElement[int]:
+        """How many whole ``step``s fit between ``origin`` and the UTC timestamp ``column`` (at or after
+        ``origin``): the index of its period. Integer arithmetic in microseconds, so that an instant on a
+        period's boundary falls exactly on it (floating-point days would put it a microsecond either side)."""
+        raise NotImplementedError
+
     # --- schema ---------------------------------------------------------------------------------------
 
     def table_options(self) -> dict[str, str]:
@@ -171,6 +177,11 @@ class Database:
     def schema_queries(self) -> list[str]:
         """The queries whose answers describe a server database's schema (what a test may have changed)."""
         raise NotImplementedError
+
+
+def microseconds(span: dt.timedelta) -> int:
+    """A duration in whole microseconds."""
+    return span // dt.timedelta(microseconds=1)
 
 
 # What a server database holds beside rows, in the information schema both servers have.

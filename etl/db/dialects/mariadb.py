@@ -15,12 +15,24 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, bindparam, event, exc, func, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    event,
+    exc,
+    func,
+    literal_column,
+    text,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
-from etl.db.dialects.base import COMMON_SCHEMA_QUERIES, UTC, Database, ErrorKind, session_lock
+from etl.db.dialects.base import COMMON_SCHEMA_QUERIES, UTC, Database, ErrorKind, microseconds, session_lock
 from etl.errors import ConfigError
 
 # SQLAlchemy names the dialect "mariadb" or "mysql" after the URL; both are MariaDB here.
@@ -121,6 +133,13 @@ class MariaDB(Database):
     def among(self, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
         """A plain ``IN``, expanded by PyMySQL on this side (it has no server-side statements to cache)."""
         return column.in_(bindparam(None, list(values), expanding=True, unique=True))
+
+    def steps_since(self, column: ColumnElement[Any], origin: dt.datetime, step: dt.timedelta) -> ColumnElement[int]:
+        """``TIMESTAMPDIFF(MICROSECOND, ..)`` (exact), then ``DIV``: SQLAlchemy's ``//`` is ``FLOOR(a / b)``
+        here, and MariaDB rounds a decimal quotient to four places, which can carry it over a boundary."""
+        start = bindparam(None, self.utc_value(origin), type_=mysql.DATETIME(fsp=6), unique=True)
+        elapsed = func.timestampdiff(literal_column("MICROSECOND"), start, column, type_=BigInteger)
+        return elapsed.op("DIV", return_type=BigInteger)(microseconds(step))
 
     def table_options(self) -> dict[str, str]:
         """InnoDB, utf8mb4, binary collation (SQLAlchemy reads one prefix per dialect name: both)."""

@@ -19,15 +19,17 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    cast,
     event,
     exc,
+    extract,
     text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
-from etl.db.dialects.base import COMMON_SCHEMA_QUERIES, UTC, Database, ErrorKind, session_lock
+from etl.db.dialects.base import COMMON_SCHEMA_QUERIES, UTC, Database, ErrorKind, microseconds, session_lock
 
 # pg advisory lock key: a fixed 64-bit number of our own ("smartcar-etl" in spirit).
 ADVISORY_KEY = 0x5C_E7_1A_0C_2B_5E_7A_11 - (1 << 63)  # the default application's (the key of one-application days)
@@ -96,6 +98,11 @@ class PostgreSQL(Database):
 
     def index_where(self, condition: str) -> dict[str, Any]:
         return {"postgresql_where": text(condition)}
+
+    def steps_since(self, column: ColumnElement[Any], origin: dt.datetime, step: dt.timedelta) -> ColumnElement[int]:
+        """The interval's epoch (an exact numeric) in whole microseconds, then a bigint division."""
+        start = bindparam(None, origin, type_=DateTime(timezone=True), unique=True)
+        return cast(extract("epoch", column - start) * 1_000_000, BigInteger) // microseconds(step)
 
     @contextlib.contextmanager
     def run_lock(self, engine: Engine, *, url: str, name: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import datetime as dt
 import fcntl
@@ -17,9 +18,11 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     String,
     Table,
     bindparam,
+    cast,
     event,
     exc,
     func,
@@ -31,7 +34,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.types import TypeEngine
 
-from etl.db.dialects.base import IMMEDIATE, UTC, Database, ErrorKind
+from etl.db.dialects.base import IMMEDIATE, UTC, Database, ErrorKind, microseconds
 from etl.errors import LockHeld
 
 SQLITE_RETRY = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
@@ -124,6 +127,15 @@ class SQLite(Database):
 
     def index_where(self, condition: str) -> dict[str, Any]:
         return {"sqlite_where": text(condition)}
+
+    def steps_since(self, column: ColumnElement[Any], origin: dt.datetime, step: dt.timedelta) -> ColumnElement[int]:
+        """Whole seconds of the stored text's first 19 characters (``strftime('%s')``), its six digits of
+        microseconds, then an integer division: ``julianday`` would round to the millisecond."""
+        start = origin.astimezone(UTC)
+        seconds = cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
+        fraction = cast(func.substr(column, 21, 6), Integer)
+        elapsed = (seconds - calendar.timegm(start.timetuple())) * 1_000_000 + fraction - start.microsecond
+        return elapsed // microseconds(step)  # integers: SQLite's "/" divides them as integers
 
     @contextlib.contextmanager
     def run_lock(self, engine: Engine, *, url: str, name: str,
