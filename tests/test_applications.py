@@ -529,3 +529,11 @@ def test_one_max_duration_covers_every_application_of_a_sync(job: Job, apps: Fak
     fetched = sum(a["fetched"] or 0 for a in outcome["applications"])
     assert outcome["exit_code"] == 0 and fetched < 12, outcome  # the rest stays due for the next pass
     assert any(a["deferred"] or a["status"] == "skipped" for a in outcome["applications"]), outcome
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_read_names_an_application_that_is_neither_configured_nor_stored(job: Job) -> None:
+    for args in (["report", "fleet"], ["connections", "list"], ["report", "changes", "--since", "-1d"]):
+        result = job(*args, "--application", "app-9")
+        assert result.exit_code == 2 and "app-9" in result.output and "app-1, app-2, app-3" in result.output, args
+    assert job("report", "fleet", "--application", "app-2").exit_code == 0

@@ -44,6 +44,7 @@ def archive_show(state: State, connection_id: str, as_of: dt.datetime | None, fm
     [cid] = ids_from_arguments([connection_id])
     store = state.store()
     store.require_migrated()
+    chosen = tuple(state.readable(chosen) or ())
     mine = not chosen or store.application_of(cid) in chosen
     found = store.archived(cid, as_of) if mine else None
     if found is None:

@@ -144,6 +144,21 @@ class State:
             raise click.UsageError(msg)
         return names
 
+    def readable(self, chosen: tuple[str, ...]) -> list[str] | None:
+        """``--application`` names of a command that reads: each configured or held by the database (an
+        application no longer configured keeps its rows); None without any (every application)."""
+        if not chosen:
+            return None
+        store = self.store()
+        store.require_migrated()
+        known = {*self.config.application_names(), *store.stored_applications()}
+        unknown = [name for name in chosen if name not in known]
+        if unknown:
+            msg = (f"{clipped(unknown[0])} is neither configured nor in the database "
+                   f"(known: {', '.join(sorted(known))})")
+            raise click.BadParameter(msg, param_hint="--application")
+        return list(dict.fromkeys(chosen))
+
     def application(self, name: str) -> tuple[Config, Store]:
         """The configuration and the store as application ``name`` sees them."""
         return self.config.for_application(name), self.store().scoped(name)

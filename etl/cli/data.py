@@ -140,7 +140,7 @@ def connections_list(state: State, include_untracked: bool, chosen: tuple[str, .
     """
     from etl.tracking import LIST_COLUMNS, list_connections
 
-    store = state.store()
+    store, chosen = state.store(), tuple(state.readable(chosen) or ())
     rows = list_connections(store.scoped(chosen[0]) if len(chosen) == 1 else store, include_untracked=include_untracked)
     if len(chosen) > 1:
         rows = (row for row in rows if row["application"] in chosen)
@@ -161,7 +161,7 @@ def connections_untrack(state: State, ids: tuple[str, ...], chosen: tuple[str, .
     """
     from etl.tracking import ids_from_arguments, untrack
 
-    store = state.store()
+    store, chosen = state.store(), tuple(state.readable(chosen) or ())
     changed, unknown = untrack(store.scoped(chosen[0]) if len(chosen) == 1 else store, ids_from_arguments(ids))
     for connection_id in unknown:
         where = f" of application {chosen[0]}" if len(chosen) == 1 else ""

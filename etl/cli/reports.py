@@ -51,7 +51,7 @@ def report_permissions(state: State, as_of: dt.datetime, permission: str | None,
     """
     from etl.reports import PERMISSIONS_COLUMNS, coverage_note, permissions_at
 
-    engine, applications = state.store().engine, list(chosen) or None
+    engine, applications = state.store().engine, state.readable(chosen)
     rows = permissions_at(engine, as_of, permission=permission, applications=applications)
     click.echo(render(rows, PERMISSIONS_COLUMNS, fmt))
     if fmt == "table":  # JSON and CSV carry the known column; the line is for people
@@ -80,7 +80,7 @@ def report_changes(state: State, since: dt.datetime, until: dt.datetime | None, 
         msg = "--until must be later than --since"
         raise click.BadParameter(msg, param_hint="--until")
     rows = changes_between(state.store().engine, since, until, permission=permission,
-                           applications=list(chosen) or None)
+                           applications=state.readable(chosen))
     click.echo(render(rows, CHANGES_COLUMNS, fmt))
 
 
@@ -97,7 +97,7 @@ def report_fleet(state: State, chosen: tuple[str, ...], fmt: str) -> None:
     """
     from etl.reports import FLEET_COLUMNS, fleet
 
-    click.echo(render(fleet(state.store().engine, applications=list(chosen) or None), FLEET_COLUMNS, fmt))
+    click.echo(render(fleet(state.store().engine, applications=state.readable(chosen)), FLEET_COLUMNS, fmt))
 
 
 @report.command("html")
@@ -124,7 +124,7 @@ def report_html(state: State, output: str, since: dt.datetime | None, until: dt.
 
     until = until or state.now()
     window = Window(since=since or until - DEFAULT_HTML_WINDOW, until=until, period=bucket)
-    figures = write_report(state.store().engine, output, window, applications=list(chosen) or None,
+    figures = write_report(state.store().engine, output, window, applications=state.readable(chosen),
                            now=state.now)
     click.echo(f"wrote {output}: {len(figures.held)} permission(s), {window.periods} {bucket}(s)")
 
