@@ -195,13 +195,15 @@ class Listing:
         log.info("the full listing, %d a page", page_size, extra={"strategy": "list"})
         self.since = self.since or ctx.now()  # what is attempted from now on was listed
         untracked, track_new = ctx.store.untracked_ids(), self.track_new
-        known: set[str] = set()  # without sync.track_listed: which of the page's ids are stored
+        owners: dict[str, str] = {}  # the page's ids the database holds, and their applications
+        mine = ctx.store.writing_as
 
         def wanted(connection_id: str) -> bool:
             if not self.recent.add(connection_id):
                 return False
             self.listed += 1
-            return connection_id not in untracked and (track_new or connection_id in known)
+            owner = owners.get(connection_id)
+            return connection_id not in untracked and (owner == mine or (track_new and owner is None))
 
         paginator = Paginator(size=page_size, start=self.start_page)
         page = self.first_page
@@ -222,7 +224,8 @@ class Listing:
                     more, problem = self._advance(paginator, page)
                     if more:  # the next page is read while this one is stored
                         ahead.fetch(paginator.number)
-                    known = known if track_new else ctx.store.known_ids(page.ids)
+                    owners = ctx.store.owners(page.ids)
+                    _warn_foreign(owners, mine)
                     yield from self._items(page, wanted)
                     if problem is not None:
                         raise problem
@@ -310,6 +313,16 @@ class Listing:
             yield from confirm.outcomes()
             if confirm.out_of_time:  # the next pass reads the last page again, then confirms the rest
                 self.out_of_time = True
+
+
+def _warn_foreign(owners: dict[str, str], mine: str) -> None:
+    """Listed connections that are tracked under another application are left alone, and said so once a page."""
+    foreign = {i: app for i, app in owners.items() if app != mine}
+    if foreign:
+        example, app = next(iter(foreign.items()))
+        log.warning("%d listed connection(s) of %s are tracked under another application (%s under %s) and are "
+                    "left alone; if they are %s's: `smartcar-etl connections move ID... --application %s`",
+                    len(foreign), mine, example, app, mine, mine)
 
 
 class RecentIds:

@@ -161,6 +161,9 @@ class Window:
         if self.until <= self.since:
             msg = "--until must be later than --since"
             raise ConfigError(msg)
+        if self.since.year < 2 or self.until.year > 9998:  # the axis and its periods must stay within datetime's
+            msg = "--since and --until must lie within the years 2 to 9998"
+            raise ConfigError(msg)
         if self.periods > MAX_PERIODS:
             msg = (f"the window holds {self.periods} {self.period}s, more than {MAX_PERIODS}: shorten it "
                    "(--since, --until) or count by week (--bucket week)")

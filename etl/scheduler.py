@@ -71,6 +71,19 @@ def latest_firing(trigger: CronTrigger | IntervalTrigger, now: dt.datetime, grac
     return last
 
 
+def lookback(config: Config) -> float:
+    """How far back the firing just past is looked for: the misfire grace, or one period of the schedule (so that
+    daemons starting between two firings take the same one, the last, for their start-up pass)."""
+    if config.schedule.cron:
+        trigger = build_trigger(config)
+        first = trigger.get_next_fire_time(None, utcnow())
+        second = trigger.get_next_fire_time(first, first + dt.timedelta(microseconds=1)) if first else None
+        period = (second - first).total_seconds() if first and second else 0.0
+    else:
+        period = config.schedule.interval_seconds
+    return max(float(config.schedule.misfire_grace_seconds), period)
+
+
 def build_scheduler(jobs: dict[str, tuple[Config, Callable[[], object]]], *,
                     now: Callable[[], dt.datetime] = utcnow) -> BackgroundScheduler:
     """A scheduler (not started) with one pass job per application (name: its config and job): never
@@ -148,19 +161,24 @@ class Daemon:
             self.liveness.beat()
 
     def _fire(self, name: str) -> RunResult | None:
-        """Application ``name``'s pass, if this daemon takes the firing just past."""
+        """Application ``name``'s pass, if this daemon takes the firing just past. One that another daemon took
+        still refreshes this daemon's gauges from the database (its last success, say): every replica's metrics
+        tell the truth, whichever ran the pass."""
+        config, store = self.config.for_application(name), self.store.scoped(name)
         try:
-            if self.stopping.is_set() or not self._claimed(self.config.for_application(name), self.store.scoped(name)):
+            if self.stopping.is_set():
                 return None
+            if self._claimed(config, store):
+                return self.run_pass(name)
+            self.metrics.of(name).load_state(store, config)
         except EtlError as error:  # the database is down, say: the pass would say the same
             log.warning("%s: could not take this firing: %s", name, error)
-            return None
-        return self.run_pass(name)
+        return None
 
     def _claimed(self, config: Config, store: Store) -> bool:
         """Whether this daemon takes the application's firing just past (another daemon may have)."""
         at = self.now()
-        firing = latest_firing(build_trigger(config), at, config.schedule.misfire_grace_seconds) or at
+        firing = latest_firing(build_trigger(config), at, lookback(config)) or at
         if store.claim_firing(firing, claimer=self.claimer, at=at):
             log.info("%s: took the firing of %s", config.api.application, firing.isoformat())
             return True

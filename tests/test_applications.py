@@ -415,11 +415,18 @@ def test_a_variable_creates_an_entry_with_its_credentials_and_bucket(tmp_path: P
     assert one.client_secret is not None and one.client_secret.get() == SECRETS["SECRET_ONE"]
 
 
-def test_an_unset_client_secret_variable_is_exit_2_naming_it_without_a_secret(tmp_path: Path) -> None:
+def test_an_unset_client_secret_variable_is_exit_2_naming_the_key_without_a_secret(tmp_path: Path) -> None:
     result = run_with(tmp_path, config_text(ONE, TWO), SECRET_ONE=SECRETS["SECRET_ONE"])
     assert result.exit_code == 2
-    assert "applications[1].client_secret_variable: the environment variable SECRET_TWO is not set" in result.stderr
+    assert "applications[1].client_secret_variable: the environment variable it names is not set" in result.stderr
     assert SECRETS["SECRET_ONE"] not in result.output + result.stderr
+
+
+def test_a_secret_put_where_a_variable_name_goes_is_never_echoed(tmp_path: Path) -> None:
+    for pasted in ("9f3b2c1d-aaaa-bbbb-cccc-ddddeeeeffff", "s3cr3tWithoutHyphens"):  # not a name; a name but unset
+        result = run_with(tmp_path, config_text(ONE, ("app-2", "cid-2", pasted)), SECRET_ONE=SECRETS["SECRET_ONE"])
+        assert result.exit_code == 2 and "applications[1].client_secret_variable" in result.stderr, pasted
+        assert pasted not in result.output + result.stderr, pasted
 
 
 # -- commands that name applications -----------------------------------------------------------------------------
@@ -537,3 +544,40 @@ def test_a_read_names_an_application_that_is_neither_configured_nor_stored(job: 
         result = job(*args, "--application", "app-9")
         assert result.exit_code == 2 and "app-9" in result.output and "app-1, app-2, app-3" in result.output, args
     assert job("report", "fleet", "--application", "app-2").exit_code == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_slow_application_cannot_starve_those_after_it(job: Job, apps: FakeApplications) -> None:
+    slow = apps.fakes["app-1"]
+    job.ok("connections", "import", "--application", "app-1", "-",
+           input="\n".join(slow.populate(36, seed=99)) + "\n")
+    slow.latency = 0.3  # 40 connections at concurrency 4: 3 s of work, the whole of the pass's time
+    outcome = json.loads(job("sync", "--max-duration", "3s", "--format", "json").stdout)
+    by_name = {a["application"]: a for a in outcome["applications"]}
+    assert (by_name["app-1"]["deferred"] or 0) > 0, by_name  # its share ran out
+    assert by_name["app-2"]["fetched"] == by_name["app-3"]["fetched"] == 4, by_name  # the others had theirs
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_applications_rename_refuses_to_merge_a_configured_application_or_a_missing_one(job: Job,
+                                                                                        engine: Engine) -> None:
+    before = stored(engine)
+    merged = job("applications", "rename", "app-1", "app-2")  # both live: app-2's token would 404 app-1's
+    assert merged.exit_code == 2 and "app-1 is still configured" in merged.stderr
+    missing = job("applications", "rename", "app-9", "app-2")
+    assert missing.exit_code == 2 and "holds no connection of app-9" in missing.stderr
+    assert stored(engine) == before
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_listing_leaves_alone_a_connection_tracked_under_another_application(
+        job: Job, engine: Engine, ids: dict[str, list[str]], apps: FakeApplications) -> None:
+    misfiled = ids["app-2"][0]
+    job.ok("connections", "move", misfiled, "--application", "app-1")  # tracked under the wrong application
+    result = job("sync", "--application", "app-2", "--strategy", "list")
+    assert result.exit_code == 0, result.output
+    assert "1 listed connection(s) of app-2 are tracked under another application" in result.stderr
+    with engine.connect() as conn:
+        row = conn.execute(select(connections).where(connections.c.id == misfiled)).one()
+    assert (row.application, row.status, row.last_success_at) == ("app-1", "pending", None)  # untouched
+    assert apps.foreign_requests == []

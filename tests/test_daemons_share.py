@@ -18,11 +18,13 @@ import pytest
 from sqlalchemy import Engine, select
 
 from etl.config import Config, ScheduleConfig
+from etl.context import Seams
 from etl.db.models import connections, sync_runs
 from etl.db.store import Store
 from etl.fakeapi import serve
 from etl.fakeapps import FakeApplications
-from etl.scheduler import INTERVAL_ORIGIN, build_trigger, latest_firing
+from etl.runloop import RunResult
+from etl.scheduler import INTERVAL_ORIGIN, Daemon, build_trigger, latest_firing
 
 INTERVAL = 2.0
 
@@ -122,3 +124,29 @@ def test_a_firing_is_taken_by_exactly_one_claim(engine: Engine) -> None:
     assert Store(engine).scoped("app-2").claim_firing(firing, claimer="b", at=now) is True  # its own schedule
     assert store.claim_firing(firing + dt.timedelta(seconds=2), claimer="b", at=now) is True  # the next one
     assert store.claim_firing(firing, claimer="a", at=now) is False  # an older one never runs again
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_daemons_starting_between_two_firings_take_the_one_just_past_once(engine: Engine) -> None:
+    Store(engine).upgrade()
+    config = Config(schedule=ScheduleConfig(interval_seconds=3600, misfire_grace_seconds=300))
+    started = [dt.datetime(2026, 12, 6, 10, 20, second, tzinfo=dt.UTC) for second in (0, 1, 2)]  # 20 min past
+    daemons = [Daemon(config, Store(engine), seams=Seams(now=lambda at=at: at)) for at in started]
+    taken = [d._claimed(config, Store(engine).scoped("default")) for d in daemons]
+    assert taken == [True, False, False]  # the start-up pass of one replica only: the 10:00 firing
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_daemon_that_loses_a_firing_still_reads_the_last_success_for_its_metrics(engine: Engine) -> None:
+    Store(engine).upgrade()
+    store = Store(engine).scoped("default")
+    run_id, at = store.start_run(trigger="daemon", planned=0, at=dt.datetime.now(dt.UTC))
+    store.finish_run(RunResult(run_id=run_id, status="succeeded", planned=0), at=at)  # another replica's pass
+    config = Config(schedule=ScheduleConfig(interval_seconds=2))
+    firing = latest_firing(build_trigger(config), dt.datetime.now(dt.UTC), 60)
+    assert firing is not None and store.claim_firing(firing, claimer="the other replica", at=at)
+    daemon = Daemon(config, Store(engine), seams=Seams(now=lambda: firing + dt.timedelta(milliseconds=10)))
+    assert daemon.fire("default") is None  # taken already: no pass here
+    gauge = daemon.metrics.registry.get_sample_value("smartcar_etl_last_success_timestamp_seconds",
+                                                     {"application": "default"})
+    assert gauge == pytest.approx(at.timestamp())

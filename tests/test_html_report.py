@@ -424,3 +424,12 @@ def test_the_page_in_headless_chromium(history: History, engine: Engine, tmp_pat
     assert [row[:2] for row in fleet[1:]] == [[r["make"], r["powertrain_type"]] for r in figures.fleet]
     assert numbers([row[2:] for row in fleet[1:]]) == [[r["active"], r["pending"], r["deleted"]]
                                                        for r in figures.fleet]
+
+
+def test_a_window_at_the_ends_of_the_calendar_is_exit_2_not_an_internal_error(tmp_path: Path) -> None:
+    env = {"SMARTCAR_ETL_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "SMARTCAR_ETL_CONFIG": ""}
+    assert CliRunner().invoke(cli, ["db", "upgrade"], env=env).exit_code == 0
+    for window in (["--since", "0001-01-01", "--until", "0001-02-01"],
+                   ["--since", "9999-12-01", "--until", "9999-12-31T23:59:59"]):
+        result = CliRunner().invoke(cli, ["report", "html", "-o", str(tmp_path / "r.html"), *window], env=env)
+        assert result.exit_code == 2 and "years 2 to 9998" in result.output, result.output

@@ -187,7 +187,7 @@ def connections_move(state: State, ids: tuple[str, ...], target: str) -> None:
     (name,) = state.applications((target,))
     store = state.store().scoped(name)
     store.require_migrated()
-    with store.lock():
+    with store.every_lock():  # no pass of the application they come from sends its token for them meanwhile
         moved, unknown = store.move(ids_from_arguments(ids))
     for connection_id in unknown:
         click.echo(f"Warning: {connection_id} is not a known connection", err=True)
@@ -232,7 +232,7 @@ def applications_list(state: State, fmt: str) -> None:
 def applications_rename(state: State, old: str, new: str) -> None:
     """Give every row of application OLD (connections, runs, backfills, rate budget) to NEW: after an
     application was renamed in the configuration, or `api.application` was set on an existing database.
-    History stays as it is. NEW must be configured.
+    History stays as it is. NEW must be configured, OLD no longer (and held by the database).
 
     \b
     Example:
@@ -249,7 +249,14 @@ def applications_rename(state: State, old: str, new: str) -> None:
     if name == old:  # both run locks are taken: the same one twice would be refused as held by another run
         msg = f"{old} is its name already: NEW must differ from OLD"
         raise click.BadParameter(msg, param_hint="NEW")
+    if old in state.config.application_names():  # two live applications would be merged: its token 404s theirs
+        msg = (f"{old} is still configured: rename it in the configuration first (its connections answer only to "
+               f"its own credentials)")
+        raise click.BadParameter(msg, param_hint="OLD")
     store = state.store()
     store.require_migrated()
+    if old not in store.stored_applications():
+        msg = f"the database holds no connection of {old}"
+        raise click.BadParameter(msg, param_hint="OLD")
     moved = store.rename_application(old, name)
     click.echo(f"{moved} connection(s) of {old} now belong to {name}")

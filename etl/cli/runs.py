@@ -205,8 +205,8 @@ def sync_command(ctx: click.Context, strategy: str | None, ignore_due: bool, max
 def _report_applications(ctx: click.Context, config: Any, names: list[str],
                          run: Callable[[str, StopRequest, float | None], RunResult], fmt: str) -> None:
     """Sync each application in turn, within one ``sync.max_duration`` (``config``'s, with the command's options)
-    for them all; print each outcome (with --format json one object holding them all) and exit with the most
-    severe code."""
+    for them all, each an equal share of what is left; print each outcome (with --format json one object holding
+    them all) and exit with the most severe code."""
     from etl.clock import utcnow
     from etl.stop import StopRequest, stop_on_signals
     from etl.sync import default_max_duration
@@ -217,9 +217,12 @@ def _report_applications(ctx: click.Context, config: Any, names: list[str],
     outcomes: list[dict[str, Any]] = []
     stop = StopRequest()
     with stop_on_signals(stop, grace=config.sync.stop_timeout_seconds):
-        for name in names:
-            left = whole - (time.monotonic() - started)
-            if stop.is_set() or left < 1:
+        for index, name in enumerate(names):
+            # Each application gets an equal share of what is left, so that one waiting on its rate budget cannot
+            # starve those after it; what one leaves unused goes to the rest.
+            remaining = whole - (time.monotonic() - started)
+            left = max(remaining / (len(names) - index), min(remaining, 1.0))  # a pass takes 1 s at the least
+            if stop.is_set() or remaining < 1:
                 outcomes.append(_not_started(name, "stopped" if stop.is_set() else "no time left in the pass's "
                                              "max-duration; its due connections stay due"))
                 continue

@@ -226,8 +226,8 @@ def _secrets_from_variables(env: Mapping[str, str], loading: _Loading) -> None:
             if variable is None:
                 continue
             where = f"{found.name}[{index}].client_secret_variable"
-            if not env.get(variable, "").strip():
-                loading.errors.append(f"{where}: the environment variable {variable} is not set")
+            if not env.get(variable, "").strip():  # its name is not echoed: it may be the secret, put there by mistake
+                loading.errors.append(f"{where}: the environment variable it names is not set")
                 continue
             secret = check_secret(variable, env[variable].strip(), loading.errors)
             if secret is not None:

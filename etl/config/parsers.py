@@ -138,9 +138,11 @@ def application_name(path: str, value: Any, errors: list[str]) -> str | None:
 
 
 def variable_name(path: str, value: Any, errors: list[str]) -> str | None:
-    """The name of an environment variable (letters, digits, underscores; not a digit first)."""
+    """The name of an environment variable (letters, digits, underscores; not a digit first). The value is never
+    echoed: a secret put here by mistake must not reach the output."""
     if not isinstance(value, str) or not VARIABLE_NAME_RE.fullmatch(value.strip()):
-        errors.append(f"{path}: expected the name of an environment variable, got {_show(value)}")
+        errors.append(f"{path}: expected the name of an environment variable (letters, digits and underscores, "
+                      "not a digit first; the value given is not shown, in case it is the secret itself)")
         return None
     return value.strip()
 

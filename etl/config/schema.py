@@ -256,7 +256,8 @@ class RateLimitConfig:
                             help="the application's request bucket, 1-10,000,000")
     per_minute: float = setting(2.0, parser=p.number(0.001, 10_000_000), help="its refill a minute, 0.001-10,000,000")
     key: str | None = setting(None, parser=p.short_string,
-                              help="the bucket's name in the database (default: the client id), at most 200 characters")
+                              help="the bucket's name in the database (default: the application's name), "
+                              "at most 200 characters")
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,11 @@ class ConnectionQueries(Transactions):
             return set(conn.scalars(select(connections.c.id).where(connections.c.tracked.is_(False),
                                                                    self.mine(connections.c.application))))
 
-    def known_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` the database holds."""
+    def owners(self, ids: Sequence[str]) -> dict[str, str]:
+        """Which of ``ids`` the database holds, each with the application it belongs to."""
+        c = connections.c
         with self.read() as conn:
-            return set(conn.scalars(select(connections.c.id).where(self.dialect.among(connections.c.id, list(ids)))))
+            return dict(conn.execute(select(c.id, c.application).where(self.dialect.among(c.id, list(ids)))).all())
 
     def missing_from(self, seen: Collection[str], *, since: dt.datetime | None = None) -> list[str]:
         """Tracked pending or active connections not in ``seen`` (and, with ``since``, not attempted since then)."""
@@ -174,7 +175,8 @@ class ConnectionQueries(Transactions):
         return TrackResult(added=added, retracked=retracked, unchanged=len(ids) - added - retracked)
 
     def move(self, ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Move ``ids`` to this store's application (tracked under the wrong one). (How many moved, the unknown.)"""
+        """Move ``ids`` to this store's application (tracked under the wrong one), due at once. (How many moved,
+        the unknown.)"""
         moved = 0
         unknown: list[str] = []
         with self._write() as conn:
@@ -183,7 +185,7 @@ class ConnectionQueries(Transactions):
                 unknown += [i for i in chunk if i not in known]
                 moved += conn.execute(update(connections).where(
                     connections.c.id.in_(known), connections.c.application != self.writing_as)
-                    .values(application=self.writing_as)).rowcount
+                    .values(application=self.writing_as, next_due_at=None)).rowcount  # due at once, with its token
         return moved, unknown
 
     def untrack(self, ids: Sequence[str]) -> tuple[int, list[str]]:
