@@ -233,7 +233,7 @@ def test_microseconds_and_utc_survive_whatever_the_reading_session_zone(engine: 
         raw = conn.scalar(text("SELECT CAST(tracked_at AS CHAR) FROM connections"))
         conn.rollback()
     assert raw == "2026-03-02 04:59:59.999999"
-    assert Store(engine).known_ids([CID]) == {CID}
+    assert Store(engine).owners([CID]) == {CID: "default"}
     with engine.connect() as conn:
         now = dialects.dialect_for(conn).server_now(conn)
     assert now is not None and now.tzinfo == dt.UTC

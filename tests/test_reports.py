@@ -224,7 +224,9 @@ def test_report_formats(history: History, engine: Engine, args: list[str], colum
     if footer:
         assert table[-1].startswith("history from 2026-02-20T10:00Z; 0 connection(s) existed at that time before")
     assert {r["application"] for r in parsed} == {"default"}
-    assert json.loads(report(engine, *args, "--application", "other", "--format", "json").stdout) == []
+    assert json.loads(report(engine, *args, "--application", "default", "--format", "json").stdout) == parsed
+    other = report(engine, *args, "--application", "other", "--format", "json")  # neither configured nor stored
+    assert other.exit_code == 2 and "'other' is neither configured nor in the database" in other.output
     if args[0] == "permissions":
         assert {r["connection_id"] for r in parsed} == {history.c["c1"], history.c["c3"]}
         assert parsed[0]["granted_since"].startswith("2026-02-20T10:00:00.")
