@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
 
 from etl.api.transport import make_http_client, send
+from etl.errors import ConfigError
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                    "NO_PROXY")
@@ -53,3 +57,138 @@ def test_a_proxy_variable_httpx_cannot_use_is_a_config_error_that_keeps_its_secr
     assert "HTTPS_PROXY" in str(caught.value) and caught.value.exit_code == 2
     assert "s3cret" not in str(caught.value) and value not in str(caught.value)
     make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(lambda r: httpx.Response(200))).close()
+
+
+# -- a refused TLS certificate or handshake: fatal, and says why; anything else: a retriable network error --
+
+def ssl_error(kind: type[ssl.SSLError] = ssl.SSLError, *, reason: str | None = None,
+              verify_message: str | None = None) -> ssl.SSLError:
+    """An SSL error with the attributes _ssl.c always sets (None when it has nothing to say)."""
+    error = kind(1, "[SSL] as OpenSSL puts it")
+    error.reason, error.library = reason, None  # type: ignore[assignment]
+    if isinstance(error, ssl.SSLCertVerificationError):
+        error.verify_message, error.verify_code = verify_message, 18  # type: ignore[assignment]
+    return error
+
+
+def chained(cause: BaseException, depth: int) -> BaseException:
+    """``cause`` under ``depth`` other errors, each raised from the one below (as ``raise ... from``)."""
+    for level in range(depth):
+        wrapper = OSError(f"level {level}")
+        wrapper.__cause__ = cause
+        cause = wrapper
+    return cause
+
+
+def send_failing_with(cause: BaseException) -> Exception:
+    """What ``send`` raises when the transport fails with httpx.ConnectError caused by ``cause``."""
+    from etl.errors import ApiError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connect failed", request=request) from cause
+
+    http = make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler))
+    with http, pytest.raises(ApiError) as caught:
+        send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections")
+    return caught.value
+
+
+CERTIFICATE = ssl.SSLCertVerificationError
+
+
+@pytest.mark.parametrize("cause, why", [
+    (ssl_error(CERTIFICATE, verify_message="self-signed certificate"),
+     "the certificate was refused (self-signed certificate)"),
+    (ssl_error(CERTIFICATE, reason="CERTIFICATE_VERIFY_FAILED"),
+     "the certificate was refused (CERTIFICATE_VERIFY_FAILED)"),
+    (ssl_error(CERTIFICATE), "the certificate was refused (verify failed)"),
+    (ssl_error(reason="WRONG_VERSION_NUMBER"), "the handshake failed (WRONG_VERSION_NUMBER)"),
+    (ssl_error(), "the handshake failed (SSLError)"),
+    (chained(ssl_error(reason="TLSV1_ALERT_PROTOCOL_VERSION"), 8),  # the 10th error of the chain
+     "the handshake failed (TLSV1_ALERT_PROTOCOL_VERSION)"),
+])
+def test_a_refused_certificate_or_handshake_is_fatal_and_says_why(cause: BaseException, why: str) -> None:
+    from etl.errors import FatalApiError
+
+    error = send_failing_with(cause)
+    assert type(error) is FatalApiError and error.kind == "tls" and error.path == "/connections"
+    assert error.detail is not None and error.detail.startswith(f"TLS with api.test failed: {why}; check the URL")
+
+
+def test_a_refusal_is_found_through_implicit_chaining_too() -> None:
+    from etl.errors import FatalApiError
+
+    try:
+        try:
+            raise ssl_error(CERTIFICATE, verify_message="certificate has expired")
+        except ssl.SSLError:
+            raise OSError("while connecting")  # noqa: B904 - the chain httpcore leaves: __context__ only
+    except OSError as wrapper:
+        cause = wrapper
+    assert cause.__cause__ is None and cause.__context__ is not None
+    error = send_failing_with(cause)
+    assert type(error) is FatalApiError and error.detail is not None
+    assert "the certificate was refused (certificate has expired)" in error.detail
+
+
+@pytest.mark.parametrize("cause", [
+    ssl_error(ssl.SSLEOFError, reason="UNEXPECTED_EOF_WHILE_READING"),  # the server hung up: a blip
+    ssl_error(ssl.SSLZeroReturnError, reason="ZERO_RETURN"),
+    ConnectionRefusedError(111, "Connection refused"),
+    chained(ssl_error(CERTIFICATE, verify_message="self-signed certificate"), 9),  # past the 10 causes looked at
+])
+def test_other_transport_failures_are_retriable_network_errors(cause: BaseException) -> None:
+    from etl.errors import RetriableApiError
+
+    error = send_failing_with(cause)
+    assert type(error) is RetriableApiError and error.kind == "network"
+    assert error.detail == "ConnectError: connect failed"
+
+
+# -- the environment's proxy variables ---------------------------------------------------------------
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy variable set; the test sets its own, in order."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_no_proxy_names_hosts_and_is_not_read_as_a_proxy_url(proxy_env: pytest.MonkeyPatch) -> None:
+    from etl.api.transport import check_environment_proxies
+
+    proxy_env.setenv("NO_PROXY", "localhost,.internal")
+    check_environment_proxies()  # "localhost,.internal" is no proxy URL, and needs none
+    proxy_env.setenv("HTTPS_PROXY", "garbage")  # a bad proxy after NO_PROXY is still found
+    with pytest.raises(ConfigError) as caught:
+        check_environment_proxies()
+    assert caught.value.errors == [
+        "HTTPS_PROXY (or https_proxy): not a proxy URL httpx can use (http://, https:// or socks5://HOST:PORT)"]
+
+
+def test_every_bad_proxy_variable_is_named(proxy_env: pytest.MonkeyPatch) -> None:
+    from etl.api.transport import check_environment_proxies
+
+    proxy_env.setenv("HTTPS_PROXY", "garbage")
+    proxy_env.setenv("HTTP_PROXY", "ftp://proxy:21")
+    with pytest.raises(ConfigError) as caught:
+        check_environment_proxies()
+    assert sorted(e.split(":")[0] for e in caught.value.errors) == ["HTTPS_PROXY (or https_proxy)",
+                                                                    "HTTP_PROXY (or http_proxy)"]
+
+
+def test_a_socks_proxy_needs_socksio(proxy_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Whether socksio is installed is decided here: a module of that name on the path, or none."""
+    from etl.api.transport import check_environment_proxies
+
+    proxy_env.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+    proxy_env.setitem(sys.modules, "socksio", None)  # how Python says a module cannot be imported
+    with pytest.raises(ConfigError) as caught:
+        check_environment_proxies()
+    assert caught.value.errors == [
+        "ALL_PROXY (or all_proxy): a SOCKS proxy needs the socksio package (pip install 'httpx[socks]')"]
+    proxy_env.delitem(sys.modules, "socksio")
+    (tmp_path / "socksio.py").write_text("")
+    proxy_env.syspath_prepend(str(tmp_path))
+    check_environment_proxies()  # socksio is there: the SOCKS proxy can be used
