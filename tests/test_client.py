@@ -244,3 +244,26 @@ def test_connection_refused_is_a_network_error_after_retries(fake_api: FakeApi) 
     finally:
         client.http.close()
     assert sleeps == [1.0, 2.0]
+
+
+def test_every_request_is_reported_with_its_outcome_and_status(h: Harness) -> None:
+    calls: list[tuple[str, int | None]] = []
+    client = SmartcarClient(base_url="https://api.test/v3", auth=h.auth, http=h.client.http, retry=h.client.retry,
+                            options=ClientOptions(now=lambda: NOW, on_request=lambda *call: calls.append(call)))
+    (cid,) = h.fake.populate(1, seed=21)
+    h.fake.fail_next(503)
+    h.fake.fail_next(429, headers={"Retry-After": "1"}, code="VEHICLE")
+    assert client.get_connection(cid) is not None
+    h.fake.fail_next(404, shape="html")
+    with pytest.raises(ApiError):
+        client.get_connection(cid)
+    h.fake.remove(cid)
+    assert client.get_connection(cid) is None
+    assert calls == [("server", 503), ("vehicle_limit", 429), ("ok", 200), ("unrecognised_404", 404),
+                     ("not_found", 404)]
+
+
+def test_a_listing_page_is_the_page_asked_for(h: Harness) -> None:
+    ids = h.fake.populate(5, seed=22)
+    listed = h.client.list_page(2, 2)
+    assert listed.number == 2 and listed.ids == ids[2:4]
