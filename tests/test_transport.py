@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import httpx
@@ -192,3 +194,45 @@ def test_a_socks_proxy_needs_socksio(proxy_env: pytest.MonkeyPatch, tmp_path: Pa
     (tmp_path / "socksio.py").write_text("")
     proxy_env.syspath_prepend(str(tmp_path))
     check_environment_proxies()  # socksio is there: the SOCKS proxy can be used
+
+
+# -- the answer's Content-Encoding -------------------------------------------------------------------
+
+BODY = b'{"data": []}'
+
+
+def sent_with_encoding(encoding: str, content: bytes) -> httpx.Response:
+    """What ``send`` makes of an answer in ``encoding`` (the bytes as they come on the wire)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-encoding": encoding}, stream=httpx.ByteStream(content))
+
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        return send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections")
+
+
+@pytest.mark.parametrize("encoding, content", [
+    ("identity", BODY), (" Identity ", BODY), ("", BODY),
+    ("gzip", gzip.compress(BODY)), ("x-gzip", gzip.compress(BODY)), ("X-GZIP", gzip.compress(BODY)),
+    ("deflate", zlib.compress(BODY)), ("Deflate", zlib.compress(BODY)),
+])
+def test_every_content_encoding_http_names_is_decoded(encoding: str, content: bytes) -> None:
+    response = sent_with_encoding(encoding, content)
+    assert response.content == BODY and "content-encoding" not in response.headers
+
+
+@pytest.mark.parametrize("encoding, content", [("gzip", zlib.compress(BODY)), ("deflate", gzip.compress(BODY))])
+def test_an_answer_not_in_the_encoding_it_names_is_refused(encoding: str, content: bytes) -> None:
+    from etl.errors import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        sent_with_encoding(encoding, content)
+    assert str(caught.value) == "http on /connections: answer is not valid compressed data"
+
+
+def test_an_unsupported_content_encoding_is_refused_by_name() -> None:
+    from etl.errors import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        sent_with_encoding("br", BODY)
+    assert str(caught.value) == "http on /connections: answer in an unsupported content-encoding 'br'"
+    assert (caught.value.path, caught.value.kind) == ("/connections", "http")
