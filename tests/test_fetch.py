@@ -227,3 +227,36 @@ def test_closing_drops_the_pages_read_ahead_without_waiting_for_the_request_in_f
     assert ahead.take(2).ids == ids[2:4]  # a page dropped is read again, now, if it is wanted after all
     client.http.close()
     assert held.events[2:] == [f"asked 2 on {threading.current_thread().name}", "answered 2"]
+
+
+def test_requests_are_sent_on_the_fetch_threads_and_these_end_with_the_fetching() -> None:
+    fake, ids = world(12, 13)
+    slow = Slow(fake, delay=0.02)
+    outcomes = fetch_all(slow, ids, concurrency=3)
+    assert len(outcomes) == 12 and slow.peak == 3
+    assert set(slow.threads) == {"fetch_0", "fetch_1", "fetch_2"}
+    assert fetch_threads() == []  # joined before fetch_outcomes ended, not left to end on their own
+
+
+def test_a_caller_that_stops_does_not_wait_for_the_requests_in_flight() -> None:
+    fake, ids = world(4, 14)
+    asked, release = threading.Event(), threading.Event()
+    answered: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(ids[1]):
+            asked.set()
+            release.wait(5)
+        response = fake.handle(request)
+        answered.append(request.url.path.rsplit("/", 1)[-1])
+        return response
+
+    client = client_for(handler)
+    outcomes = fetch_outcomes(ids[:2], client=client, concurrency=2)
+    assert next(outcomes).connection_id == ids[0] and asked.wait(5)
+    outcomes.close()  # the caller stops while ids[1] is still being read
+    assert answered == [ids[0]] and client.cancelled.is_set()
+    release.set()
+    assert fetch_threads(within=5) == []
+    client.http.close()
+    assert answered == [ids[0], ids[1]]  # the request in flight ended on its own
