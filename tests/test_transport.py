@@ -229,10 +229,11 @@ def test_an_answer_not_in_the_encoding_it_names_is_refused(encoding: str, conten
     assert str(caught.value) == "http on /connections: answer is not valid compressed data"
 
 
-def test_an_unsupported_content_encoding_is_refused_by_name() -> None:
+@pytest.mark.parametrize("encoding, shown", [("br", "'br'"), ("compress" * 4, "'compresscompresscomp'")])
+def test_an_unsupported_content_encoding_is_refused_by_name(encoding: str, shown: str) -> None:
     from etl.errors import ApiError
 
     with pytest.raises(ApiError) as caught:
-        sent_with_encoding("br", BODY)
-    assert str(caught.value) == "http on /connections: answer in an unsupported content-encoding 'br'"
+        sent_with_encoding(encoding, BODY)
+    assert str(caught.value) == f"http on /connections: answer in an unsupported content-encoding {shown}"
     assert (caught.value.path, caught.value.kind) == ("/connections", "http")
