@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from etl.api.transport import make_http_client, send
+from etl.api.transport import ReadLimits, make_http_client, send
 from etl.errors import ConfigError
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
@@ -201,13 +201,14 @@ def test_a_socks_proxy_needs_socksio(proxy_env: pytest.MonkeyPatch, tmp_path: Pa
 BODY = b'{"data": []}'
 
 
-def sent_with_encoding(encoding: str, content: bytes) -> httpx.Response:
+def sent_with_encoding(encoding: str, content: bytes, limits: ReadLimits | None = None) -> httpx.Response:
     """What ``send`` makes of an answer in ``encoding`` (the bytes as they come on the wire)."""
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"content-encoding": encoding}, stream=httpx.ByteStream(content))
 
     with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
-        return send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections")
+        return send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections",
+                    limits=limits)
 
 
 @pytest.mark.parametrize("encoding, content", [
@@ -237,3 +238,16 @@ def test_an_unsupported_content_encoding_is_refused_by_name(encoding: str, shown
         sent_with_encoding(encoding, BODY)
     assert str(caught.value) == f"http on /connections: answer in an unsupported content-encoding {shown}"
     assert (caught.value.path, caught.value.kind) == ("/connections", "http")
+
+
+@pytest.mark.parametrize("encoding, content", [("identity", BODY), ("gzip", gzip.compress(BODY))])
+def test_an_answer_of_exactly_max_response_bytes_is_read_and_one_byte_more_is_refused(
+        encoding: str, content: bytes) -> None:
+    from etl.errors import ApiError
+
+    assert sent_with_encoding(encoding, content, ReadLimits(max_bytes=len(BODY))).content == BODY
+    with pytest.raises(ApiError) as caught:
+        sent_with_encoding(encoding, content, ReadLimits(max_bytes=len(BODY) - 1))
+    assert str(caught.value) == ("too_large HTTP 200 on /connections: "
+                                 "answer larger than api.max_response_bytes (11 bytes)")
+    assert caught.value.kind == "too_large" and caught.value.path == "/connections"
