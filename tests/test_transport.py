@@ -7,7 +7,9 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -251,3 +253,30 @@ def test_an_answer_of_exactly_max_response_bytes_is_read_and_one_byte_more_is_re
     assert str(caught.value) == ("too_large HTTP 200 on /connections: "
                                  "answer larger than api.max_response_bytes (11 bytes)")
     assert caught.value.kind == "too_large" and caught.value.path == "/connections"
+
+
+class Trickle(httpx.SyncByteStream):
+    """An answer's body that comes in two parts, ``pause`` seconds apart."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield BODY[:5]
+        time.sleep(self.pause)
+        yield BODY[5:]
+
+
+def test_an_answer_still_coming_at_the_request_deadline_is_a_retriable_timeout() -> None:
+    from etl.errors import RetriableApiError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Trickle(0.3))
+
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        request = httpx.Request("GET", "https://api.test/v3/connections")
+        assert send(http, request, path="/connections", limits=ReadLimits(deadline=2)).content == BODY
+        with pytest.raises(RetriableApiError) as caught:
+            send(http, request, path="/connections", limits=ReadLimits(deadline=0.25))
+    assert str(caught.value) == "timeout on /connections: no complete answer within api.request_deadline (0.25s)"
+    assert (caught.value.kind, caught.value.path) == ("timeout", "/connections")
