@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import socket
 import ssl
 import sys
@@ -280,3 +281,83 @@ def test_an_answer_still_coming_at_the_request_deadline_is_a_retriable_timeout()
             send(http, request, path="/connections", limits=ReadLimits(deadline=0.25))
     assert str(caught.value) == "timeout on /connections: no complete answer within api.request_deadline (0.25s)"
     assert (caught.value.kind, caught.value.path) == ("timeout", "/connections")
+
+
+# -- what send gives back, and the timeouts it gives each request -------------------------------------------
+
+def test_each_request_waits_no_longer_than_the_clients_timeouts_nor_its_deadline() -> None:
+    seen: list[dict[str, float | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, content=BODY)
+
+    request = httpx.Request("GET", "https://api.test/v3/connections")
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        send(http, request, path="/connections", limits=ReadLimits(deadline=2))
+        send(http, request, path="/connections", limits=ReadLimits(deadline=10))
+    with httpx.Client(timeout=httpx.Timeout(None, connect=3, pool=20), transport=httpx.MockTransport(handler)) as http:
+        send(http, request, path="/connections", limits=ReadLimits(deadline=10))
+    assert seen == [
+        {"connect": 2, "read": 2, "write": 2, "pool": 2},
+        {"connect": 5, "read": 5, "write": 5, "pool": 5},
+        {"connect": 3, "read": 10, "write": 10, "pool": 10},  # no timeout of the client's: the deadline's
+    ]
+
+
+def test_the_answer_keeps_its_status_reason_and_headers_but_not_those_of_its_encoding(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(203, headers={"content-encoding": "gzip", "x-request-id": "r-1",
+                                            "content-type": "application/json"},
+                              content=gzip.compress(BODY), extensions={"reason_phrase": b"Fine", "other": 1})
+
+    request = httpx.Request("GET", "https://api.test/v3/connections")
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http, \
+            caplog.at_level("DEBUG", logger="etl.api.transport"):
+        response = send(http, request, path="/connections")
+    assert (response.status_code, response.reason_phrase, response.content) == (203, "Fine", BODY)
+    assert response.request is request and "other" not in response.extensions
+    assert sorted(response.headers.items()) == [("content-length", str(len(BODY))),
+                                                ("content-type", "application/json"), ("x-request-id", "r-1")]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "etl.api.transport"]
+    assert re.fullmatch(r"GET /connections: HTTP 203, 12 bytes in \d+\.\d{3}s", line)
+
+
+def test_a_timeout_of_httpx_is_a_retriable_timeout_named_for_its_kind() -> None:
+    from etl.errors import RetriableApiError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http, \
+            pytest.raises(RetriableApiError) as caught:
+        send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections")
+    assert str(caught.value) == "timeout on /connections: ReadTimeout"
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+def test_a_refused_certificate_names_the_host_and_what_to_check() -> None:
+    error = send_failing_with(ssl_error(CERTIFICATE, verify_message="self-signed certificate"))
+    assert str(error) == (
+        "tls on /connections: TLS with api.test failed: the certificate was refused (self-signed certificate); "
+        "check the URL, the server's certificate and the trusted certificates (SSL_CERT_FILE)")
+    assert isinstance(error.__cause__, httpx.ConnectError)
+
+
+def test_the_pooled_client_names_itself_asks_for_json_and_compression_and_follows_no_redirect() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(302, headers={"location": "https://elsewhere.test/"})
+
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        assert http.timeout == httpx.Timeout(5, connect=5)
+        request = http.build_request("GET", "https://api.test/v3/connections")
+        assert send(http, request, path="/connections").status_code == 302
+    assert len(seen) == 1  # the redirect was not followed
+    assert (seen[0].headers["user-agent"], seen[0].headers["accept"], seen[0].headers["accept-encoding"]) == (
+        "smartcar-etl", "application/json", "gzip, deflate")
+    with make_http_client(timeout=90, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        assert http.timeout == httpx.Timeout(90, connect=30)  # connecting never waits more than 30 s
