@@ -267,3 +267,39 @@ def test_a_listing_page_is_the_page_asked_for(h: Harness) -> None:
     ids = h.fake.populate(5, seed=22)
     listed = h.client.list_page(2, 2)
     assert listed.number == 2 and listed.ids == ids[2:4]
+
+
+def test_a_200_that_is_not_json_is_a_malformed_document_of_its_path(h: Harness) -> None:
+    from etl.api.documents import decode_json
+
+    conn = h.fake.add()
+    conn.broken = "not_json"
+    with pytest.raises(MalformedDocumentError) as caught:
+        h.client.get_connection(conn.id)
+    with pytest.raises(ValueError) as why:
+        decode_json(h.fake.handle(httpx.Request("GET", f"https://api.test/v3/connections/{conn.id}",
+                                                headers={"Authorization": f"Bearer {h.auth.token()}"})).content)
+    assert str(caught.value) == f"malformed HTTP 200 on /connections/{conn.id}: {why.value}"
+    assert (caught.value.path, caught.value.status) == (f"/connections/{conn.id}", 200)
+
+
+def test_a_document_of_another_connection_is_refused_naming_the_path(h: Harness) -> None:
+    conn = h.fake.add()
+    conn.broken = "wrong_id"
+    with pytest.raises(MalformedDocumentError) as caught:
+        h.client.get_connection(conn.id)
+    assert caught.value.path == f"/connections/{conn.id}"
+    assert caught.value.detail is not None and "not the id that was asked for" in caught.value.detail
+
+
+def test_no_request_may_start_once_the_pass_is_stopped_or_out_of_time(h: Harness) -> None:
+    from etl.api.deadline import PassDeadline
+
+    assert h.client.may_send()
+    h.client.cancelled.set()
+    assert not h.client.may_send()
+    h.client.cancelled.clear()
+    h.client.deadline = PassDeadline(seconds=60, now=lambda: NOW, cap=5.0)
+    assert h.client.may_send()
+    h.client.deadline = PassDeadline(seconds=0.5, now=lambda: NOW, cap=5.0)  # no answer comes that fast
+    assert not h.client.may_send()
