@@ -303,3 +303,21 @@ def test_no_request_may_start_once_the_pass_is_stopped_or_out_of_time(h: Harness
     assert h.client.may_send()
     h.client.deadline = PassDeadline(seconds=0.5, now=lambda: NOW, cap=5.0)  # no answer comes that fast
     assert not h.client.may_send()
+
+
+def test_a_second_401_names_the_path_and_what_the_api_said(h: Harness) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(401, match="/v3/", times=2)
+    with pytest.raises(AuthenticationError) as caught:
+        h.client.get_connection(conn.id)
+    error = caught.value
+    assert (error.path, error.status, error.reason, error.code, error.detail) == (
+        f"/connections/{conn.id}", 401, "Unauthorized", "unauthorized", "refused again after renewing the token")
+
+
+def test_a_base_url_with_a_trailing_slash_makes_the_same_paths(fake_api: FakeApi) -> None:
+    (cid,) = fake_api.populate(1, seed=23)
+    h = Harness(fake_api)
+    client = SmartcarClient(base_url="https://api.test/v3/", auth=h.auth, http=h.client.http, retry=h.client.retry)
+    assert client.base_url == "https://api.test/v3"
+    assert client.get_connection(cid) is not None and h.gets(cid) == 1
