@@ -321,3 +321,55 @@ def test_a_base_url_with_a_trailing_slash_makes_the_same_paths(fake_api: FakeApi
     client = SmartcarClient(base_url="https://api.test/v3/", auth=h.auth, http=h.client.http, retry=h.client.retry)
     assert client.base_url == "https://api.test/v3"
     assert client.get_connection(cid) is not None and h.gets(cid) == 1
+
+
+class Attempts:
+    """A client over a FakeApi noting each request's read timeout; its retry clock jumps after the first reading."""
+
+    def __init__(self, jump: float = 0.0) -> None:
+        self.fake = FakeApi(access_tokens=("t",))
+        (self.cid,) = self.fake.populate(1, seed=24)
+        self.read_timeouts: list[float] = []
+        self.readings = 0
+        self.jump = jump
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.read_timeouts.append(request.extensions["timeout"]["read"])
+        return self.fake.handle(request)
+
+    def clock(self) -> float:
+        self.readings += 1
+        return 100.0 if self.readings == 1 else 100.0 + self.jump
+
+    def client(self, *, request_deadline: float, pass_seconds: float | None = None) -> SmartcarClient:
+        from etl.api.deadline import PassDeadline
+        from etl.api.transport import ReadLimits
+
+        http = make_http_client(timeout=60, concurrency=1, transport=httpx.MockTransport(self.handle))
+        deadline = None if pass_seconds is None else PassDeadline(seconds=pass_seconds, now=lambda: NOW, cap=0.1)
+        return SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http,
+                              retry=RetryPolicy(max_attempts=1, deadline=40.0, clock=self.clock),
+                              options=ClientOptions(now=lambda: NOW, limits=ReadLimits(deadline=request_deadline),
+                                                    deadline=deadline))
+
+
+@pytest.mark.parametrize("request_deadline, pass_seconds, read", [
+    (30.0, None, 30.0),  # the request's own deadline
+    (3.0, 50.0, 3.0),  # the request's, shorter than the pass's and the retries'
+    (30.0, 2.0, 2.0),  # what is left of the pass
+    (30.0, 0.5, 0.5),  # however little, while the pass allows a request
+    (50.0, None, 40.0),  # what is left of the retries
+])
+def test_each_attempt_waits_no_longer_than_the_request_the_retries_and_the_pass_allow(
+        request_deadline: float, pass_seconds: float | None, read: float) -> None:
+    attempts = Attempts()
+    assert attempts.client(request_deadline=request_deadline, pass_seconds=pass_seconds).get_connection(attempts.cid)
+    assert attempts.read_timeouts == [read]
+
+
+def test_no_attempt_is_sent_once_the_retry_deadline_has_passed() -> None:
+    attempts = Attempts(jump=40.0)  # exactly the retry deadline
+    with pytest.raises(RetriableApiError) as caught:
+        attempts.client(request_deadline=30.0).get_connection(attempts.cid)
+    assert str(caught.value) == f"timeout on /connections/{attempts.cid}: the retry deadline has passed"
+    assert attempts.read_timeouts == []
