@@ -320,6 +320,8 @@ def test_a_base_url_with_a_trailing_slash_makes_the_same_paths(fake_api: FakeApi
     h = Harness(fake_api)
     client = SmartcarClient(base_url="https://api.test/v3/", auth=h.auth, http=h.client.http, retry=h.client.retry)
     assert client.base_url == "https://api.test/v3"
+    assert SmartcarClient(base_url="https://api.test/X", auth=h.auth, http=h.client.http).base_url == (
+        "https://api.test/X")  # only slashes are taken off
     assert client.get_connection(cid) is not None and h.gets(cid) == 1
 
 
@@ -373,3 +375,10 @@ def test_no_attempt_is_sent_once_the_retry_deadline_has_passed() -> None:
         attempts.client(request_deadline=30.0).get_connection(attempts.cid)
     assert str(caught.value) == f"timeout on /connections/{attempts.cid}: the retry deadline has passed"
     assert attempts.read_timeouts == []
+
+
+def test_a_listing_page_asked_again_after_a_renewed_token_is_the_same_page(h: Harness) -> None:
+    ids = h.fake.populate(5, seed=25)
+    h.fake.fail_next(401, match="/v3/connections")
+    listed = h.client.list_page(2, 2)
+    assert listed.ids == ids[2:4] and h.fake.count("GET", "/v3/connections") == 2
