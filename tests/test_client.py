@@ -382,3 +382,10 @@ def test_a_listing_page_asked_again_after_a_renewed_token_is_the_same_page(h: Ha
     h.fake.fail_next(401, match="/v3/connections")
     listed = h.client.list_page(2, 2)
     assert listed.ids == ids[2:4] and h.fake.count("GET", "/v3/connections") == 2
+
+
+def test_requests_sent_counts_from_zero(h: Harness) -> None:
+    (cid,) = h.fake.populate(1, seed=26)
+    assert h.client.requests_sent == 0
+    h.client.get_connection(cid)
+    assert h.client.requests_sent == 1
