@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv-mutation/bin/mutmut ] || python3 -m venv .venv-mutation
-.venv-mutation/bin/python -m pip install --quiet --disable-pip-version-check 'mutmut==3.8.1' -e '.[test]'
+.venv-mutation/bin/python -m pip install --quiet --disable-pip-version-check 'mutmut==3.8.1' 'pytest-timeout==2.4.0' \
+    -e '.[test]'
 rm -rf mutants
 areas=("etl.history.*" "etl.api.documents.*" "etl.api.retry.*" "etl.api.answers.x_classify*"
        "etl.api.answers.x_error_info*" "etl.api.answers.x__scalar_text*" "etl.api.answers.x__clip*"

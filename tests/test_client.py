@@ -244,3 +244,148 @@ def test_connection_refused_is_a_network_error_after_retries(fake_api: FakeApi) 
     finally:
         client.http.close()
     assert sleeps == [1.0, 2.0]
+
+
+def test_every_request_is_reported_with_its_outcome_and_status(h: Harness) -> None:
+    calls: list[tuple[str, int | None]] = []
+    client = SmartcarClient(base_url="https://api.test/v3", auth=h.auth, http=h.client.http, retry=h.client.retry,
+                            options=ClientOptions(now=lambda: NOW, on_request=lambda *call: calls.append(call)))
+    (cid,) = h.fake.populate(1, seed=21)
+    h.fake.fail_next(503)
+    h.fake.fail_next(429, headers={"Retry-After": "1"}, code="VEHICLE")
+    assert client.get_connection(cid) is not None
+    h.fake.fail_next(404, shape="html")
+    with pytest.raises(ApiError):
+        client.get_connection(cid)
+    h.fake.remove(cid)
+    assert client.get_connection(cid) is None
+    assert calls == [("server", 503), ("vehicle_limit", 429), ("ok", 200), ("unrecognised_404", 404),
+                     ("not_found", 404)]
+
+
+def test_a_listing_page_is_the_page_asked_for(h: Harness) -> None:
+    ids = h.fake.populate(5, seed=22)
+    listed = h.client.list_page(2, 2)
+    assert listed.number == 2 and listed.ids == ids[2:4]
+
+
+def test_a_200_that_is_not_json_is_a_malformed_document_of_its_path(h: Harness) -> None:
+    from etl.api.documents import decode_json
+
+    conn = h.fake.add()
+    conn.broken = "not_json"
+    with pytest.raises(MalformedDocumentError) as caught:
+        h.client.get_connection(conn.id)
+    with pytest.raises(ValueError) as why:
+        decode_json(h.fake.handle(httpx.Request("GET", f"https://api.test/v3/connections/{conn.id}",
+                                                headers={"Authorization": f"Bearer {h.auth.token()}"})).content)
+    assert str(caught.value) == f"malformed HTTP 200 on /connections/{conn.id}: {why.value}"
+    assert (caught.value.path, caught.value.status) == (f"/connections/{conn.id}", 200)
+
+
+def test_a_document_of_another_connection_is_refused_naming_the_path(h: Harness) -> None:
+    conn = h.fake.add()
+    conn.broken = "wrong_id"
+    with pytest.raises(MalformedDocumentError) as caught:
+        h.client.get_connection(conn.id)
+    assert caught.value.path == f"/connections/{conn.id}"
+    assert caught.value.detail is not None and "not the id that was asked for" in caught.value.detail
+
+
+def test_no_request_may_start_once_the_pass_is_stopped_or_out_of_time(h: Harness) -> None:
+    from etl.api.deadline import PassDeadline
+
+    assert h.client.may_send()
+    h.client.cancelled.set()
+    assert not h.client.may_send()
+    h.client.cancelled.clear()
+    h.client.deadline = PassDeadline(seconds=60, now=lambda: NOW, cap=5.0)
+    assert h.client.may_send()
+    h.client.deadline = PassDeadline(seconds=0.5, now=lambda: NOW, cap=5.0)  # no answer comes that fast
+    assert not h.client.may_send()
+
+
+def test_a_second_401_names_the_path_and_what_the_api_said(h: Harness) -> None:
+    conn = h.fake.add()
+    h.fake.fail_next(401, match="/v3/", times=2)
+    with pytest.raises(AuthenticationError) as caught:
+        h.client.get_connection(conn.id)
+    error = caught.value
+    assert (error.path, error.status, error.reason, error.code, error.detail) == (
+        f"/connections/{conn.id}", 401, "Unauthorized", "unauthorized", "refused again after renewing the token")
+
+
+def test_a_base_url_with_a_trailing_slash_makes_the_same_paths(fake_api: FakeApi) -> None:
+    (cid,) = fake_api.populate(1, seed=23)
+    h = Harness(fake_api)
+    client = SmartcarClient(base_url="https://api.test/v3/", auth=h.auth, http=h.client.http, retry=h.client.retry)
+    assert client.base_url == "https://api.test/v3"
+    assert SmartcarClient(base_url="https://api.test/X", auth=h.auth, http=h.client.http).base_url == (
+        "https://api.test/X")  # only slashes are taken off
+    assert client.get_connection(cid) is not None and h.gets(cid) == 1
+
+
+class Attempts:
+    """A client over a FakeApi noting each request's read timeout; its retry clock jumps after the first reading."""
+
+    def __init__(self, jump: float = 0.0) -> None:
+        self.fake = FakeApi(access_tokens=("t",))
+        (self.cid,) = self.fake.populate(1, seed=24)
+        self.read_timeouts: list[float] = []
+        self.readings = 0
+        self.jump = jump
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.read_timeouts.append(request.extensions["timeout"]["read"])
+        return self.fake.handle(request)
+
+    def clock(self) -> float:
+        self.readings += 1
+        return 100.0 if self.readings == 1 else 100.0 + self.jump
+
+    def client(self, *, request_deadline: float, pass_seconds: float | None = None) -> SmartcarClient:
+        from etl.api.deadline import PassDeadline
+        from etl.api.transport import ReadLimits
+
+        http = make_http_client(timeout=60, concurrency=1, transport=httpx.MockTransport(self.handle))
+        deadline = None if pass_seconds is None else PassDeadline(seconds=pass_seconds, now=lambda: NOW, cap=0.1)
+        return SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http,
+                              retry=RetryPolicy(max_attempts=1, deadline=40.0, clock=self.clock),
+                              options=ClientOptions(now=lambda: NOW, limits=ReadLimits(deadline=request_deadline),
+                                                    deadline=deadline))
+
+
+@pytest.mark.parametrize("request_deadline, pass_seconds, read", [
+    (30.0, None, 30.0),  # the request's own deadline
+    (3.0, 50.0, 3.0),  # the request's, shorter than the pass's and the retries'
+    (30.0, 2.0, 2.0),  # what is left of the pass
+    (30.0, 0.5, 0.5),  # however little, while the pass allows a request
+    (50.0, None, 40.0),  # what is left of the retries
+])
+def test_each_attempt_waits_no_longer_than_the_request_the_retries_and_the_pass_allow(
+        request_deadline: float, pass_seconds: float | None, read: float) -> None:
+    attempts = Attempts()
+    assert attempts.client(request_deadline=request_deadline, pass_seconds=pass_seconds).get_connection(attempts.cid)
+    assert attempts.read_timeouts == [read]
+
+
+def test_no_attempt_is_sent_once_the_retry_deadline_has_passed() -> None:
+    attempts = Attempts(jump=40.0)  # exactly the retry deadline
+    with pytest.raises(RetriableApiError) as caught:
+        attempts.client(request_deadline=30.0).get_connection(attempts.cid)
+    assert str(caught.value) == f"timeout on /connections/{attempts.cid}: the retry deadline has passed"
+    assert attempts.read_timeouts == []
+
+
+def test_a_listing_page_asked_again_after_a_renewed_token_is_the_same_page(h: Harness) -> None:
+    ids = h.fake.populate(5, seed=25)
+    h.fake.fail_next(401, match="/v3/connections")
+    listed = h.client.list_page(2, 2)
+    assert listed.ids == ids[2:4] and h.fake.count("GET", "/v3/connections") == 2
+
+
+def test_requests_sent_counts_from_zero(h: Harness) -> None:
+    (cid,) = h.fake.populate(1, seed=26)
+    assert h.client.requests_sent == 0
+    h.client.get_connection(cid)
+    assert h.client.requests_sent == 1

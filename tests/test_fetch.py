@@ -17,7 +17,7 @@ from etl.api.transport import make_http_client
 from etl.config import Secret
 from etl.errors import FatalApiError
 from etl.fakeapi import FakeApi
-from etl.fetch import fetch_outcomes
+from etl.fetch import PageAhead, fetch_outcomes
 from etl.outcomes import Fetched, Result
 
 
@@ -144,3 +144,119 @@ def test_fetching_goes_on_while_the_caller_is_busy_up_to_the_window() -> None:
     assert slow.peak == 2  # two in flight at a time
     outcomes.close()
     client.http.close()
+
+
+# -- the listing's page read ahead (``etl.fetch.PageAhead``) -------------------------------------------------
+
+class Held:
+    """A MockTransport handler over a FakeApi noting which listing page is asked for on which thread, and
+    when it is answered; page ``hold`` is answered only once ``release`` is set (or after 5 s)."""
+
+    def __init__(self, fake: FakeApi, hold: int | None = None) -> None:
+        self.fake, self.hold = fake, hold
+        self.release = threading.Event()
+        self.events: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        number = request.url.params["page[number]"]
+        self.events.append(f"asked {number} on {threading.current_thread().name}")
+        if number == str(self.hold):
+            self.release.wait(5)
+        response = self.fake.handle(request)
+        self.events.append(f"answered {number}")
+        return response
+
+    def wait_for(self, event: str) -> None:
+        give_up = time.monotonic() + 5
+        while event not in self.events and time.monotonic() < give_up:
+            time.sleep(0.005)
+        assert event in self.events
+
+
+def listing_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("listing")}
+
+
+def test_the_page_read_ahead_is_read_on_the_listing_thread_and_taken_without_asking_again() -> None:
+    fake, ids = world(5, 10)
+    held = Held(fake)
+    client = client_for(held)
+    ahead = PageAhead(client, 2)
+    ahead.fetch(2)
+    page = ahead.take(2)
+    ahead.close()
+    client.http.close()
+    assert page.number == 2 and page.ids == ids[2:4]
+    assert held.events == ["asked 2 on listing_0", "answered 2"]
+
+
+def test_pages_read_ahead_are_read_one_at_a_time_on_one_thread() -> None:
+    fake, ids = world(7, 11)
+    held = Held(fake, hold=2)
+    client = client_for(held)
+    before = listing_threads()
+    ahead = PageAhead(client, 2)
+    ahead.fetch(2)
+    held.wait_for("asked 2 on listing_0")
+    ahead.fetch(3)  # page 2 is not wanted any more, and still being read
+    assert len(listing_threads() - before) == 1  # no second thread for page 3
+    held.release.set()
+    page = ahead.take(3)
+    ahead.close()
+    client.http.close()
+    assert page.ids == ids[4:6]
+    assert held.events == ["asked 2 on listing_0", "answered 2", "asked 3 on listing_0", "answered 3"]
+
+
+def test_closing_drops_the_pages_read_ahead_without_waiting_for_the_request_in_flight() -> None:
+    fake, ids = world(7, 12)
+    held = Held(fake, hold=2)
+    client = client_for(held)
+    before = listing_threads()
+    ahead = PageAhead(client, 2)
+    ahead.fetch(2)
+    held.wait_for("asked 2 on listing_0")
+    ahead.fetch(3)  # waits behind page 2
+    threads = listing_threads() - before
+    ahead.close()
+    assert held.events == ["asked 2 on listing_0"]  # close did not wait for page 2
+    held.release.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert held.events == ["asked 2 on listing_0", "answered 2"]  # page 3 was never asked for
+    assert ahead.take(2).ids == ids[2:4]  # a page dropped is read again, now, if it is wanted after all
+    client.http.close()
+    assert held.events[2:] == [f"asked 2 on {threading.current_thread().name}", "answered 2"]
+
+
+def test_requests_are_sent_on_the_fetch_threads_and_these_end_with_the_fetching() -> None:
+    fake, ids = world(12, 13)
+    slow = Slow(fake, delay=0.02)
+    outcomes = fetch_all(slow, ids, concurrency=3)
+    assert len(outcomes) == 12 and slow.peak == 3
+    assert set(slow.threads) == {"fetch_0", "fetch_1", "fetch_2"}
+    assert fetch_threads() == []  # joined before fetch_outcomes ended, not left to end on their own
+
+
+def test_a_caller_that_stops_does_not_wait_for_the_requests_in_flight() -> None:
+    fake, ids = world(4, 14)
+    asked, release = threading.Event(), threading.Event()
+    answered: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(ids[1]):
+            asked.set()
+            release.wait(5)
+        response = fake.handle(request)
+        answered.append(request.url.path.rsplit("/", 1)[-1])
+        return response
+
+    client = client_for(handler)
+    outcomes = fetch_outcomes(ids[:2], client=client, concurrency=2)
+    assert next(outcomes).connection_id == ids[0] and asked.wait(5)
+    outcomes.close()  # the caller stops while ids[1] is still being read
+    assert answered == [ids[0]] and client.cancelled.is_set()
+    release.set()
+    assert fetch_threads(within=5) == []
+    client.http.close()
+    assert answered == [ids[0], ids[1]]  # the request in flight ended on its own

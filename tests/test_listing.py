@@ -280,3 +280,97 @@ def test_the_listing_remembers_a_bounded_number_of_ids() -> None:
     assert [recent.add(i) for i in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]
     assert list(recent) == ["b", "c", "d"] and "a" not in recent and len(recent) == 3
     assert recent.add("a") and list(recent) == ["c", "d", "a"]
+
+
+# -- one page and the paginator's errors, exactly ---------------------------------------------
+
+def answer(status: int, body: Any = None, content: bytes | None = None) -> httpx.Response:
+    request = httpx.Request("GET", "https://api.test/v3/connections?page[number]=3")
+    if content is None:
+        return httpx.Response(status, json=body, request=request)
+    return httpx.Response(status, content=content, request=request)
+
+
+@pytest.mark.parametrize("response, message", [
+    (answer(503, {"errors": []}),
+     "http HTTP 503 Service Unavailable on /connections: page 3: the listing answered 503"),
+    (answer(200, content=b'{"data": ['),
+     "malformed HTTP 200 on /connections: page 3: "),
+    (answer(200, {"data": {"id": "x"}}),
+     "malformed HTTP 200 on /connections: page 3: data is not an array"),
+    (answer(200, ["data"]),
+     "malformed HTTP 200 on /connections: page 3: data is not an array"),
+])
+def test_a_listing_page_that_cannot_be_read_names_the_page_the_path_and_the_status(
+        response: httpx.Response, message: str) -> None:
+    from etl.api.listing import listing_page
+    from etl.errors import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        listing_page(3, response)
+    assert str(caught.value).startswith(message) and caught.value.path == "/connections"
+    assert caught.value.status == response.status_code
+    if response.status_code == 200:  # decode_json's own words follow the page number
+        assert type(caught.value) is MalformedDocumentError and len(str(caught.value)) > len("page 3: ") + 30
+
+
+def test_a_listing_page_sorts_its_items_into_records_malformed_and_unreadable() -> None:
+    from etl.api.listing import listing_page
+
+    fake_api = FakeApi()
+    good, bad = fake_api.populate(2, seed=13)
+    broken = {**fake_api.document(fake_api.connections[bad]), "type": "vehicle"}
+    items = [fake_api.document(fake_api.connections[good]), broken, "not an object", {"id": "not-a-uuid"}]
+    listed = listing_page(3, answer(200, {"data": items}))
+    assert listed.number == 3 and [r.connection_id for r in listed.records] == [good]
+    assert [(i, str(e)) for i, e in listed.malformed] == [
+        (bad, "malformed HTTP 200 on /connections: data.type is 'vehicle', expected 'connection'")]
+    assert listed.unreadable == ["malformed HTTP 200 on /connections: data is not an object",
+                                 "malformed HTTP 200 on /connections: data.id is not a UUID: 'not-a-uuid'"]
+    assert listed.ids == [good, bad]
+
+
+@pytest.mark.parametrize("start, body, message", [
+    (1, {"meta": {"page": 3}}, "asked for page 1, the API answered page 3"),
+    (3, {"meta": {"totalCount": 2}}, "page 3 is past totalCount 2"),
+    (1, {"links": {"next": "/v3/connections?page[number]=1"}}, "links.next of page 1 points to page 1"),
+    (1, {"links": {"next": "/v3/connections?page[number]=3"}}, "page 1 points to page 3: runaway paging"),
+])
+def test_the_paginators_errors_name_the_path_the_status_and_the_page(
+        start: int, body: dict[str, Any], message: str) -> None:
+    paginator = Paginator(size=2, start=start)
+    with pytest.raises(MalformedDocumentError) as caught:
+        paginator.advance(page(paginator.number, ["a", "b"], **body))
+    assert str(caught.value) == f"malformed HTTP 200 on /connections: {message}"
+    assert (caught.value.path, caught.value.status) == ("/connections", 200)
+
+
+def test_the_paginators_error_for_a_repeated_page_is_exact() -> None:
+    paginator = Paginator(size=2)
+    assert paginator.advance(page(1, ["a", "b"]))
+    with pytest.raises(MalformedDocumentError) as caught:
+        paginator.advance(page(2, ["a", "b"]))
+    assert str(caught.value) == "malformed HTTP 200 on /connections: page 2 repeats page 1"
+    assert (caught.value.path, caught.value.status) == ("/connections", 200)
+
+
+def test_the_page_just_past_the_total_is_an_empty_end_not_an_error() -> None:
+    paginator = Paginator(size=2, start=2)
+    assert not paginator.advance(page(2, [], meta={"totalCount": 2}))  # 2 of 2 fit on page 1
+    assert paginator.total == 2
+
+
+def test_the_paginator_pages_up_to_max_pages_and_no_further() -> None:
+    paginator = Paginator(size=2, max_pages=2)
+    assert paginator.advance(page(1, ["a", "b"])) and paginator.number == 2
+    with pytest.raises(MalformedDocumentError, match="page 2 points to page 3: runaway paging"):
+        paginator.advance(page(2, ["c", "d"]))
+    assert Paginator(size=2, start=999_999).advance(page(999_999, ["a", "b"]))  # the default cap: a million pages
+    with pytest.raises(MalformedDocumentError, match="page 1000000 points to page 1000001"):
+        Paginator(size=2, start=1_000_000).advance(page(1_000_000, ["a", "b"]))
+
+
+def test_a_next_link_without_a_page_number_leads_to_the_next_page() -> None:
+    paginator = Paginator(size=2)
+    assert paginator.advance(page(1, ["a", "b"], links={"next": "/v3/connections?cursor=b"}))
+    assert paginator.number == 2

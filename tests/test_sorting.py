@@ -108,3 +108,37 @@ def test_only_a_plausible_total_count_is_believed(total: Any, expected: int | No
     from etl.api.listing import ListingPage
 
     assert ListingPage(number=1, body={"data": [], "meta": {"totalCount": total}}).total_count == expected
+
+
+def not_found(error: Any) -> httpx.Response:
+    return httpx.Response(404, json={"errors": [error]} if isinstance(error, dict) else error)
+
+
+@pytest.mark.parametrize("response, missing", [
+    (not_found({"status": "404", "type": "RESOURCE_NOT_FOUND", "code": "CONNECTION"}), True),
+    (not_found({"status": 404, "code": "CONNECTION"}), True),  # the status as a number
+    (not_found({"status": "404"}), True),  # no type, no code
+    (not_found({"status": "405", "code": "CONNECTION"}), False),
+    (not_found({"status": "404", "type": "RESOURCE_NOT_FOUND", "code": "PATH"}), False),
+    (not_found({"status": "404", "type": "path"}), False),  # the wrong-path mark in "type"
+    (not_found({"status": "404", "code": "RESOURCE_NOT_FOUND:VERSION"}), False),
+    (not_found({"status": "404", "code": "SMARTCAR:RESOURCE_NOT_FOUND:PATH"}), False),  # the mark is the last part
+    (not_found([{"status": "404"}]), False),  # JSON, but not an object
+    (httpx.Response(404, text="<html>Not Found</html>"), False),
+])
+def test_only_smartcars_own_404_says_a_resource_is_missing(response: httpx.Response, missing: bool) -> None:
+    from etl.api.answers import smartcar_not_found
+
+    assert smartcar_not_found(response) is missing
+
+
+@pytest.mark.parametrize("status, code, vehicle", [
+    (429, "VEHICLE", True), (429, "rate_limit:vehicle", True), (429, "SMARTCAR:RATE_LIMIT:VEHICLE", True),
+    (429, "VEHICLE:RATE_LIMIT", False), (429, None, False), (429, "RATE_LIMIT", False), (503, "VEHICLE", False),
+])
+def test_a_vehicles_own_rate_limit_is_told_from_the_applications(status: int, code: str | None,
+                                                                 vehicle: bool) -> None:
+    from etl.api.answers import vehicle_rate_limited
+
+    error = RetriableApiError(path="/connections/x", status=status, code=code)
+    assert vehicle_rate_limited(error) is vehicle
