@@ -190,8 +190,11 @@ def test_the_page_read_ahead_is_read_on_the_listing_thread_and_taken_without_ask
     assert held.events == ["asked 2 on listing_0", "answered 2"]
 
 
-def test_pages_read_ahead_are_read_one_at_a_time_on_one_thread() -> None:
-    fake, ids = world(7, 11)
+def page_three_behind_page_two(seed: int) -> tuple[list[str], Held, SmartcarClient, PageAhead,
+                                                      set[threading.Thread]]:
+    """Page 2 asked for and held unanswered, then page 3 wanted instead: (ids, the handler, the client, the
+    read-ahead, the listing threads it started)."""
+    fake, ids = world(7, seed)
     held = Held(fake, hold=2)
     client = client_for(held)
     before = listing_threads()
@@ -199,7 +202,12 @@ def test_pages_read_ahead_are_read_one_at_a_time_on_one_thread() -> None:
     ahead.fetch(2)
     held.wait_for("asked 2 on listing_0")
     ahead.fetch(3)  # page 2 is not wanted any more, and still being read
-    assert len(listing_threads() - before) == 1  # no second thread for page 3
+    return ids, held, client, ahead, listing_threads() - before
+
+
+def test_pages_read_ahead_are_read_one_at_a_time_on_one_thread() -> None:
+    ids, held, client, ahead, threads = page_three_behind_page_two(11)
+    assert len(threads) == 1  # no second thread for page 3
     held.release.set()
     page = ahead.take(3)
     ahead.close()
@@ -209,15 +217,7 @@ def test_pages_read_ahead_are_read_one_at_a_time_on_one_thread() -> None:
 
 
 def test_closing_drops_the_pages_read_ahead_without_waiting_for_the_request_in_flight() -> None:
-    fake, ids = world(7, 12)
-    held = Held(fake, hold=2)
-    client = client_for(held)
-    before = listing_threads()
-    ahead = PageAhead(client, 2)
-    ahead.fetch(2)
-    held.wait_for("asked 2 on listing_0")
-    ahead.fetch(3)  # waits behind page 2
-    threads = listing_threads() - before
+    ids, held, client, ahead, threads = page_three_behind_page_two(12)  # page 3 waits behind page 2
     ahead.close()
     assert held.events == ["asked 2 on listing_0"]  # close did not wait for page 2
     held.release.set()
