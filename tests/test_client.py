@@ -147,6 +147,7 @@ def test_other_4xx_fails_that_request_only(h: Harness) -> None:
     with pytest.raises(ApiError) as caught:
         h.client.get_connection(conn.id)
     assert not isinstance(caught.value, RetriableApiError | FatalApiError)
+    assert (caught.value.path, caught.value.status) == (f"/connections/{conn.id}", 400)
     assert h.gets(conn.id) == 1 and h.sleeps == []
     assert h.client.get_connection(conn.id) is not None
 
@@ -389,3 +390,52 @@ def test_requests_sent_counts_from_zero(h: Harness) -> None:
     assert h.client.requests_sent == 0
     h.client.get_connection(cid)
     assert h.client.requests_sent == 1
+
+
+def test_one_retry_deadline_covers_the_attempts_before_and_after_a_renewed_token(fake_api: FakeApi) -> None:
+    """A 503, a 401 (renewed), then 503s: the retries after the renewal have what is left of the same 10 s."""
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    retry = RetryPolicy(max_attempts=10, initial_backoff=4.0, max_backoff=4.0, sleep=sleep, jitter=lambda: 1.0,
+                        deadline=10.0, clock=lambda: clock[0])
+    http = make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(fake_api.handle))
+    auth = ClientCredentials(http=http, token_url="https://auth.test/oauth2/token", client_id=fake_api.client_id,
+                             client_secret=Secret(fake_api.client_secret), retry=retry, clock=lambda: clock[0])
+    client = SmartcarClient(base_url="https://api.test/v3", auth=auth, http=http, retry=retry)
+    (cid,) = fake_api.populate(1, seed=27)
+    fake_api.fail_next(503, match="/v3/")
+    fake_api.fail_next(401, match="/v3/")
+    fake_api.fail_next(503, match="/v3/", times=99)
+    with pytest.raises(RetriableApiError) as caught:
+        client.get_connection(cid)
+    # 0 s: 503, wait 4; 4 s: 401, renewed; 4 s: 503, wait 4; 8 s: 503, and a wait of 4 would pass 10 s.
+    assert (caught.value.status, clock[0]) == (503, 8.0)
+    assert fake_api.count("GET", f"/v3/connections/{cid}") == 4 and fake_api.count("POST", "/oauth2/token") == 2
+
+
+def test_a_stop_while_waiting_for_the_rate_limit_is_a_cancel_and_sends_nothing() -> None:
+    import threading
+
+    from etl.api.deadline import Cancelled
+    from etl.api.ratelimit import TokenBucket
+
+    stop, clock = threading.Event(), [0.0]
+
+    def sleep(seconds: float) -> None:  # the operator stops the pass half-way through the wait
+        stop.set()
+        clock[0] += seconds / 2
+
+    bucket = TokenBucket(capacity=1, per_second=0.5, clock=lambda: clock[0], sleep=sleep)
+    assert bucket.acquire()  # now empty: the next token in 2 s
+    fake_api = FakeApi(access_tokens=("t",))
+    http = make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(fake_api.handle))
+    client = SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http,
+                            options=ClientOptions(cancelled=stop, limiter=bucket))
+    (cid,) = fake_api.populate(1, seed=28)
+    with pytest.raises(Cancelled) as caught:
+        client.get_connection(cid)
+    assert type(caught.value) is Cancelled  # not Deferred: the stop, not the pass's deadline, ended the wait
+    assert clock[0] == 1.0 and client.requests_sent == 0 and fake_api.count("GET", f"/v3/connections/{cid}") == 0

@@ -18,7 +18,7 @@ from etl.config import Secret
 from etl.errors import FatalApiError
 from etl.fakeapi import FakeApi
 from etl.fetch import PageAhead, fetch_outcomes
-from etl.outcomes import Fetched, Result
+from etl.outcomes import Fetched, Postponed, Result
 
 
 class Slow:
@@ -260,3 +260,22 @@ def test_a_caller_that_stops_does_not_wait_for_the_requests_in_flight() -> None:
     assert fetch_threads(within=5) == []
     client.http.close()
     assert answered == [ids[0], ids[1]]  # the request in flight ended on its own
+
+
+def test_a_retry_that_would_end_past_the_pass_is_postponed_with_its_id_time_and_error() -> None:
+    import datetime as dt
+
+    from etl.api.client import ClientOptions
+    from etl.api.deadline import PassDeadline
+    from etl.api.retry import RetryPolicy
+
+    start, at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC), dt.datetime(2026, 3, 1, 0, 0, 5, tzinfo=dt.UTC)
+    fake, ids = world(2, 29)
+    fake.fail_next(503, headers={"Retry-After": "30"}, times=99)
+    http = make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(fake.handle))
+    deadline = PassDeadline(seconds=20, now=lambda: start, cap=1.0)  # 20 s left: too few for a wait of 30
+    client = SmartcarClient(base_url="https://api.test/v3", auth=StaticToken(Secret("t")), http=http,
+                            retry=RetryPolicy(sleep=lambda _: None), options=ClientOptions(deadline=deadline))
+    outcomes = list(fetch_outcomes(ids, client=client, concurrency=1, now=lambda: at))
+    assert [(type(o), o.connection_id, o.observed_at) for o in outcomes] == [(Postponed, i, at) for i in ids]
+    assert [(o.after.status, o.after.retry_after) for o in outcomes if isinstance(o, Postponed)] == [(503, 30.0)] * 2

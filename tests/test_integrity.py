@@ -81,6 +81,17 @@ def test_only_smartcars_own_404_for_a_missing_resource_is_an_answer(body: Any, d
     assert caught.value.kind == "unrecognised_404" and "api.base_url" in str(caught.value)
 
 
+@pytest.mark.parametrize(("response", "said"), [
+    (httpx.Response(404), "no error body"),
+    (httpx.Response(404, text="<html><title>404 Not Found</title>nginx</html>", headers={"content-type": "text/html"}),
+     "HTML page: 404 Not Found"),
+])
+def test_a_404_that_is_not_smartcars_says_what_came_and_what_to_check(response: httpx.Response, said: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        classify(response, path="/connections/x")
+    assert caught.value.detail == f"not Smartcar's answer for a missing connection ({said}); is api.base_url right?"
+
+
 @pytest.mark.parametrize("shape", ["html", "empty", "other_json"])
 def test_a_404_that_is_not_smartcars_fails_the_fetch_and_deletes_nothing(
         run_sync: Runner, engine: Engine, shape: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import http.server
 import re
 import socket
 import ssl
@@ -147,7 +148,7 @@ def test_other_transport_failures_are_retriable_network_errors(cause: BaseExcept
 
     error = send_failing_with(cause)
     assert type(error) is RetriableApiError and error.kind == "network"
-    assert error.detail == "ConnectError: connect failed"
+    assert (error.path, error.detail) == ("/connections", "ConnectError: connect failed")
 
 
 # -- the environment's proxy variables ---------------------------------------------------------------
@@ -204,10 +205,24 @@ def test_a_socks_proxy_needs_socksio(proxy_env: pytest.MonkeyPatch, tmp_path: Pa
 BODY = b'{"data": []}'
 
 
-def sent_with_encoding(encoding: str, content: bytes, limits: ReadLimits | None = None) -> httpx.Response:
-    """What ``send`` makes of an answer in ``encoding`` (the bytes as they come on the wire)."""
+class Chunks(httpx.SyncByteStream):
+    """A body that comes in chunks of ``size`` bytes."""
+
+    def __init__(self, content: bytes, size: int) -> None:
+        self.content, self.size = content, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.content), self.size):
+            yield self.content[start:start + self.size]
+
+
+def sent_with_encoding(encoding: str, content: bytes, limits: ReadLimits | None = None,
+                       chunk: int | None = None) -> httpx.Response:
+    """What ``send`` makes of an answer in ``encoding`` (the bytes as they come on the wire, in one chunk or in
+    chunks of ``chunk`` bytes)."""
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-encoding": encoding}, stream=httpx.ByteStream(content))
+        stream = httpx.ByteStream(content) if chunk is None else Chunks(content, chunk)
+        return httpx.Response(200, headers={"content-encoding": encoding}, stream=stream)
 
     with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
         return send(http, httpx.Request("GET", "https://api.test/v3/connections"), path="/connections",
@@ -256,6 +271,37 @@ def test_an_answer_of_exactly_max_response_bytes_is_read_and_one_byte_more_is_re
     assert str(caught.value) == ("too_large HTTP 200 on /connections: "
                                  "answer larger than api.max_response_bytes (11 bytes)")
     assert caught.value.kind == "too_large" and caught.value.path == "/connections"
+
+
+LONG = b'{"data": [' + b", ".join(b'"%032x"' % (n * 2654435761) for n in range(200)) + b"]}"
+
+
+@pytest.mark.parametrize("encoding, content", [("identity", LONG), ("gzip", gzip.compress(LONG, mtime=0)),
+                                               ("deflate", zlib.compress(LONG))])
+def test_an_answer_in_many_chunks_is_decoded_whole_and_bounded_as_a_whole(encoding: str, content: bytes) -> None:
+    from etl.errors import ApiError
+
+    assert sent_with_encoding(encoding, content, ReadLimits(max_bytes=len(LONG)), chunk=97).content == LONG
+    with pytest.raises(ApiError) as caught:
+        sent_with_encoding(encoding, content, ReadLimits(max_bytes=len(LONG) - 1), chunk=97)
+    assert caught.value.kind == "too_large"
+
+
+def test_a_compression_bomb_is_refused_without_being_decoded_in_memory() -> None:
+    import tracemalloc
+
+    from etl.errors import ApiError
+
+    bomb = gzip.compress(b"\0" * 50_000_000, mtime=0)  # 50 MB in about 50 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApiError) as caught:
+            sent_with_encoding("gzip", bomb, ReadLimits(max_bytes=1000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.kind == "too_large" and len(bomb) < 100_000
+    assert peak < 5_000_000  # allocations while sending, not the 50 MB the bomb holds
 
 
 class Trickle(httpx.SyncByteStream):
@@ -323,7 +369,8 @@ def test_the_answer_keeps_its_status_reason_and_headers_but_not_those_of_its_enc
     assert sorted(response.headers.items()) == [("content-length", str(len(BODY))),
                                                 ("content-type", "application/json"), ("x-request-id", "r-1")]
     (line,) = [r.getMessage() for r in caplog.records if r.name == "etl.api.transport"]
-    assert re.fullmatch(r"GET /connections: HTTP 203, 12 bytes in \d+\.\d{3}s", line)
+    took = re.fullmatch(r"GET /connections: HTTP 203, 12 bytes in (\d+\.\d{3})s", line)
+    assert took is not None and 0 <= float(took[1]) < 5  # the time the request took, not a clock reading
 
 
 def test_a_timeout_of_httpx_is_a_retriable_timeout_named_for_its_kind() -> None:
@@ -360,6 +407,63 @@ def test_the_pooled_client_names_itself_asks_for_json_and_compression_and_follow
         assert send(http, request, path="/connections").status_code == 302
     assert len(seen) == 1  # the redirect was not followed
     assert (seen[0].headers["user-agent"], seen[0].headers["accept"], seen[0].headers["accept-encoding"]) == (
-        "smartcar-etl", "application/json", "gzip, deflate")
+        "smartcar-etl", "application/json", "gzip, deflate")  # only what _read_body decodes, whatever httpx could
+    assert sorted(seen[0].headers) == ["accept", "accept-encoding", "connection", "host", "user-agent"]
     with make_http_client(timeout=90, concurrency=1, transport=httpx.MockTransport(handler)) as http:
         assert http.timeout == httpx.Timeout(90, connect=30)  # connecting never waits more than 30 s
+
+
+class Counting(http.server.BaseHTTPRequestHandler):
+    """Answers 200 once ``want`` requests are in at once (or after half a second); notes each one's connection."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: Server
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        server = self.server
+        with server.changed:
+            server.ports.append(self.client_address[1])
+            server.active += 1
+            server.peak = max(server.peak, server.active)
+            server.changed.notify_all()
+            server.changed.wait_for(lambda: server.active >= server.want, timeout=0.5)
+            server.active -= 1
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, want: int) -> None:
+        super().__init__(("127.0.0.1", 0), Counting)
+        self.want, self.active, self.peak = want, 0, 0
+        self.ports: list[int] = []
+        self.changed = threading.Condition()
+
+
+def test_the_pooled_client_holds_a_connection_per_request_in_flight_plus_two_and_keeps_them_open(
+        proxy_env: pytest.MonkeyPatch) -> None:
+    server = Server(want=5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v3/connections"
+    try:
+        with make_http_client(timeout=5, concurrency=2) as http:  # 2 in flight, the token, a page read ahead
+            wave = [threading.Thread(target=http.get, args=(url,)) for _ in range(5)]
+            for thread in wave:
+                thread.start()
+            for thread in wave:
+                thread.join(10)
+            opened, server.want = set(server.ports), 1
+            for _ in range(4):
+                assert http.get(url).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.peak == 4 and len(server.ports) == 9  # the fifth waited for one of the four connections
+    assert len(opened) == 4 and set(server.ports) == opened  # which stayed open for the requests after

@@ -61,20 +61,17 @@ def _read_body(response: httpx.Response, *, path: str, limits: ReadLimits, deadl
         if time.monotonic() > deadline:
             raise RetriableApiError(path=path, kind="timeout",
                                     detail=f"no complete answer within api.request_deadline ({limits.deadline:g}s)")
-        while chunk:
-            if decoder is None:
-                out, chunk = chunk, b""
-            else:
-                try:
-                    out = decoder.decompress(chunk, limits.max_bytes - size + 1)
-                except zlib.error:
-                    raise ApiError(path=path, kind="http", detail="answer is not valid compressed data") from None
-                chunk = decoder.unconsumed_tail
-            size += len(out)
-            if size > limits.max_bytes:
-                raise ApiError(path=path, status=response.status_code, kind="too_large",
-                               detail=f"answer larger than api.max_response_bytes ({limits.max_bytes} bytes)")
-            parts.append(out)
+        if decoder is not None:
+            # At most one byte past the bound: compressed input left unread (a bomb) is refused just below.
+            try:
+                chunk = decoder.decompress(chunk, limits.max_bytes - size + 1)
+            except zlib.error:
+                raise ApiError(path=path, kind="http", detail="answer is not valid compressed data") from None
+        size += len(chunk)
+        if size > limits.max_bytes:
+            raise ApiError(path=path, status=response.status_code, kind="too_large",
+                           detail=f"answer larger than api.max_response_bytes ({limits.max_bytes} bytes)")
+        parts.append(chunk)
     return b"".join(parts)
 
 
@@ -161,7 +158,9 @@ def make_http_client(
     variables apply (a bad one is refused now, not at the first request)."""
     if transport is None:
         check_environment_proxies()
-    pool = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    # A connection for each request in flight, one for the token and one for the page read ahead; every one of
+    # them is kept open for the next request (keep-alive is bounded by max_connections).
+    pool = httpx.Limits(max_connections=concurrency + 2)
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)), limits=pool, transport=transport,
         headers={"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": "gzip, deflate"},
