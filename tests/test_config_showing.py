@@ -14,6 +14,8 @@ from click.testing import CliRunner, Result
 
 from etl.cli import cli
 from etl.config import KEYS, variables_table
+from etl.config import parsers as p
+from etl.config.schema import Key
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
@@ -86,9 +88,23 @@ def env_values(tmp_path: Path) -> dict[str, tuple[str, Any]]:
     }
 
 
+def made_up_value(key: Key) -> tuple[str, Any] | None:
+    """A valid value other than the default, for a key declared as a number, a duration or a boolean (so that a
+    new key of those kinds needs nothing here); None for other kinds."""
+    if key.parser is p.boolean:
+        return ("false", False) if key.default else ("true", True)
+    if not isinstance(key.parser, p.Bounded):
+        return None
+    bounds = key.parser
+    value = bounds.high if bounds.high != key.default else bounds.low
+    value = int(value) if bounds.whole else float(value)
+    return str(value), value
+
+
 def test_every_config_key_set_by_its_variable_reads_back_through_config_show(tmp_path: Path) -> None:
-    values = env_values(tmp_path)
-    assert set(values) == {key.dotted for key in KEYS}, "a key was added: give it a value here"
+    made_up = {key.dotted: made_up_value(key) for key in KEYS}
+    values = {**{k: v for k, v in made_up.items() if v is not None}, **env_values(tmp_path)}
+    assert set(values) == {key.dotted for key in KEYS}, "a key of a new kind was added: give it a value here"
     env = {key.variable: values[key.dotted][0] for key in KEYS}
     result = CliRunner().invoke(cli, ["config", "show", "--format", "json"], env={**env, "SMARTCAR_ETL_CONFIG": ""})
     assert result.exit_code == 0, result.output
@@ -100,6 +116,18 @@ def test_every_config_key_set_by_its_variable_reads_back_through_config_show(tmp
                              ("api.access_token", "SMARTCAR_ETL_API_ACCESS_TOKEN_FILE")):
         assert settings[secret] == {"value": "set", "source": "environment", "origin": variable}
     assert "s3cret-from-a-file" not in result.output and "token-from-a-file" not in result.output
+
+
+def test_the_made_up_values_of_numbers_durations_and_booleans_read_back_through_config_show() -> None:
+    made_up = {key: value for key in KEYS if (value := made_up_value(key)) is not None}
+    assert len(made_up) >= 25  # every number, duration and boolean key of today
+    env = {key.variable: text for key, (text, _) in made_up.items()}
+    result = CliRunner().invoke(cli, ["config", "show", "--format", "json"], env={**env, "SMARTCAR_ETL_CONFIG": ""})
+    assert result.exit_code == 0, result.output
+    settings = one_object(result.stdout)["settings"]
+    for key, (_, value) in made_up.items():
+        assert settings[key.dotted] == {"value": value, "source": "environment", "origin": key.variable}, key.dotted
+        assert value != key.default, key.dotted
 
 
 def test_config_show_names_each_source_and_precedence_is_option_environment_file_default(tmp_path: Path) -> None:

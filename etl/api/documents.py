@@ -82,8 +82,9 @@ def decode_json(content: bytes) -> Any:
 
 # The vehicle's attributes, declared once: each is a field of ``VehicleAttributes`` and a column of
 # ``vehicles`` of the same name, read from the document's ``attributes.vehicle`` under its key, as text or as
-# a year. A new attribute is a line here, a field below, a column in ``etl/db/models.py`` and a migration;
-# the batch store and ``rebuild`` take the list from here.
+# a year. A new attribute is a line here, a field below, a column in ``etl/db/models.py`` and a migration (and,
+# as every column, its description in ``dbt/models/sources.yml``); the batch store and ``rebuild`` take the list
+# from here.
 VEHICLE_KEYS: dict[str, tuple[str, str]] = {
     "make": ("make", "text"), "model": ("model", "text"), "year": ("year", "year"), "mode": ("mode", "text"),
     "powertrain_type": ("powertrainType", "text"),
