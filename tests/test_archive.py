@@ -318,3 +318,28 @@ def test_a_corrupt_or_inflating_stored_body_is_a_clear_error_and_rebuild_refuses
     dry = CliRunner().invoke(cli, ["rebuild", "--dry-run"], env=env)  # skipping it would drop its history
     assert dry.exit_code == 2 and ids[0] in dry.stderr and "nothing was changed" in dry.stderr, dry.output
     assert ("corrupt" if stored == "garbage" else "inflates past") in dry.stderr
+
+
+def test_archive_show_refuses_a_body_changed_after_it_was_archived(run_sync: Runner, engine: Engine, tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+    from sqlalchemy import update
+
+    from etl.cli import cli
+
+    ids = tracked(run_sync, 2, seed=15)
+    run_sync(ignore_due=True)
+    with engine.begin() as conn:  # valid JSON, one permission more, and the digest of what was received
+        compressed, body = conn.execute(select(archive_bodies.c.compressed, archive_bodies.c.body)
+                                        .where(archive_bodies.c.connection_id == ids[0])).one()
+        document = json.loads(unpacked(compressed, body))
+        document["attributes"]["permissions"].append("read_location")
+        conn.execute(update(archive_bodies).where(archive_bodies.c.connection_id == ids[0])
+                     .values(compressed=False, body=json.dumps(document).encode()))
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    shown = CliRunner().invoke(cli, ["archive", "show", ids[0]], env=env)
+    assert shown.exit_code == 3 and shown.stdout == "" and "Traceback" not in shown.output
+    assert (f"the archived document of connection {ids[0]} cannot be read: its SHA-256 is not the stored digest"
+            in shown.stderr)
+    assert CliRunner().invoke(cli, ["archive", "show", ids[1]], env=env).exit_code == 0

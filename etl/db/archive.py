@@ -104,12 +104,6 @@ def verified(compressed: bool, body: bytes, digest: str) -> bytes:
     return document
 
 
-def readable(compressed: bool, body: bytes) -> Any:
-    """A stored document as JSON, read as the API's answers are (``decode_json``: bounded numbers and
-    depth); ValueError naming what is wrong with it."""
-    return decode_json(unpacked(compressed, body))
-
-
 class Archiving(enum.Enum):
     """What a batch does with the archive."""
 
@@ -297,9 +291,10 @@ class Archived:
 
 def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) -> Archived | None:
     """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None;
-    ValueError if its stored document cannot be read (``readable``)."""
+    ValueError if its stored document cannot be read or is not the one archived (``verified``)."""
     s, b, c = archive_spans.c, archive_bodies.c, connections.c
-    query = (select(s.first_seen_at, last_seen().label("last_seen_at"), s.run_id, b.compressed, b.body, b.rejected)
+    query = (select(s.first_seen_at, last_seen().label("last_seen_at"), s.run_id, b.compressed, b.body, b.digest,
+                    b.rejected)
              .select_from(archive_spans.join(connections, c.id == s.connection_id)
                           .outerjoin(archive_bodies, s.body_id == b.id))
              .where(s.connection_id == connection_id).order_by(s.first_seen_at.desc(), s.id.desc()).limit(1))
@@ -308,5 +303,5 @@ def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) ->
     row = conn.execute(query).first()
     if row is None:
         return None
-    document = None if row.body is None else readable(row.compressed, row.body)
+    document = None if row.body is None else decode_json(verified(row.compressed, row.body, row.digest))
     return Archived(connection_id, row.first_seen_at, row.last_seen_at, row.run_id, document, bool(row.rejected))
