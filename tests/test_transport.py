@@ -467,3 +467,21 @@ def test_the_pooled_client_holds_a_connection_per_request_in_flight_plus_two_and
         server.server_close()
     assert server.peak == 4 and len(server.ports) == 9  # the fifth waited for one of the four connections
     assert len(opened) == 4 and set(server.ports) == opened  # which stayed open for the requests after
+
+
+def test_the_pooled_client_keeps_no_cookie_an_answer_sets_and_sends_none() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"set-cookie": "session=abc; Path=/"}, content=BODY)
+
+    with make_http_client(timeout=5, concurrency=1, transport=httpx.MockTransport(handler)) as http:
+        for _ in range(2):
+            request = http.build_request("GET", "https://api.test/v3/connections")
+            assert send(http, request, path="/connections").status_code == 200
+        assert http.post("https://api.test/oauth2/token", data={"grant_type": "client_credentials"}).status_code == 200
+        assert not http.cookies and list(http.cookies.jar) == []
+        with pytest.raises(TypeError, match="the job's HTTP client keeps no cookies"):
+            http.cookies = {"session": "abc"}  # type: ignore[assignment]
+    assert [r.headers.get("cookie") for r in seen] == [None, None, None]
