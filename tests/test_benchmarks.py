@@ -38,6 +38,25 @@ def test_bench_ratelimit_runs() -> None:
 
 
 @pytest.mark.postgres
+def test_bench_compare_runs_two_installations_alternating() -> None:
+    job = str(Path(sys.executable).with_name("smartcar-etl")) + ":1"
+    done = subprocess.run([sys.executable, "bench_compare.py", "--a", job, "--b", job, "--connections", "60",
+                           "--runs", "2", "--strategy", "list", "--server", "memory",
+                           "--postgres-url", admin_url("postgresql")],
+                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = [line.split(":")[0].strip() for line in done.stdout.splitlines() if line.startswith("  run ")]
+    assert runs == ["run 1 A", "run 1 B", "run 2 B", "run 2 A"]  # alternating
+    assert "sync --strategy list, PostgreSQL" in done.stdout
+    for label in ("first pass: median A", "unchanged pass: median A"):
+        assert label in done.stdout and "B/A" in done.stdout
+    wrong = subprocess.run([sys.executable, "bench_compare.py", "--a", "no-such-file:1", "--b", job], cwd=BENCH,
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "expected PATH:N with an existing smartcar-etl, got 'no-such-file:1'" in (
+        wrong.stderr)
+
+
+@pytest.mark.postgres
 @pytest.mark.mariadb
 @pytest.mark.parametrize("server", ["memory", "auto"])
 def test_bench_sync_static_mode_runs(server: str) -> None:
