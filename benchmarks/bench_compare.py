@@ -74,9 +74,11 @@ def passes(job: tuple[str, int], base_url: str, ids_file: Path, work: Path,
         "api": {"base_url": base_url, "token_url": base_url + "/token", "concurrency": concurrency},
         "rate_limit": {"capacity": 10_000_000, "per_minute": 10_000_000.0}}))  # on, never waited for
     with database(work, args.postgres_url) as url:
-        env = {**os.environ, "SMARTCAR_ACCESS_TOKEN": "bench-token", "SMARTCAR_ETL_DATABASE_URL": url,
-               "SMARTCAR_ETL_CONFIG": str(config)}
-        env.pop("PYTHONPATH", None)  # each installation runs its own code
+        # Nothing of the shell's job settings (the environment beats the file) nor its PYTHONPATH: each
+        # installation runs its own code with the configuration above.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTCAR_") and k != "PYTHONPATH"}
+        env |= {"SMARTCAR_ACCESS_TOKEN": "bench-token", "SMARTCAR_ETL_DATABASE_URL": url,
+                "SMARTCAR_ETL_CONFIG": str(config)}
         timed(binary, ["db", "upgrade"], env)
         timed(binary, ["connections", "import", str(ids_file)], env)
         sync = ["sync", "--strategy", args.strategy] + (["--all"] if args.strategy == "ids" else [])

@@ -2,7 +2,8 @@
 
 Equivalent mutants (a change no test can observe) are listed, each with its
 reason, in scripts/mutation-equivalent.txt and set aside. Exit 1 when an area
-kills less than 95 % of the rest, naming the survivors.
+kills less than 95 % of the rest, naming the survivors, or when a listed
+equivalent was killed or no longer exists in a function the run mutated.
 """
 
 from __future__ import annotations
@@ -65,7 +66,26 @@ def main(patterns: list[str]) -> int:
         for name in sorted(counts["survived"]):
             print(f"    survived: {name}")
         failed |= score < TARGET
-    return 1 if failed else 0
+    stale = stale_entries(equivalent, results, patterns)
+    for name, why in stale:
+        print(f"    stale in scripts/mutation-equivalent.txt: {name} ({why})")
+    return 1 if failed or stale else 0
+
+
+def stale_entries(equivalent: dict[str, str], results: dict[str, int | None],
+                  patterns: list[str]) -> list[tuple[str, str]]:
+    """Listed equivalents that this run contradicts: killed, or no such mutant in a function it mutated (an edit
+    renumbers a function's mutants, so its entries must be looked at again)."""
+    mutated = {name.rpartition("__mutmut_")[0] for name in results}
+    stale = []
+    for name in sorted(equivalent):
+        if not any(fnmatch.fnmatch(name, p) for p in patterns):
+            continue
+        if name in results and results[name] not in (0, None):
+            stale.append((name, "killed"))
+        elif name not in results and name.rpartition("__mutmut_")[0] in mutated:
+            stale.append((name, "no such mutant"))
+    return stale
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,23 @@ def test_bench_ratelimit_runs() -> None:
     assert "429 answers: 0" in done.stdout and "of the allowed rate" in done.stdout
 
 
+def test_bench_send_prints_each_layer() -> None:
+    done = subprocess.run([sys.executable, "bench_send.py", "--connections", "40", "--rounds", "1", "--server",
+                           "memory"], cwd=BENCH, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for layer in ("transport alone", "httpx.Client.send", "ApiClient.send (no cookies)", "the job's send"):
+        assert layer in done.stdout
+    assert "1.00 of the transport alone" in done.stdout
+
+
 @pytest.mark.postgres
 def test_bench_compare_runs_two_installations_alternating() -> None:
     job = str(Path(sys.executable).with_name("smartcar-etl")) + ":1"
+    shell = {**os.environ, "SMARTCAR_ETL_API_BASE_URL": "http://127.0.0.1:9/v3"}  # left out of the runs
     done = subprocess.run([sys.executable, "bench_compare.py", "--a", job, "--b", job, "--connections", "60",
                            "--runs", "2", "--strategy", "list", "--server", "memory",
                            "--postgres-url", admin_url("postgresql")],
-                          cwd=BENCH, capture_output=True, text=True, timeout=300)
+                          cwd=BENCH, capture_output=True, text=True, timeout=300, env=shell)
     assert done.returncode == 0, done.stderr
     runs = [line.split(":")[0].strip() for line in done.stdout.splitlines() if line.startswith("  run ")]
     assert runs == ["run 1 A", "run 1 B", "run 2 B", "run 2 A"]  # alternating

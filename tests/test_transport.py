@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from etl.api.transport import ReadLimits, make_http_client, send
+from etl.api.transport import ApiClient, ReadLimits, make_http_client, send
 from etl.errors import ConfigError
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
@@ -287,6 +287,28 @@ def test_an_answer_in_many_chunks_is_decoded_whole_and_bounded_as_a_whole(encodi
     assert caught.value.kind == "too_large"
 
 
+@pytest.mark.parametrize("encoding, content, kind, detail", [
+    ("gzip", gzip.compress(LONG, mtime=0)[:-8], "network", "the answer ended before its compressed data did"),
+    ("gzip", gzip.compress(LONG, mtime=0)[:200], "network", "the answer ended before its compressed data did"),
+    ("deflate", zlib.compress(LONG)[:-4], "network", "the answer ended before its compressed data did"),
+    ("gzip", gzip.compress(BODY, mtime=0) * 2, "http", "answer has bytes after the end of its compressed data"),
+    ("deflate", zlib.compress(BODY) + b"junk", "http", "answer has bytes after the end of its compressed data"),
+])
+def test_compressed_data_that_is_cut_short_or_followed_by_more_is_refused(
+        encoding: str, content: bytes, kind: str, detail: str) -> None:
+    from etl.errors import ApiError, RetriableApiError
+
+    with pytest.raises(ApiError) as caught:
+        sent_with_encoding(encoding, content, chunk=50)
+    assert (caught.value.kind, caught.value.detail, caught.value.path) == (kind, detail, "/connections")
+    assert isinstance(caught.value, RetriableApiError) is (kind == "network")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_an_empty_answer_in_an_encoding_is_empty(encoding: str) -> None:
+    assert sent_with_encoding(encoding, b"").content == b""
+
+
 def test_a_compression_bomb_is_refused_without_being_decoded_in_memory() -> None:
     import tracemalloc
 
@@ -414,7 +436,7 @@ def test_the_pooled_client_names_itself_asks_for_json_and_compression_and_follow
 
 
 class Counting(http.server.BaseHTTPRequestHandler):
-    """Answers 200 once ``want`` requests are in at once (or after half a second); notes each one's connection."""
+    """Answers 200 once the test releases it; notes how many requests are in at once, and each one's connection."""
 
     protocol_version = "HTTP/1.1"  # keep-alive
     server: Server
@@ -426,7 +448,8 @@ class Counting(http.server.BaseHTTPRequestHandler):
             server.active += 1
             server.peak = max(server.peak, server.active)
             server.changed.notify_all()
-            server.changed.wait_for(lambda: server.active >= server.want, timeout=0.5)
+        server.released.wait(30)
+        with server.changed:
             server.active -= 1
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -440,32 +463,40 @@ class Counting(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, want: int) -> None:
+    def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Counting)
-        self.want, self.active, self.peak = want, 0, 0
+        self.active = self.peak = 0
         self.ports: list[int] = []
         self.changed = threading.Condition()
+        self.released = threading.Event()
 
 
 def test_the_pooled_client_holds_a_connection_per_request_in_flight_plus_two_and_keeps_them_open(
         proxy_env: pytest.MonkeyPatch) -> None:
-    server = Server(want=5)
+    server = Server()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v3/connections"
+    statuses: list[int] = []
     try:
-        with make_http_client(timeout=5, concurrency=2) as http:  # 2 in flight, the token, a page read ahead
-            wave = [threading.Thread(target=http.get, args=(url,)) for _ in range(5)]
+        with make_http_client(timeout=60, concurrency=2) as http:  # 2 in flight, the token, a page read ahead
+            wave = [threading.Thread(target=lambda: statuses.append(http.get(url).status_code)) for _ in range(5)]
             for thread in wave:
                 thread.start()
+            with server.changed:  # four requests in, held: the fifth waits for a connection, however long
+                assert server.changed.wait_for(lambda: server.active == 4, timeout=30)
+            time.sleep(0.3)  # room for a fifth connection, were the pool larger
+            peak = server.peak
+            server.released.set()
             for thread in wave:
-                thread.join(10)
-            opened, server.want = set(server.ports), 1
+                thread.join(30)
+            opened = set(server.ports)
             for _ in range(4):
-                assert http.get(url).status_code == 200
+                statuses.append(http.get(url).status_code)
     finally:
+        server.released.set()
         server.shutdown()
         server.server_close()
-    assert server.peak == 4 and len(server.ports) == 9  # the fifth waited for one of the four connections
+    assert peak == 4 and statuses == [200] * 9 and len(server.ports) == 9  # the fifth waited for one of the four
     assert len(opened) == 4 and set(server.ports) == opened  # which stayed open for the requests after
 
 
@@ -482,6 +513,10 @@ def test_the_pooled_client_keeps_no_cookie_an_answer_sets_and_sends_none() -> No
             assert send(http, request, path="/connections").status_code == 200
         assert http.post("https://api.test/oauth2/token", data={"grant_type": "client_credentials"}).status_code == 200
         assert not http.cookies and list(http.cookies.jar) == []
-        with pytest.raises(TypeError, match="the job's HTTP client keeps no cookies"):
-            http.cookies = {"session": "abc"}  # type: ignore[assignment]
+        for setting in (lambda: setattr(http, "cookies", {"session": "abc"}),
+                        lambda: http.cookies.set("session", "abc"), lambda: http.cookies.update({"session": "abc"}),
+                        lambda: ApiClient(cookies={"session": "abc"})):
+            with pytest.raises(TypeError, match="the job's HTTP client keeps no cookies"):
+                setting()
+        assert not http.cookies
     assert [r.headers.get("cookie") for r in seen] == [None, None, None]

@@ -55,6 +55,7 @@ def _read_body(response: httpx.Response, *, path: str, limits: ReadLimits, deadl
     decoder = _decoder(response.headers.get("content-encoding", ""), path=path)
     parts: list[bytes] = []
     size = 0
+    compressed = False  # compressed bytes came (an empty body in an encoding is just empty)
     # The raw stream, as the transport gives it (httpcore: at most 64 KiB a chunk). Not iter_raw():
     # a response that a MockTransport handler built from bytes counts as already read.
     for chunk in cast(httpx.SyncByteStream, response.stream):
@@ -62,6 +63,7 @@ def _read_body(response: httpx.Response, *, path: str, limits: ReadLimits, deadl
             raise RetriableApiError(path=path, kind="timeout",
                                     detail=f"no complete answer within api.request_deadline ({limits.deadline:g}s)")
         if decoder is not None:
+            compressed = compressed or bool(chunk)
             # At most one byte past the bound: compressed input left unread (a bomb) is refused just below.
             try:
                 chunk = decoder.decompress(chunk, limits.max_bytes - size + 1)
@@ -72,7 +74,18 @@ def _read_body(response: httpx.Response, *, path: str, limits: ReadLimits, deadl
             raise ApiError(path=path, status=response.status_code, kind="too_large",
                            detail=f"answer larger than api.max_response_bytes ({limits.max_bytes} bytes)")
         parts.append(chunk)
+    if compressed:
+        _check_end(decoder, path=path)
     return b"".join(parts)
+
+
+def _check_end(decoder: Any, *, path: str) -> None:
+    """Raise unless the compressed data ended (its checksum read) with nothing after it: an answer cut short
+    (a connection closed early) is retriable; bytes after the end are not an answer."""
+    if not decoder.eof:
+        raise RetriableApiError(path=path, kind="network", detail="the answer ended before its compressed data did")
+    if decoder.unused_data:
+        raise ApiError(path=path, kind="http", detail="answer has bytes after the end of its compressed data")
 
 
 def send(
@@ -152,22 +165,35 @@ def check_environment_proxies() -> None:
 
 
 class _Cookieless(httpx.Cookies):
-    """Cookies that stay empty: nothing is kept of an answer."""
+    """Cookies that stay empty: nothing is kept of an answer, and none can be set."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
         """Keep nothing (httpx wraps every answer and its request for ``http.cookiejar`` to read them)."""
+
+    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+        """Refuse: the job sends no cookie."""
+        raise TypeError(NO_COOKIES)
+
+    def update(self, cookies: Any = None) -> None:  # type: ignore[override]
+        """Refuse: the job sends no cookie."""
+        raise TypeError(NO_COOKIES)
+
+
+NO_COOKIES = "the job's HTTP client keeps no cookies"
 
 
 class ApiClient(httpx.Client):
     """An ``httpx.Client`` that keeps no cookies: the API sets none and the job sends none.
 
-    httpx reads every answer into its cookie jar through ``Client.cookies``, which cost about 40 µs a request
+    httpx reads every answer into its cookie jar through ``Client.cookies``, which cost about 50 µs a request
     (urllib's request wrapper), 5 % of a pass against a fast local API (py-spy, docs/benchmarks.md).
     """
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+        if "cookies" in options:
+            raise TypeError(NO_COOKIES)
         self._cookieless = _Cookieless()
+        super().__init__(**options)
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -176,8 +202,7 @@ class ApiClient(httpx.Client):
 
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
-        msg = "the job's HTTP client keeps no cookies"
-        raise TypeError(msg)
+        raise TypeError(NO_COOKIES)
 
 
 def make_http_client(
