@@ -581,3 +581,22 @@ def test_a_listing_leaves_alone_a_connection_tracked_under_another_application(
         row = conn.execute(select(connections).where(connections.c.id == misfiled)).one()
     assert (row.application, row.status, row.last_success_at) == ("app-1", "pending", None)  # untouched
     assert apps.foreign_requests == []
+
+
+def test_a_listing_stores_the_connections_it_finds_as_its_applications_even_a_malformed_one(
+        run_sync: Any, engine: Engine) -> None:
+    from dataclasses import replace
+
+    from etl.sync import Seams, sync
+
+    ids = run_sync.fake.populate(3, seed=31)
+    run_sync.fake.connections[ids[1]].broken = "bad_permission"  # listed with its id, its document refused
+    config = run_sync.config
+    config = replace(config, api=replace(config.api, application="eu-west"),
+                     sync=replace(config.sync, track_listed=True))
+    result = sync(config, Store(engine).scoped("eu-west"), strategy="list", seams=Seams(
+        transport=httpx.MockTransport(run_sync.fake.handle), sleep=run_sync.sleeps.append, now=run_sync.clock))
+    assert (result.counts.fetched, result.counts.failed) == (2, 1)
+    assert stored(engine) == dict.fromkeys(ids, "eu-west")  # the refused one too, as a pending row
+    with engine.connect() as conn:
+        assert conn.scalar(select(connections.c.status).where(connections.c.id == ids[1])) == "pending"
