@@ -164,6 +164,9 @@ def check_environment_proxies() -> None:
         raise ConfigError(problems)
 
 
+NO_COOKIES = "the job's HTTP client keeps no cookies"
+
+
 class _Cookieless(httpx.Cookies):
     """Cookies that stay empty: nothing is kept of an answer, and none can be set."""
 
@@ -179,14 +182,11 @@ class _Cookieless(httpx.Cookies):
         raise TypeError(NO_COOKIES)
 
 
-NO_COOKIES = "the job's HTTP client keeps no cookies"
-
-
 class ApiClient(httpx.Client):
     """An ``httpx.Client`` that keeps no cookies: the API sets none and the job sends none.
 
     httpx reads every answer into its cookie jar through ``Client.cookies``, which cost about 50 µs a request
-    (urllib's request wrapper), 5 % of a pass against a fast local API (py-spy, docs/benchmarks.md).
+    (urllib's request wrapper), about 6 % of a pass against a fast local API (py-spy, docs/benchmarks.md).
     """
 
     def __init__(self, **options: Any) -> None:
