@@ -21,7 +21,6 @@ Usage (A: an older checkout installed in a virtualenv of its own; B: this one):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -32,8 +31,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from static_api import serve, write_world
+from throughput import config_file
 
 from etl.db.scratch import scratch_database
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def installation(text: str) -> tuple[str, int]:
@@ -69,10 +76,7 @@ def passes(job: tuple[str, int], base_url: str, ids_file: Path, work: Path,
     """(first, unchanged) connections/s of one installation on an empty database."""
     binary, concurrency = job
     work.mkdir()
-    config = work / "config.yaml"
-    config.write_text(json.dumps({
-        "api": {"base_url": base_url, "token_url": base_url + "/token", "concurrency": concurrency},
-        "rate_limit": {"capacity": 10_000_000, "per_minute": 10_000_000.0}}))  # on, never waited for
+    config = config_file(work, base_url, concurrency)  # the rate budget on, never waited for
     with database(work, args.postgres_url) as url:
         # Nothing of the shell's job settings (the environment beats the file) nor its PYTHONPATH: each
         # installation runs its own code with the configuration above.
@@ -90,8 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", type=installation, required=True, help="the reference: PATH:CONCURRENCY")
     parser.add_argument("--b", type=installation, required=True, help="the one compared: PATH:CONCURRENCY")
-    parser.add_argument("--connections", type=int, default=5000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--connections", type=positive, default=5000)
+    parser.add_argument("--runs", type=positive, default=5)
     parser.add_argument("--strategy", choices=("ids", "list"), default="ids")
     parser.add_argument("--postgres-url", default=None, help="an admin URL where temporary databases may be made")
     parser.add_argument("--server", choices=("auto", "nginx", "memory"), default="auto")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from bench_compare import positive
 from static_api import serve, write_world
 
 from etl.api.transport import make_http_client, send
@@ -60,8 +61,8 @@ def rounds(urls: list[str], count: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=positive, default=3000)
+    parser.add_argument("--rounds", type=positive, default=5)
     parser.add_argument("--server", choices=("auto", "nginx", "memory"), default="auto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
