@@ -343,3 +343,24 @@ def test_archive_show_refuses_a_body_changed_after_it_was_archived(run_sync: Run
     assert (f"the archived document of connection {ids[0]} cannot be read: its SHA-256 is not the stored digest"
             in shown.stderr)
     assert CliRunner().invoke(cli, ["archive", "show", ids[1]], env=env).exit_code == 0
+
+
+def test_archive_show_refuses_a_span_pointing_at_another_connections_document(
+        run_sync: Runner, engine: Engine, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+    from sqlalchemy import update
+
+    from etl.cli import cli
+
+    ids = tracked(run_sync, 2, seed=16)
+    run_sync(ignore_due=True)
+    with engine.begin() as conn:  # a genuine body, digest and all, of the other connection
+        other = conn.scalar(select(archive_bodies.c.id).where(archive_bodies.c.connection_id == ids[1]))
+        conn.execute(update(archive_spans).where(archive_spans.c.connection_id == ids[0]).values(body_id=other))
+    monkeypatch.chdir(tmp_path)
+    env = {"SMARTCAR_ETL_DATABASE_URL": engine.url.render_as_string(hide_password=False), "SMARTCAR_ETL_CONFIG": ""}
+    shown = CliRunner().invoke(cli, ["archive", "show", ids[0]], env=env)
+    assert shown.exit_code == 3 and shown.stdout == "" and "Traceback" not in shown.output
+    assert (f"the archived document of connection {ids[0]} cannot be read: its span points at a document of "
+            f"connection {ids[1]}") in shown.stderr
+    assert CliRunner().invoke(cli, ["archive", "show", ids[1]], env=env).exit_code == 0

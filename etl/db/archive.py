@@ -291,10 +291,11 @@ class Archived:
 
 def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) -> Archived | None:
     """The observation of ``connection_id`` in force at ``at`` (the latest by default), or None;
-    ValueError if its stored document cannot be read or is not the one archived (``verified``)."""
+    ValueError if its stored document cannot be read, is not the one archived (``verified``) or is another
+    connection's."""
     s, b, c = archive_spans.c, archive_bodies.c, connections.c
     query = (select(s.first_seen_at, last_seen().label("last_seen_at"), s.run_id, b.compressed, b.body, b.digest,
-                    b.rejected)
+                    b.rejected, b.connection_id.label("body_of"))
              .select_from(archive_spans.join(connections, c.id == s.connection_id)
                           .outerjoin(archive_bodies, s.body_id == b.id))
              .where(s.connection_id == connection_id).order_by(s.first_seen_at.desc(), s.id.desc()).limit(1))
@@ -303,5 +304,8 @@ def archived_at(conn: Connection, connection_id: str, at: dt.datetime | None) ->
     row = conn.execute(query).first()
     if row is None:
         return None
+    if row.body is not None and row.body_of != connection_id:
+        msg = f"its span points at a document of connection {row.body_of}"
+        raise ValueError(msg)
     document = None if row.body is None else decode_json(verified(row.compressed, row.body, row.digest))
     return Archived(connection_id, row.first_seen_at, row.last_seen_at, row.run_id, document, bool(row.rejected))
